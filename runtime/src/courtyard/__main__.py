@@ -1,0 +1,5 @@
+"""`python -m courtyard` is `courtyard`."""
+
+from .cli import main
+
+main()

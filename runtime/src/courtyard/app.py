@@ -1,0 +1,160 @@
+"""The request path. Each generation's Quart app is assembled here.
+
+Hypercorn -> Host (host.py: picks the serving generation) -> this app:
+    request id -> CSRF -> plugin `courtyard_request` hooks
+    core routes (courtyard/core/) and plugin blueprints
+    plugin `courtyard_response` hooks -> X-Request-Id
+Errors anywhere become `{"error": {"code", "message"}}` (errors.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from courtyard_sdk.names import slug
+from quart import Quart, Response, g, request
+from quart_schema import QuartSchema
+from werkzeug.routing import Rule
+
+from . import __version__, errors, security
+from .core import health, meta, plugins_api
+from .core.meta import CourtyardOpenAPIProvider
+from .generation import call_hook
+from .logs import request_id
+
+if TYPE_CHECKING:
+    from .generation import Generation
+    from .host import Host
+
+# Paths only the runtime may serve; a plugin route under one is a build error.
+RESERVED_PREFIXES = (
+    "/api/health",
+    "/api/plugins",
+    "/api/apps",
+    "/api/openapi.json",
+    "/api/docs",
+    "/.well-known",
+)
+CORE = "courtyard (core)"
+OWNERS = "courtyard.owners"
+
+
+def create_app(host: Host, generation: Generation) -> Quart:
+    """Assemble the Quart app serving `generation`'s loaded plugins."""
+    app = Quart("courtyard")
+    app.extensions["courtyard.host"] = host
+    app.extensions["courtyard.generation"] = generation
+    QuartSchema(
+        app,
+        openapi_path="/api/openapi.json",
+        scalar_ui_path="/api/docs",
+        swagger_ui_path=None,
+        redoc_ui_path=None,
+        info={"title": "Courtyard", "version": __version__},
+        tags=[
+            {"name": r.name, "description": r.candidate.manifest.description or r.name}
+            for r in generation.loaded
+            if r.blueprints and r.candidate.manifest is not None
+        ],
+        openapi_provider_class=CourtyardOpenAPIProvider,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the seed's key order
+    meta.configure_docs_script(app, generation.settings.docs_script)
+
+    app.before_request(_start_request)
+    app.before_request(security.check_csrf)
+    errors.install(app)
+    for blueprint in (health.blueprint, plugins_api.blueprint, meta.blueprint):
+        app.register_blueprint(blueprint)
+
+    owners: dict[str, str] = {}
+    for index, rec in enumerate(generation.loaded):
+        base = rec.candidate.manifest.base if rec.candidate.manifest else "/"
+        for bp in rec.blueprints:
+            # Private names keep two plugins' blueprints with one name apart.
+            name = f"p{index}_{slug(rec.name)}__{bp.name}"
+            prefix = bp.url_prefix if bp.url_prefix is not None else (base or "/").rstrip("/")
+            app.register_blueprint(bp, name=name, url_prefix=prefix)
+            owners[name] = rec.name
+    app.extensions[OWNERS] = owners
+    _install_plugin_hooks(app, generation)
+    app.after_request(_finish_request)
+    return app
+
+
+def owner_of(app: Quart, rule: Rule) -> str:
+    """The plugin owning `rule`, or CORE."""
+    return app.extensions[OWNERS].get(rule.endpoint.split(".", 1)[0], CORE)
+
+
+def route_collisions(app: Quart) -> list[tuple[str, str]]:
+    """Plugins whose routes clash with a reserved path or an earlier owner's route.
+
+    :return: (plugin, reason) pairs, the later claimant of each clash named first.
+    """
+    claimed: dict[tuple[str, str], str] = {}
+    found: list[tuple[str, str]] = []
+    for rule in app.url_map.iter_rules():
+        owner = owner_of(app, rule)
+        if owner != CORE and rule.rule.startswith(RESERVED_PREFIXES):
+            found.append((owner, f"route {rule.rule} is reserved by the runtime"))
+            continue
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            key = (rule.rule, method)
+            first = claimed.setdefault(key, owner)
+            if first != owner:
+                found.append((owner, f"route {method} {rule.rule} is already claimed by {first}"))
+    return found
+
+
+async def _start_request() -> None:
+    rid = request.headers.get("X-Request-Id", "")
+    if not (0 < len(rid) <= 128 and rid.isprintable()):
+        rid = security.new_request_id()
+    g.request_id = rid
+    request_id.set(rid)
+
+
+async def _finish_request(response: Response) -> Response:
+    response.headers["X-Request-Id"] = g.get("request_id") or security.new_request_id()
+    return response
+
+
+def _install_plugin_hooks(app: Quart, generation: Generation) -> None:
+    """Add before/after-request functions only for plugins that implement the hooks."""
+
+    def implementers(hook: str) -> list[Any]:
+        names = {impl.plugin_name for impl in getattr(generation.pm.hook, hook).get_hookimpls()}
+        return [r for r in generation.loaded if r.name in names]
+
+    on_request = implementers("courtyard_request")
+    on_response = list(reversed(implementers("courtyard_response")))
+
+    if on_request:
+
+        async def run_request_hooks() -> Any:
+            for rec in on_request:
+                result = call_hook(generation.pm, rec, "courtyard_request", request=request)
+                if inspect.isawaitable(result):
+                    result = await result
+                if result is not None:
+                    return result
+            return None
+
+        app.before_request(run_request_hooks)
+
+    if on_response:
+
+        async def run_response_hooks(response: Response) -> Response:
+            for rec in on_response:
+                result = call_hook(
+                    generation.pm, rec, "courtyard_response", request=request, response=response
+                )
+                if inspect.isawaitable(result):
+                    result = await result
+                if result is not None:
+                    response = await app.make_response(result)
+            return response
+
+        app.after_request(run_response_hooks)

@@ -1,0 +1,50 @@
+"""`/api/health/`, `/api/health/ready`, `/api/health/live` (seed 000)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+from quart import Blueprint
+from quart_schema import document_response, tag
+
+from .. import __version__
+from . import current_host
+
+blueprint = Blueprint("health", __name__, url_prefix="/api/health")
+
+
+class HealthStatus(BaseModel):
+    """A health probe's answer."""
+
+    ok: bool
+    status: str
+    version: str
+
+
+def _status(ok: bool, status: str) -> tuple[dict[str, object], int]:
+    return {"ok": ok, "status": status, "version": __version__}, 200 if ok else 503
+
+
+@blueprint.get("/")
+@tag(["health"])
+@document_response(HealthStatus)
+async def health() -> tuple[dict[str, object], int]:
+    """Overall health of the runtime."""
+    return _status(True, "healthy")
+
+
+@blueprint.get("/ready")
+@tag(["health"])
+@document_response(HealthStatus)
+@document_response(HealthStatus, 503)
+async def ready() -> tuple[dict[str, object], int]:
+    """Readiness probe: 200 once a generation serves, 503 while starting or stopping."""
+    state = current_host().state
+    return _status(state == "ready", state)
+
+
+@blueprint.get("/live")
+@tag(["health"])
+@document_response(HealthStatus)
+async def live() -> tuple[dict[str, object], int]:
+    """Liveness probe: 200 while the process serves."""
+    return _status(True, "live")

@@ -1,0 +1,211 @@
+"""`/api/plugins/*` (seed 000): list, loaded, reload, delete."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+from courtyard_sdk import ApiError, Menu, is_valid_name
+from pydantic import BaseModel
+from quart import Blueprint, request
+from quart_schema import document_response, tag
+
+from ..discovery import scan
+from ..generation import BuildError, Generation, PluginRecord, call_hook
+from ..installs import remove_tree
+from . import current_generation, current_host
+
+blueprint = Blueprint("plugins", __name__, url_prefix="/api/plugins")
+log = logging.getLogger("courtyard.plugins")
+
+
+class InstalledPlugin(BaseModel):
+    """A plugin found on disk, and its state in the serving generation."""
+
+    name: str
+    path: str
+    version: str | None = None
+    source: str
+    status: str
+    error: str | None = None
+
+
+class MenuEntry(BaseModel):
+    """A menu entry (`items` nest)."""
+
+    title: str
+    icon: str | None = None
+    path: str
+    items: list[MenuEntry] | None = None
+
+
+class LoadedPlugin(BaseModel):
+    """A plugin the serving generation runs."""
+
+    name: str
+    base: str
+    dependencies: list[str]
+    optionalDependencies: list[str]
+    menus: list[MenuEntry]
+
+
+class PluginRef(BaseModel):
+    """A plugin's name and base."""
+
+    name: str
+    base: str
+
+
+class FailedPlugin(BaseModel):
+    """A plugin a reload could not load, and why."""
+
+    name: str
+    error: str
+
+
+class ReloadResult(BaseModel):
+    """The outcome of a reload."""
+
+    ok: bool
+    plugins: list[PluginRef]
+    failed: list[FailedPlugin]
+
+
+class Success(BaseModel):
+    """A plain success answer."""
+
+    success: bool
+
+
+@blueprint.get("/")
+@tag(["plugins"])
+@document_response(list[InstalledPlugin])
+async def list_plugins() -> list[dict[str, Any]]:
+    """Plugins found in the plugin directories and installed distributions.
+
+    A filesystem scan that imports nothing. `status` is the plugin's state in the serving
+    generation: `loaded`, `failed`, `disabled`, or `unloaded` (found since the last reload).
+    """
+    generation = current_generation()
+    fates = {rec.candidate.root: rec for rec in generation.records}
+    out = []
+    for cand in scan(generation.settings):
+        rec = fates.get(cand.root)
+        if rec is None and cand.shadowed_by is None and cand.manifest is not None:
+            status, error = "unloaded", None
+        elif rec is None:
+            status, error = "failed", cand.error or f"duplicate of {cand.shadowed_by}"
+        else:
+            status, error = rec.status, rec.error
+        out.append(
+            {
+                "name": cand.name,
+                "path": str(cand.root),
+                "version": cand.manifest.version if cand.manifest else None,
+                "source": cand.source,
+                "status": status,
+                "error": error,
+            }
+        )
+    return out
+
+
+@blueprint.get("/loaded")
+@tag(["plugins"])
+@document_response(list[LoadedPlugin])
+async def loaded_plugins() -> list[dict[str, Any]]:
+    """Plugins the serving generation runs, in dependency order, with their menus."""
+    generation = current_generation()
+    return [
+        {
+            "name": rec.name,
+            "base": rec.candidate.manifest.base,
+            "dependencies": list(rec.candidate.manifest.dependencies),
+            "optionalDependencies": list(rec.candidate.manifest.optional_dependencies),
+            "menus": [m.to_json() for m in await _menus(generation, rec)],
+        }
+        for rec in generation.loaded
+        if rec.candidate.manifest is not None
+    ]
+
+
+async def _menus(generation: Generation, rec: PluginRecord) -> list[Menu]:
+    menus = list(rec.candidate.manifest.menus) if rec.candidate.manifest else []
+    try:
+        extra = call_hook(generation.pm, rec, "courtyard_menus", request=request)
+        if inspect.isawaitable(extra):
+            extra = await extra
+        menus.extend(m if isinstance(m, Menu) else Menu.model_validate(m) for m in extra or [])
+    except Exception as exc:
+        log.error("%s | courtyard_menus failed: %s", rec.name, exc)
+    return menus
+
+
+def _reload_result(generation: Generation) -> dict[str, Any]:
+    return {
+        "ok": True,
+        "plugins": [
+            {"name": r.name, "base": r.candidate.manifest.base}
+            for r in generation.loaded
+            if r.candidate.manifest is not None
+        ],
+        "failed": [
+            {"name": r.name, "error": r.error} for r in generation.records if r.status == "failed"
+        ],
+    }
+
+
+@blueprint.post("/reload")
+@tag(["plugins"])
+@document_response(ReloadResult)
+async def reload_plugins() -> dict[str, Any]:
+    """Re-scan the plugin directories and swap in a new generation.
+
+    In-flight requests finish on the old generation. A plugin that fails is excluded and
+    listed under `failed`; if the new generation cannot be built at all (strict mode), the
+    old one keeps serving and the answer is 422 `RELOAD_FAILED`.
+    """
+    try:
+        generation = await current_host().reload()
+    except BuildError as exc:
+        raise ApiError(422, "RELOAD_FAILED", str(exc)) from None
+    return _reload_result(generation)
+
+
+@blueprint.delete("/")
+@tag(["plugins"])
+async def delete_without_name() -> None:
+    """Answer `400 MISSING_NAME`: the plugin's name belongs in the path."""
+    raise ApiError(400, "MISSING_NAME", "Plugin name is required")
+
+
+@blueprint.delete("/<path:name>")
+@tag(["plugins"])
+@document_response(Success)
+async def delete_plugin(name: str) -> dict[str, bool]:
+    """Remove a directory plugin's files, then reload without it.
+
+    `name` is URL-encoded when scoped: `%40acme%2Fhello`.
+    """
+    name = name.strip()
+    if not name:
+        raise ApiError(400, "MISSING_NAME", "Plugin name is required")
+    if not is_valid_name(name):
+        raise ApiError(400, "PATH_TRAVERSAL", f"Invalid plugin name: {name!r}")
+    host = current_host()
+    settings = current_generation().settings
+    found = [c for c in scan(settings) if c.name == name]
+    folders = [c for c in found if c.source == "directory" and c.shadowed_by is None]
+    if not folders:
+        detail = " (it is an installed distribution: uninstall it instead)" if found else ""
+        raise ApiError(404, "PLUGIN_NOT_FOUND", f"Plugin {name} not found{detail}")
+    root = folders[0].root
+    if not any(d.resolve() in root.resolve().parents for d in settings.plugin_folders):
+        raise ApiError(400, "PATH_TRAVERSAL", f"{root} is outside the plugin directories")
+    try:
+        await host.reload(before=lambda: remove_tree(root))
+    except BuildError as exc:
+        raise ApiError(422, "RELOAD_FAILED", f"removed {name}, but: {exc}") from None
+    log.info("removed plugin %s from %s", name, root)
+    return {"success": True}

@@ -1,0 +1,335 @@
+"""A generation: one immutable, fully built Quart app and the plugins it serves.
+
+The runtime never changes a serving app. A reload builds a new generation from the plugin
+set on disk (new plugin manager, new imports, startup hooks) and swaps it in whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import types
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+from courtyard_sdk import Blueprint, PluginContext, SettingsError, hookspecs
+from courtyard_sdk.names import slug
+
+from . import loading
+from .discovery import Candidate, scan
+from .ordering import dependency_order, dependents_of
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from quart import Quart
+
+    from .host import Host
+
+log = logging.getLogger("courtyard.generation")
+
+LOADED, FAILED, DISABLED = "loaded", "failed", "disabled"
+
+
+class BuildError(Exception):
+    """A generation could not be built; the serving one (if any) stays."""
+
+
+@dataclass(eq=False)
+class PluginRecord:
+    """One discovered plugin's fate in a generation."""
+
+    candidate: Candidate
+    status: str = LOADED
+    error: str | None = None
+    module: types.ModuleType | None = None
+    ctx: PluginContext | None = None
+    service: Any = None
+    blueprints: list[Blueprint] = field(default_factory=list)
+    started: bool = False
+    import_seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        """The plugin's name."""
+        return self.candidate.name
+
+    def fail(self, reason: str) -> None:
+        """Exclude this plugin for `reason`, and log it (jupyter_server's wording)."""
+        self.status, self.error = FAILED, reason
+        log.error("%s | plugin failed loading with message: %s", self.name, reason)
+
+
+def call_hook(pm: pluggy.PluginManager, record: PluginRecord, hook: str, **kwargs: Any) -> Any:
+    """Call one plugin's implementation of `hook` through pluggy (so tracing sees it).
+
+    :return: the plugin's result, or None when it does not implement the hook.
+    """
+    caller = pm.subset_hook_caller(
+        hook, remove_plugins=[p for p in pm.get_plugins() if p is not record.module]
+    )
+    results = caller(ctx=record.ctx, **kwargs)
+    if isinstance(results, list):
+        return results[0] if results else None
+    return results
+
+
+async def call_hook_async(
+    pm: pluggy.PluginManager, record: PluginRecord, hook: str, timeout: float | None
+) -> None:
+    """Run a lifecycle hook (sync in a worker thread, so it cannot stall serving)."""
+
+    async def run() -> None:
+        result = await asyncio.to_thread(call_hook, pm, record, hook)
+        if inspect.isawaitable(result):
+            await result
+
+    await asyncio.wait_for(run(), timeout)
+
+
+class Generation:
+    """A built, immutable set of plugins and the Quart app that serves them."""
+
+    def __init__(self, number: int, settings: Settings) -> None:
+        self.number = number
+        self.settings = settings
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.records: list[PluginRecord] = []
+        self.app: Quart | None = None
+        self.active = 0  # requests in flight on this generation
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.retired = False
+
+    @property
+    def loaded(self) -> list[PluginRecord]:
+        """Loaded plugins in dependency order."""
+        return [r for r in self.records if r.status == LOADED]
+
+    def record(self, name: str) -> PluginRecord | None:
+        """The loaded plugin called `name`, if any."""
+        return next((r for r in self.loaded if r.name == name), None)
+
+    # Building ----------------------------------------------------------------------------
+
+    async def build(self, host: Host) -> None:
+        """Discover, import, order and start plugins, then assemble the app.
+
+        :raises BuildError: in strict mode when any plugin fails, or when the app cannot
+            be assembled. Plugins already started are shut down first.
+        """
+        from .app import create_app, route_collisions
+
+        self.prepare()
+        self._collect_routes()
+        self._exclude_collisions(host, create_app, route_collisions)
+        self._check_strict()
+        await self._start()
+        try:
+            self._check_strict()
+            self.app = create_app(host, self)
+            await self.app.startup()
+        except Exception as exc:
+            await self.shutdown()
+            if isinstance(exc, BuildError):
+                raise
+            raise BuildError(f"generation {self.number}: {exc}") from exc
+
+    def prepare(self) -> None:
+        """Discover, configure, order and import plugins; nothing is started."""
+        self._discover()
+        self._import()
+
+    def _discover(self) -> None:
+        for cand in scan(self.settings):
+            rec = PluginRecord(cand)
+            self.records.append(rec)
+            if cand.shadowed_by is not None:
+                rec.fail(f"duplicate name: {cand.name} is already provided by {cand.shadowed_by}")
+            elif cand.manifest is None:
+                rec.fail(cand.error or "invalid manifest")
+        for rec in self.records:
+            if rec.status == LOADED:
+                self._configure(rec)
+
+    def _configure(self, rec: PluginRecord) -> None:
+        manifest = rec.candidate.manifest
+        assert manifest is not None
+        values = dict(self.settings.plugins.get(rec.name, {}))
+        only = self.settings.only_plugins
+        if not values.pop("enabled", manifest.enabled) or (
+            only is not None and rec.name not in only
+        ):
+            rec.status = DISABLED
+            return
+        try:
+            settings = manifest.validate_settings(values)
+        except SettingsError as exc:
+            rec.fail(str(exc))
+            return
+        if unmet := loading.unmet_requirements(manifest):
+            rec.fail(f"unmet requirements: {', '.join(unmet)}")
+            return
+        data_dir = self.settings.data_dir / "plugin-data" / slug(rec.name)
+        rec.ctx = PluginContext(
+            name=rec.name,
+            manifest=manifest,
+            settings=types.MappingProxyType(settings),
+            logger=logging.getLogger(f"courtyard.plugin.{rec.name}"),
+            data_dir=data_dir,
+            root=rec.candidate.root,
+            _lookup=self._service,
+        )
+
+    def _service(self, name: str) -> Any:
+        rec = self.record(name)
+        return rec.service if rec is not None else None
+
+    def _import(self) -> None:
+        manifests = {r.name: r.candidate.manifest for r in self.records if r.status == LOADED}
+        order, excluded = dependency_order(manifests)  # type: ignore[arg-type]
+        by_name = {r.name: r for r in self.records if r.status == LOADED}
+        for name, reason in excluded.items():
+            by_name[name].fail(reason)
+        # Records follow dependency order from here on; the excluded keep discovery order.
+        self.records = [by_name[n] for n in order] + [
+            r for r in self.records if r.name not in order or r.status != LOADED
+        ]
+        for name in order:
+            rec = by_name[name]
+            failed = [d for d in rec.candidate.manifest.dependencies if by_name[d].status != LOADED]
+            if failed:
+                rec.fail(f"dependency {failed[0]} failed")
+                continue
+            self._import_one(rec)
+
+    def _import_one(self, rec: PluginRecord) -> None:
+        manifest, cand = rec.candidate.manifest, rec.candidate
+        assert manifest is not None and rec.ctx is not None
+        started = time.perf_counter()
+        try:
+            rec.ctx.data_dir.mkdir(parents=True, exist_ok=True)
+            if cand.module is not None:
+                rec.module = loading.import_installed_plugin(cand.module)
+            elif manifest.module is not None:
+                rec.module = loading.import_directory_plugin(cand.root, manifest, self.number)
+            else:
+                rec.module = types.ModuleType(f"{manifest.name} (manifest only)")
+            self.pm.register(rec.module, name=rec.name)
+            self.pm.check_pending()
+        except Exception as exc:
+            if rec.module is not None and self.pm.is_registered(rec.module):
+                self.pm.unregister(rec.module)
+            rec.module = None
+            rec.fail(f"import failed: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            rec.import_seconds = time.perf_counter() - started
+        log.debug("%s | imported in %.1f ms", rec.name, rec.import_seconds * 1000)
+        try:
+            rec.service = call_hook(self.pm, rec, "courtyard_provides")
+        except Exception as exc:
+            self._exclude(rec, f"courtyard_provides raised {type(exc).__name__}: {exc}")
+
+    def _collect_routes(self) -> None:
+        for rec in self.loaded:
+            try:
+                result = call_hook(self.pm, rec, "courtyard_routes")
+                rec.blueprints = _as_list(result, Blueprint, "courtyard_routes")
+            except Exception as exc:
+                self._exclude(rec, f"courtyard_routes raised {type(exc).__name__}: {exc}")
+
+    def _exclude_collisions(self, host: Host, create_app: Any, route_collisions: Any) -> None:
+        """Exclude the later of two plugins claiming the same base, menu path or route."""
+        claims: dict[str, str] = {}
+        for rec in self.loaded:
+            manifest = rec.candidate.manifest
+            assert manifest is not None
+            wanted = [("base", manifest.base)] + [
+                ("menu path", p) for m in manifest.menus for p in m.paths()
+            ]
+            clash = next(
+                ((kind, path) for kind, path in wanted if f"{kind} {path}" in claims), None
+            )
+            if clash:
+                kind, path = clash
+                self._exclude(
+                    rec, f"{kind} {path} is already claimed by {claims[f'{kind} {path}']}"
+                )
+                continue
+            for kind, path in wanted:
+                claims[f"{kind} {path}"] = rec.name
+        while True:  # each pass excludes one offender, so this ends
+            collisions = route_collisions(create_app(host, self))
+            if not collisions:
+                return
+            plugin, reason = collisions[0]
+            rec = self.record(plugin)
+            assert rec is not None
+            self._exclude(rec, reason)
+
+    def _exclude(self, rec: PluginRecord, reason: str) -> None:
+        """Fail `rec` and every loaded plugin that requires it."""
+        rec.fail(reason)
+        loaded = self.loaded
+        manifests = {r.name: r.candidate.manifest for r in loaded}
+        for name in dependents_of(rec.name, manifests, [r.name for r in loaded]):  # type: ignore[arg-type]
+            next(r for r in loaded if r.name == name).fail(f"dependency {rec.name} failed")
+
+    def _check_strict(self) -> None:
+        failed = [r for r in self.records if r.status == FAILED]
+        if self.settings.strict and failed:
+            raise BuildError("strict mode: " + "; ".join(f"{r.name}: {r.error}" for r in failed))
+
+    async def _start(self) -> None:
+        for rec in self.loaded:
+            try:
+                await call_hook_async(
+                    self.pm, rec, "courtyard_startup", self.settings.startup_timeout
+                )
+            except TimeoutError:
+                self._exclude(
+                    rec, f"courtyard_startup exceeded {self.settings.startup_timeout:g} s"
+                )
+            except Exception as exc:
+                self._exclude(rec, f"courtyard_startup raised {type(exc).__name__}: {exc}")
+            else:
+                rec.started = True
+
+    # Retiring ----------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Run shutdown hooks of every started plugin, once, in reverse order."""
+        if self.app is not None:
+            try:
+                await self.app.shutdown()
+            except Exception:
+                log.exception("generation %d: app shutdown failed", self.number)
+        for rec in reversed([r for r in self.records if r.started]):
+            rec.started = False
+            try:
+                await call_hook_async(
+                    self.pm, rec, "courtyard_shutdown", self.settings.startup_timeout
+                )
+            except Exception as exc:
+                log.error("%s | courtyard_shutdown failed: %r", rec.name, exc)
+        loading.forget_generation(self.number)
+
+
+def _as_list(result: Any, kind: type, hook: str) -> list[Any]:
+    """Normalise a hook's `None | item | list of items` result."""
+    if result is None:
+        return []
+    items = (
+        list(result) if isinstance(result, Iterable) and not isinstance(result, kind) else [result]
+    )
+    for item in items:
+        if not isinstance(item, kind):
+            raise TypeError(
+                f"{hook} must return {kind.__name__} objects, got {type(item).__name__}"
+            )
+    return items

@@ -1,0 +1,188 @@
+"""The ASGI entry point: routes each request to the serving generation, swaps generations.
+
+Hypercorn calls `Host`. A reload builds a new generation beside the serving one and swaps
+the reference in one step; requests already running finish on the old generation, whose
+shutdown hooks run once it is idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import __version__
+from .generation import BuildError, Generation
+from .installs import clean_leftovers
+from .security import new_request_id
+from .settings import Settings
+
+log = logging.getLogger("courtyard.host")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Host:
+    """Serves the current generation and manages its replacement.
+
+    :ivar state: "starting" until the first generation serves, then "ready", then
+        "stopping" once shutdown begins; "failed" if the first generation cannot be built.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.current: Generation | None = None
+        self.state = "starting"
+        self.startup_error: BaseException | None = None
+        self.on_fatal: Callable[[], None] | None = None
+        self._numbers = itertools.count(1)
+        self._changes = asyncio.Lock()  # one reload (and its file changes) at a time
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._boot: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        generation = self.current
+        if generation is None:
+            await self._unavailable(scope, send)
+            return
+        generation.active += 1
+        generation.idle.clear()
+        try:
+            await generation.app(scope, receive, send)  # type: ignore[misc]
+        finally:
+            generation.active -= 1
+            if generation.active == 0:
+                generation.idle.set()
+
+    # Lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> Generation:
+        """Build and serve the first generation.
+
+        :raises BuildError: when it cannot be built (in strict mode: any plugin failure).
+        """
+        for folder in self.settings.plugin_folders:
+            clean_leftovers(folder)
+        try:
+            return await self.reload()
+        except BaseException as exc:
+            self.state, self.startup_error = "failed", exc
+            raise
+
+    async def reload(self, before: Callable[[], object] | None = None) -> Generation:
+        """Build a new generation and swap it in; the old one retires once idle.
+
+        :param before: a change to the plugin files to make first, under the same lock,
+            so that no other reload sees it half done.
+        :raises BuildError: the new generation could not be built; the old one serves on.
+        """
+        async with self._changes:
+            if before is not None:
+                before()
+            generation = Generation(next(self._numbers), self.settings)
+            await generation.build(self)
+            old, self.current = self.current, generation
+            if self.state == "starting":
+                self.state = "ready"
+        log.info(
+            "generation %d serving %d plugin(s)%s",
+            generation.number,
+            len(generation.loaded),
+            "" if old is None else f", generation {old.number} retiring",
+        )
+        if old is not None:
+            task = asyncio.create_task(self._retire(old))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        return generation
+
+    async def _retire(self, generation: Generation) -> None:
+        generation.retired = True
+        try:
+            await asyncio.wait_for(generation.idle.wait(), self.settings.drain_timeout)
+        except TimeoutError:
+            log.warning(
+                "generation %d still had %d request(s) after %g s; shutting it down",
+                generation.number,
+                generation.active,
+                self.settings.drain_timeout,
+            )
+        await generation.shutdown()
+
+    def begin_shutdown(self) -> None:
+        """Mark the runtime as stopping, so readiness probes answer 503 at once."""
+        if self.state != "failed":
+            self.state = "stopping"
+
+    async def close(self) -> None:
+        """Stop: finish booting, retire every generation, run every shutdown hook once."""
+        self.begin_shutdown()
+        if self._boot is not None:
+            await asyncio.gather(self._boot, return_exceptions=True)
+        async with self._changes:
+            generation, self.current = self.current, None
+        if generation is not None:
+            await self._retire(generation)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    async def _boot_in_background(self) -> None:
+        try:
+            await self.start()
+        except Exception as exc:
+            log.critical("courtyard cannot start: %s", exc)
+            if self.on_fatal is not None:
+                self.on_fatal()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                # Build in the background: /api/health/live answers while plugins start.
+                self._boot = asyncio.create_task(self._boot_in_background())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _unavailable(self, scope: Scope, send: Send) -> None:
+        """Answer while no generation serves (starting, stopping or failed)."""
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1013})
+            return
+        path = scope.get("path", "")
+        status: int
+        body: dict[str, Any]
+        if path == "/api/health/live":
+            status, body = 200, {"ok": True, "status": "live", "version": __version__}
+        elif path in ("/api/health/", "/api/health/ready"):
+            status, body = 503, {"ok": False, "status": self.state, "version": __version__}
+        else:
+            message = f"Courtyard is {self.state}; try again shortly"
+            status, body = 503, {"error": {"code": "NOT_READY", "message": message}}
+        rid = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"retry-after", b"1"),
+                    (b"x-request-id", (rid or new_request_id()).encode("latin-1")),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+__all__ = ["BuildError", "Host"]

@@ -1,0 +1,154 @@
+"""Runtime settings: flag > `COURTYARD_*` environment > `courtyard.toml` > default."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from courtyard_sdk import SettingsError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CONFIG_FILE = "courtyard.toml"
+ENV_PREFIX = "COURTYARD_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class Settings(BaseModel):
+    """Everything the runtime is configured with; see docs/configuration.md."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    plugin_dirs: tuple[Path, ...] | None = None
+    app_dirs: tuple[Path, ...] | None = None
+    data_dir: Path = Path("data")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    strict: bool = False
+    entry_points: bool = True
+    only_plugins: tuple[str, ...] | None = None
+    startup_timeout: float = Field(default=30.0, gt=0)
+    drain_timeout: float = Field(default=30.0, ge=0)
+    docs_script: str | None = None
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @property
+    def plugin_folders(self) -> tuple[Path, ...]:
+        """The plugin directories in force: configured ones, else `<data_dir>/plugins`."""
+        if self.plugin_dirs is None:
+            return (self.data_dir / "plugins",)
+        return self.plugin_dirs
+
+    @property
+    def app_folders(self) -> tuple[Path, ...]:
+        """The app directories in force: configured ones, else `<data_dir>/apps`."""
+        if self.app_dirs is None:
+            return (self.data_dir / "apps",)
+        return self.app_dirs
+
+
+_LIST_FIELDS = {"plugin_dirs", "app_dirs"}
+_NAME_LIST_FIELDS = {"only_plugins"}
+_PATH_FIELDS = {"data_dir", *_LIST_FIELDS}
+_BOOL_FIELDS = {"strict", "entry_points"}
+ENV_FIELDS = [name for name in Settings.model_fields if name != "plugins"]
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets `field` (`plugin_dirs` -> `COURTYARD_PLUGIN_DIRS`)."""
+    return ENV_PREFIX + field.upper()
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for field in ENV_FIELDS:
+        raw = environ.get(env_name(field))
+        if raw is None:
+            continue
+        if field in _LIST_FIELDS:
+            values[field] = [Path(p) for p in raw.split(os.pathsep) if p]
+        elif field in _NAME_LIST_FIELDS:
+            values[field] = [n.strip() for n in raw.split(",") if n.strip()]
+        elif field in _BOOL_FIELDS:
+            if raw.strip().lower() not in _TRUE | _FALSE:
+                raise SettingsError(f"{env_name(field)}={raw!r}: expected true or false")
+            values[field] = raw.strip().lower() in _TRUE
+        else:
+            values[field] = raw
+    return values
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    # Relative paths in a config file are relative to the file, as in pyproject.toml.
+    for field in _PATH_FIELDS & data.keys():
+        value = data[field]
+        if isinstance(value, str):
+            data[field] = path.parent / value
+        elif isinstance(value, list):
+            data[field] = [path.parent / v if isinstance(v, str) else v for v in value]
+    return data
+
+
+def config_file(flag: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path | None:
+    """The config file in force: `--config`, `COURTYARD_CONFIG`, else `./courtyard.toml`."""
+    chosen = flag or environ.get(env_name("config"))
+    if chosen:
+        path = Path(chosen)
+        if not path.is_file():
+            raise SettingsError(f"config file {path} does not exist")
+        return path
+    default = Path(CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Merge the four sources of settings and validate them.
+
+    :param flags: command-line values; None means "not given".
+    :param environ: the environment (defaults to `os.environ`).
+    :param config: an explicit config file (`--config`).
+    :raises SettingsError: naming the source and key of a bad or unknown value.
+    """
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    path = config_file(config, environ)
+    if path is not None:
+        merged.update(_from_file(path))
+    merged.update(_from_env(environ))
+    merged.update({k: v for k, v in (flags or {}).items() if v is not None and v != ()})
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: "
+            f"{'unknown setting' if err['type'] == 'extra_forbidden' else err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
+    return settings.model_copy(update=_absolute_paths(settings))
+
+
+def _absolute_paths(settings: Settings) -> dict[str, Any]:
+    def absolute(paths: tuple[Path, ...] | None) -> tuple[Path, ...] | None:
+        return None if paths is None else tuple(p.expanduser().absolute() for p in paths)
+
+    return {
+        "data_dir": settings.data_dir.expanduser().absolute(),
+        "plugin_dirs": absolute(settings.plugin_dirs),
+        "app_dirs": absolute(settings.app_dirs),
+    }

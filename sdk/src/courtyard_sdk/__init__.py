@@ -1,0 +1,61 @@
+"""The Courtyard SDK: everything a plugin author imports.
+
+A plugin is a folder (or an installed distribution) with a `plugin.toml` and a module of
+hook implementations::
+
+    from courtyard_sdk import Blueprint, PluginContext, hookimpl
+
+    @hookimpl
+    def courtyard_routes(ctx: PluginContext) -> Blueprint:
+        bp = Blueprint("hello", __name__)
+
+        @bp.get("/")
+        async def index() -> dict:
+            return {"hello": ctx.settings["greeting"]}
+
+        return bp
+"""
+
+from __future__ import annotations
+
+import pluggy
+from quart import Blueprint, Request, Response, jsonify, request
+
+from . import hookspecs
+from .context import PluginContext
+from .errors import (
+    ApiError,
+    CourtyardError,
+    ManifestError,
+    PluginLoadError,
+    SettingsError,
+    StartupError,
+)
+from .manifest import Manifest, Menu, SettingSpec, parse_manifest, read_manifest
+from .names import is_valid_name
+
+hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
+"""Decorator marking a function as the implementation of a Courtyard hook."""
+
+__all__ = [
+    "ApiError",
+    "Blueprint",
+    "CourtyardError",
+    "Manifest",
+    "ManifestError",
+    "Menu",
+    "PluginContext",
+    "PluginLoadError",
+    "Request",
+    "Response",
+    "SettingSpec",
+    "SettingsError",
+    "StartupError",
+    "hookimpl",
+    "hookspecs",
+    "is_valid_name",
+    "jsonify",
+    "parse_manifest",
+    "read_manifest",
+    "request",
+]

@@ -1,0 +1,48 @@
+"""The context each plugin's hooks receive."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .manifest import Manifest
+
+
+@dataclass(frozen=True, eq=False)
+class PluginContext:
+    """What the runtime hands one plugin: its identity, settings and neighbours.
+
+    :ivar name: the plugin's name, as in its manifest.
+    :ivar manifest: the parsed `plugin.toml`.
+    :ivar settings: the plugin's validated settings (`[plugins."<name>"]` plus defaults).
+    :ivar logger: a logger named `courtyard.plugin.<name>`.
+    :ivar data_dir: a folder of the plugin's own under the runtime's data directory.
+    :ivar root: the folder holding `plugin.toml`.
+    """
+
+    name: str
+    manifest: Manifest
+    settings: Mapping[str, Any]
+    logger: logging.Logger
+    data_dir: Path
+    root: Path
+    _lookup: Callable[[str], Any] = field(repr=False, default=lambda name: None)
+
+    def get_plugin(self, name: str) -> Any:
+        """Return the service that plugin `name` provides (see `courtyard_provides`).
+
+        `name` must be one of this plugin's `dependencies` or `optional_dependencies`, so
+        that it is always started first. An optional dependency that is not loaded gives
+        None.
+
+        :raises LookupError: when `name` is not a declared dependency.
+        """
+        if name not in self.manifest.all_dependencies:
+            raise LookupError(
+                f"plugin {self.name} asked for {name!r}, which is not among its dependencies "
+                "or optional_dependencies in plugin.toml"
+            )
+        return self._lookup(name)

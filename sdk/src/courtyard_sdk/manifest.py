@@ -1,0 +1,242 @@
+"""The declarative plugin manifest, `plugin.toml`, readable without importing plugin code."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import InvalidVersion, Version
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ManifestError, SettingsError
+from .names import is_valid_name
+
+MANIFEST_FILE = "plugin.toml"
+BASE_RE = re.compile(r"^/(?:[a-z0-9_-]+)?$")
+RESERVED_BASES = frozenset({"/api", "/.well-known"})
+ICON_RE = re.compile(r"^[a-z0-9-]+:[a-z0-9-]+$")
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Menu(_Strict):
+    """A UI menu entry a plugin contributes; `items` nest sub-entries."""
+
+    title: str = Field(min_length=1)
+    path: str
+    icon: str | None = None
+    items: tuple[Menu, ...] = ()
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        if not value.startswith("/") or "//" in value or ".." in value.split("/"):
+            raise ValueError("must be an absolute path such as /database")
+        return value
+
+    @field_validator("icon")
+    @classmethod
+    def _icon(cls, value: str | None) -> str | None:
+        if value is not None and not ICON_RE.match(value):
+            raise ValueError("must look like 'set:name', for example 'lucide:database'")
+        return value
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the menu as the seed's JSON (`title`, `icon`, `path`, `items` if any)."""
+        out: dict[str, Any] = {"title": self.title, "icon": self.icon, "path": self.path}
+        if self.items:
+            out["items"] = [item.to_json() for item in self.items]
+        return out
+
+    def paths(self) -> list[str]:
+        """Every path this entry and its items claim."""
+        return [self.path, *(p for item in self.items for p in item.paths())]
+
+
+SettingType = Literal["string", "integer", "number", "boolean", "array", "table"]
+_PY_TYPES: dict[str, Any] = {
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "array": list,
+    "table": dict,
+}
+
+
+class SettingSpec(_Strict):
+    """One key of a plugin's config schema (`[config.<key>]` in `plugin.toml`)."""
+
+    type: SettingType = "string"
+    default: Any = None
+    required: bool = False
+    description: str = ""
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+class Manifest(_Strict):
+    """A plugin's `plugin.toml`.
+
+    `base` defaults to `/<name without scope>`; `module` is the Python module holding the
+    hook implementations (relative to the plugin folder for directory plugins); a plugin
+    without `module` contributes only what its manifest declares (menus).
+    """
+
+    name: str
+    version: str = "0.0.0"
+    description: str = ""
+    module: str | None = None
+    base: str | None = None
+    dependencies: tuple[str, ...] = ()
+    optional_dependencies: tuple[str, ...] = ()
+    menus: tuple[Menu, ...] = ()
+    requires: tuple[str, ...] = ()
+    enabled: bool = True
+    config: dict[str, SettingSpec] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not is_valid_name(value):
+            raise ValueError("must be [@scope/]name of lowercase letters, digits, '-', '.', '_'")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        try:
+            Version(value)
+        except InvalidVersion:
+            raise ValueError("must be a PEP 440 or semver version such as 1.2.0") from None
+        return value
+
+    @field_validator("module")
+    @classmethod
+    def _module(cls, value: str | None) -> str | None:
+        if value is not None and not MODULE_RE.match(value):
+            raise ValueError("must be a dotted Python module name")
+        return value
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not BASE_RE.match(value):
+            raise ValueError("must be '/' or match ^/[a-z0-9_-]+$")
+        if value in RESERVED_BASES:
+            raise ValueError(f"{value} is reserved by the runtime")
+        return value
+
+    @field_validator("dependencies", "optional_dependencies")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not is_valid_name(name):
+                raise ValueError(f"{name!r} is not a valid plugin name")
+        return value
+
+    @field_validator("requires")
+    @classmethod
+    def _requirements(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for text in value:
+            try:
+                Requirement(text)
+            except InvalidRequirement as exc:
+                raise ValueError(f"{text!r} is not a PEP 508 requirement: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _default_base(self) -> Manifest:
+        if self.base is None:
+            object.__setattr__(self, "base", "/" + self.name.rsplit("/", 1)[-1].replace(".", "-"))
+        if self.name in self.dependencies:
+            raise ValueError("a plugin cannot depend on itself")
+        return self
+
+    @property
+    def all_dependencies(self) -> tuple[str, ...]:
+        """Required dependencies, then optional ones."""
+        return self.dependencies + self.optional_dependencies
+
+    def validate_settings(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Check `values` against the declared config schema and fill in defaults.
+
+        Raises `SettingsError` naming the plugin and the key for an unknown key, a missing
+        required key or a value of the wrong type or range.
+        """
+        fields: dict[str, Any] = {}
+        for key, spec in self.config.items():
+            py_type: Any = _PY_TYPES[spec.type]
+            if spec.choices:
+                py_type = Literal[spec.choices]  # type: ignore[valid-type]
+            constraints = {"strict": spec.type != "number"}
+            if spec.minimum is not None:
+                constraints["ge"] = spec.minimum
+            if spec.maximum is not None:
+                constraints["le"] = spec.maximum
+            annotated = Annotated[py_type, Field(**constraints)]
+            default = ... if spec.required else spec.default
+            fields[key] = (annotated if spec.required else annotated | None, default)
+        model = create_model(  # type: ignore[call-overload]
+            "Settings", __config__=ConfigDict(extra="forbid"), **fields
+        )
+        try:
+            return model.model_validate(values).model_dump()
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(settings)'}: {_describe(err)}"
+                for err in exc.errors()
+            )
+            raise SettingsError(f"plugin {self.name}: invalid settings: {problems}") from None
+
+
+def _describe(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown setting"
+    return str(err["msg"])
+
+
+def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
+    """Parse and validate manifest text; `source` names it in error messages."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: "
+            f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}"
+            for err in exc.errors()
+        )
+        raise ManifestError(f"{source}: {problems}") from None
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """Read `<folder>/plugin.toml`."""
+    path = folder / MANIFEST_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: unreadable: {exc}") from None
+    return parse_manifest(text, str(path))

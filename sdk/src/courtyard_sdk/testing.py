@@ -1,0 +1,233 @@
+"""The pytest plugin for testing Courtyard plugins (installed with `courtyard-sdk[testing]`).
+
+Fixtures:
+
+- `plugin_dir`: an empty plugin directory; `write_plugin()` puts a plugin in it.
+- `courtyard`: starts an in-process runtime, `await courtyard(**settings)`, and gives a
+  `Runtime` with an HTTP client on it. Stopped (every shutdown hook run) after the test.
+- `courtyard_server`: starts `courtyard serve` in a subprocess on a free loopback port,
+  `courtyard_server(**settings)`, and stops it with SIGTERM after the test.
+
+Settings are those of `courtyard.toml` (`plugin_dirs`, `plugins`, `strict`, ...). By
+default the runtime loads the plugin directory and installed entry-point plugins, and keeps
+its data under the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    import httpx
+    from courtyard.host import Host
+
+ORIGIN = "http://courtyard.test"
+
+
+def write_plugin(plugin_dir: Path, name: str, manifest: str = "", code: str | None = None) -> Path:
+    """Create plugin `name` in `plugin_dir`.
+
+    :param manifest: extra `plugin.toml` lines (the name is written for you).
+    :param code: the source of `plugin.py`; when given, `module = "plugin"` is set.
+    :return: the plugin's folder.
+    """
+    root = plugin_dir / name
+    root.mkdir(parents=True, exist_ok=True)
+    lines = [f'name = "{name}"']
+    if code is not None:
+        lines.append('module = "plugin"')
+        (root / "plugin.py").write_text(code, encoding="utf-8")
+    # Top-level keys must precede tables in TOML: put ours first.
+    (root / "plugin.toml").write_text("\n".join(lines) + "\n" + manifest, encoding="utf-8")
+    return root
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Runtime:
+    """An in-process runtime and an HTTP client on it (no network involved).
+
+    `client` sends `Origin` matching the server, as a browser on the same site would.
+    """
+
+    host: Host
+    client: httpx.AsyncClient
+
+    async def reload(self) -> httpx.Response:
+        """POST /api/plugins/reload and return the answer."""
+        return await self.client.post("/api/plugins/reload")
+
+
+@pytest.fixture
+def plugin_dir(tmp_path: Path) -> Path:
+    """An empty plugin directory under the test's temporary folder."""
+    path = tmp_path / "plugins"
+    path.mkdir()
+    return path
+
+
+def _settings(tmp_path: Path, plugin_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "plugin_dirs": [plugin_dir],
+        "app_dirs": [tmp_path / "apps"],
+        "data_dir": tmp_path / "data",
+        **overrides,
+    }
+
+
+@pytest.fixture
+async def courtyard(tmp_path: Path, plugin_dir: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Start an in-process runtime: `rt = await courtyard(strict=True, plugins={...})`."""
+    import httpx
+    from courtyard.host import Host
+    from courtyard.settings import Settings
+
+    started: list[Runtime] = []
+
+    async def start(**overrides: Any) -> Runtime:
+        settings = Settings.model_validate(_settings(tmp_path, plugin_dir, overrides))
+        host = Host(settings)
+        await host.start()
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=host),  # type: ignore[arg-type]
+            base_url=ORIGIN,
+            headers={"Origin": ORIGIN},
+        )
+        runtime = Runtime(host, client)
+        started.append(runtime)
+        return runtime
+
+    yield start
+    for runtime in started:
+        await runtime.client.aclose()
+        await runtime.host.close()
+
+
+@dataclass
+class Server:
+    """A `courtyard serve` process on a loopback port."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+    stopped: bool = field(default=False)
+
+    @property
+    def log(self) -> str:
+        """Everything the server wrote to stdout and stderr so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM the server, wait for it, and return its exit code."""
+        if not self.stopped:
+            self.stopped = True
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return int(self.process.returncode)
+
+
+def _wait_ready(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"courtyard serve exited early:\n{server.log}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/api/health/ready", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"courtyard serve not ready after {timeout} s:\n{server.log}")
+
+
+@pytest.fixture
+def courtyard_server(tmp_path: Path, plugin_dir: Path) -> Iterator[Callable[..., Server]]:
+    """Start `courtyard serve` on a free 127.0.0.1 port: `server = courtyard_server()`.
+
+    Keyword arguments are settings, written to a `courtyard.toml` the server reads.
+    """
+    servers: list[Server] = []
+
+    def start(
+        ready_timeout: float = 30, env: dict[str, str] | None = None, **overrides: Any
+    ) -> Server:
+        port = free_port()
+        config = tmp_path / f"courtyard-{port}.toml"
+        config.write_text(_toml(_settings(tmp_path, plugin_dir, overrides)), encoding="utf-8")
+        log_path = tmp_path / f"server-{port}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "courtyard",
+                    "serve",
+                    "--config",
+                    str(config),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+            )
+        server = Server(process, f"http://127.0.0.1:{port}", log_path)
+        servers.append(server)
+        _wait_ready(server, ready_timeout)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def _toml(values: dict[str, Any]) -> str:
+    """Write settings as TOML (the subset settings use: scalars, lists, tables)."""
+    top: list[str] = []
+    tables: list[str] = []
+
+    def literal(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            return repr(value)
+        if isinstance(value, list | tuple):
+            return "[" + ", ".join(literal(v) for v in value) + "]"
+        if isinstance(value, dict):
+            return "{" + ", ".join(f'"{k}" = {literal(v)}' for k, v in value.items()) + "}"
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    for key, value in values.items():
+        if key == "plugins":
+            for name, table in value.items():
+                tables.append(f'[plugins."{name}"]')
+                tables.extend(f"{k} = {literal(v)}" for k, v in table.items())
+        else:
+            top.append(f"{key} = {literal(value)}")
+    return "\n".join([*top, *tables]) + "\n"
