@@ -60,7 +60,7 @@ def _cycle(start: str, deps: object, among: set[str]) -> str:
         if nxt is None:
             return " -> ".join(path)
         if nxt in path:
-            return " -> ".join([*path[path.index(nxt) :], nxt])
+            return " -> ".join([*path, nxt])
         path.append(nxt)
         node = nxt
 

@@ -184,9 +184,11 @@ class Manifest(_Strict):
         fields: dict[str, Any] = {}
         for key, spec in self.config.items():
             py_type: Any = _PY_TYPES[spec.type]
+            constraints: dict[str, Any] = {}
             if spec.choices:
                 py_type = Literal[spec.choices]  # type: ignore[valid-type]
-            constraints = {"strict": spec.type != "number"}
+            elif spec.type != "number":  # no silent "3" -> 3; but an integer is a fine number
+                constraints["strict"] = True
             if spec.minimum is not None:
                 constraints["ge"] = spec.minimum
             if spec.maximum is not None:
