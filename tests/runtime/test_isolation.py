@@ -221,12 +221,27 @@ async def test_plugin_settings_are_validated_and_defaulted(courtyard, add_fixtur
         ({"colour": "red"}, "colour: unknown setting"),
     ],
 )
-async def test_bad_plugin_settings_name_plugin_and_key(
+async def test_bad_plugin_settings_refuse_the_start_naming_plugin_and_key(
     courtyard, add_fixture_plugins, values, expected
 ):
     add_fixture_plugins("hello")
-    with pytest.raises(BuildError, match=f"hello: plugin hello: invalid settings: {expected}"):
-        await courtyard(entry_points=False, strict=True, plugins={"hello": values})
+    with pytest.raises(BuildError, match=f"^plugin hello: invalid settings: {expected}"):
+        await courtyard(entry_points=False, plugins={"hello": values})
+
+
+async def test_bad_settings_for_a_plugin_added_later_exclude_it(
+    courtyard, add_fixture_plugins, plugin_dir
+):
+    rt = await courtyard(entry_points=False, plugins={"hello": {"times": 0}})
+    add_fixture_plugins("hello")
+    body = (await rt.reload()).json()
+    assert body["failed"] == [
+        {
+            "name": "hello",
+            "error": "plugin hello: invalid settings: "
+            "times: Input should be greater than or equal to 1",
+        }
+    ]
 
 
 async def test_two_plugins_never_clash_in_sys_modules(courtyard, plugin_dir):

@@ -20,7 +20,6 @@ from werkzeug.routing import Rule
 from . import __version__, errors, security
 from .core import health, meta, plugins_api
 from .core.meta import CourtyardOpenAPIProvider
-from .generation import call_hook
 from .logs import request_id
 
 if TYPE_CHECKING:
@@ -135,7 +134,7 @@ def _install_plugin_hooks(app: Quart, generation: Generation) -> None:
 
         async def run_request_hooks() -> Any:
             for rec in on_request:
-                result = call_hook(generation.pm, rec, "courtyard_request", request=request)
+                result = generation.call(rec, "courtyard_request", request=request)
                 if inspect.isawaitable(result):
                     result = await result
                 if result is not None:
@@ -148,8 +147,8 @@ def _install_plugin_hooks(app: Quart, generation: Generation) -> None:
 
         async def run_response_hooks(response: Response) -> Response:
             for rec in on_response:
-                result = call_hook(
-                    generation.pm, rec, "courtyard_response", request=request, response=response
+                result = generation.call(
+                    rec, "courtyard_response", request=request, response=response
                 )
                 if inspect.isawaitable(result):
                     result = await result

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .generation import LOADED, Generation, call_hook
+from .generation import LOADED, Generation
 from .settings import Settings
 
 log = logging.getLogger("courtyard.cli")
@@ -44,7 +44,7 @@ def plugin_commands(settings: Settings, reserved: set[str]) -> dict[str, click.C
         if rec.status != LOADED:
             continue
         try:
-            result = call_hook(generation.pm, rec, "courtyard_commands")
+            result = generation.call(rec, "courtyard_commands")
         except Exception as exc:
             log.error("%s | courtyard_commands failed: %s", rec.name, exc)
             continue

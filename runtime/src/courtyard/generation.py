@@ -63,39 +63,15 @@ class PluginRecord:
         log.error("%s | plugin failed loading with message: %s", self.name, reason)
 
 
-def call_hook(pm: pluggy.PluginManager, record: PluginRecord, hook: str, **kwargs: Any) -> Any:
-    """Call one plugin's implementation of `hook` through pluggy (so tracing sees it).
-
-    :return: the plugin's result, or None when it does not implement the hook.
-    """
-    caller = pm.subset_hook_caller(
-        hook, remove_plugins=[p for p in pm.get_plugins() if p is not record.module]
-    )
-    results = caller(ctx=record.ctx, **kwargs)
-    if isinstance(results, list):
-        return results[0] if results else None
-    return results
-
-
-async def call_hook_async(
-    pm: pluggy.PluginManager, record: PluginRecord, hook: str, timeout: float | None
-) -> None:
-    """Run a lifecycle hook (sync in a worker thread, so it cannot stall serving)."""
-
-    async def run() -> None:
-        result = await asyncio.to_thread(call_hook, pm, record, hook)
-        if inspect.isawaitable(result):
-            await result
-
-    await asyncio.wait_for(run(), timeout)
-
-
 class Generation:
     """A built, immutable set of plugins and the Quart app that serves them."""
 
-    def __init__(self, number: int, settings: Settings) -> None:
+    def __init__(self, number: int, settings: Settings, *, first: bool = False) -> None:
+        """:param first: the runtime's first generation, where bad plugin settings are an
+        operator's mistake that refuses the start rather than excluding a plugin."""
         self.number = number
         self.settings = settings
+        self.first = first
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.records: list[PluginRecord] = []
@@ -104,6 +80,7 @@ class Generation:
         self.idle = asyncio.Event()
         self.idle.set()
         self.retired = False
+        self._callers: dict[tuple[str, str], Any] = {}
 
     @property
     def loaded(self) -> list[PluginRecord]:
@@ -114,6 +91,36 @@ class Generation:
         """The loaded plugin called `name`, if any."""
         return next((r for r in self.loaded if r.name == name), None)
 
+    # Calling hooks -----------------------------------------------------------------------
+
+    def call(self, rec: PluginRecord, hook: str, **kwargs: Any) -> Any:
+        """Call one plugin's implementation of `hook` through pluggy (so tracing sees it),
+        with the plugin's own context.
+
+        :return: the plugin's result (maybe awaitable), or None when it does not
+            implement the hook.
+        """
+        caller = self._callers.get((hook, rec.name))
+        if caller is None:
+            others = [p for p in self.pm.get_plugins() if p is not rec.module]
+            caller = self.pm.subset_hook_caller(hook, remove_plugins=others)
+            self._callers[(hook, rec.name)] = caller
+        results = caller(ctx=rec.ctx, **kwargs)
+        if isinstance(results, list):
+            return results[0] if results else None
+        return results
+
+    async def call_lifecycle(self, rec: PluginRecord, hook: str) -> None:
+        """Run a startup or shutdown hook within the startup timeout; a sync hook runs in
+        a worker thread, so that it cannot stall the generation that is serving."""
+
+        async def run() -> None:
+            result = await asyncio.to_thread(self.call, rec, hook)
+            if inspect.isawaitable(result):
+                await result
+
+        await asyncio.wait_for(run(), self.settings.startup_timeout)
+
     # Building ----------------------------------------------------------------------------
 
     async def build(self, host: Host) -> None:
@@ -122,11 +129,12 @@ class Generation:
         :raises BuildError: in strict mode when any plugin fails, or when the app cannot
             be assembled. Plugins already started are shut down first.
         """
-        from .app import create_app, route_collisions
+        from .app import create_app  # app.py imports this module
 
-        self.prepare()
-        self._collect_routes()
-        self._exclude_collisions(host, create_app, route_collisions)
+        # Plugin imports and hook calls may be slow: keep them off the serving loop.
+        await asyncio.to_thread(self.prepare)
+        await asyncio.to_thread(self._collect_routes)
+        self._exclude_collisions(host)
         self._check_strict()
         await self._start()
         try:
@@ -155,6 +163,8 @@ class Generation:
         for rec in self.records:
             if rec.status == LOADED:
                 self._configure(rec)
+        for name in self.settings.plugins.keys() - {r.name for r in self.records}:
+            log.warning("settings given for plugin %s, which is not installed", name)
 
     def _configure(self, rec: PluginRecord) -> None:
         manifest = rec.candidate.manifest
@@ -169,6 +179,8 @@ class Generation:
         try:
             settings = manifest.validate_settings(values)
         except SettingsError as exc:
+            if self.first:
+                raise BuildError(str(exc)) from None
             rec.fail(str(exc))
             return
         if unmet := loading.unmet_requirements(manifest):
@@ -220,6 +232,7 @@ class Generation:
             else:
                 rec.module = types.ModuleType(f"{manifest.name} (manifest only)")
             self.pm.register(rec.module, name=rec.name)
+            self._callers.clear()  # cached subset callers would not exclude the newcomer
             self.pm.check_pending()
         except Exception as exc:
             if rec.module is not None and self.pm.is_registered(rec.module):
@@ -231,20 +244,22 @@ class Generation:
             rec.import_seconds = time.perf_counter() - started
         log.debug("%s | imported in %.1f ms", rec.name, rec.import_seconds * 1000)
         try:
-            rec.service = call_hook(self.pm, rec, "courtyard_provides")
+            rec.service = self.call(rec, "courtyard_provides")
         except Exception as exc:
             self._exclude(rec, f"courtyard_provides raised {type(exc).__name__}: {exc}")
 
     def _collect_routes(self) -> None:
         for rec in self.loaded:
             try:
-                result = call_hook(self.pm, rec, "courtyard_routes")
+                result = self.call(rec, "courtyard_routes")
                 rec.blueprints = _as_list(result, Blueprint, "courtyard_routes")
             except Exception as exc:
                 self._exclude(rec, f"courtyard_routes raised {type(exc).__name__}: {exc}")
 
-    def _exclude_collisions(self, host: Host, create_app: Any, route_collisions: Any) -> None:
+    def _exclude_collisions(self, host: Host) -> None:
         """Exclude the later of two plugins claiming the same base, menu path or route."""
+        from .app import create_app, route_collisions
+
         claims: dict[str, str] = {}
         for rec in self.loaded:
             manifest = rec.candidate.manifest
@@ -288,9 +303,7 @@ class Generation:
     async def _start(self) -> None:
         for rec in self.loaded:
             try:
-                await call_hook_async(
-                    self.pm, rec, "courtyard_startup", self.settings.startup_timeout
-                )
+                await self.call_lifecycle(rec, "courtyard_startup")
             except TimeoutError:
                 self._exclude(
                     rec, f"courtyard_startup exceeded {self.settings.startup_timeout:g} s"
@@ -312,9 +325,7 @@ class Generation:
         for rec in reversed([r for r in self.records if r.started]):
             rec.started = False
             try:
-                await call_hook_async(
-                    self.pm, rec, "courtyard_shutdown", self.settings.startup_timeout
-                )
+                await self.call_lifecycle(rec, "courtyard_shutdown")
             except Exception as exc:
                 log.error("%s | courtyard_shutdown failed: %r", rec.name, exc)
         loading.forget_generation(self.number)

@@ -88,7 +88,7 @@ class Host:
         async with self._changes:
             if before is not None:
                 before()
-            generation = Generation(next(self._numbers), self.settings)
+            generation = Generation(next(self._numbers), self.settings, first=self.current is None)
             await generation.build(self)
             old, self.current = self.current, generation
             if self.state == "starting":

@@ -12,7 +12,7 @@ from quart import Blueprint, request
 from quart_schema import document_response, tag
 
 from ..discovery import scan
-from ..generation import BuildError, Generation, PluginRecord, call_hook
+from ..generation import BuildError, Generation, PluginRecord
 from ..installs import remove_tree
 from . import current_generation, current_host
 
@@ -133,7 +133,7 @@ async def loaded_plugins() -> list[dict[str, Any]]:
 async def _menus(generation: Generation, rec: PluginRecord) -> list[Menu]:
     menus = list(rec.candidate.manifest.menus) if rec.candidate.manifest else []
     try:
-        extra = call_hook(generation.pm, rec, "courtyard_menus", request=request)
+        extra = generation.call(rec, "courtyard_menus", request=request)
         if inspect.isawaitable(extra):
             extra = await extra
         menus.extend(m if isinstance(m, Menu) else Menu.model_validate(m) for m in extra or [])
