@@ -103,6 +103,7 @@ async def test_courtyard_response_runs_in_reverse_order_and_may_replace(courtyar
     replaced = await rt.client.get("/replace-me")
     assert replaced.json() == {"replaced": True}
     assert replaced.headers["x-order"] == "outer"
+    assert replaced.headers["x-request-id"]
 
 
 async def test_courtyard_menus_depend_on_the_request(courtyard, plugin_dir):

@@ -1,7 +1,7 @@
 """The request path. Each generation's Quart app is assembled here.
 
 Hypercorn -> Host (host.py: picks the serving generation) -> this app:
-    request id -> CSRF -> plugin `courtyard_request` hooks
+    request id and CSRF (_start_request) -> plugin `courtyard_request` hooks
     core routes (courtyard/core/) and plugin blueprints
     plugin `courtyard_response` hooks -> X-Request-Id
 Errors anywhere become `{"error": {"code", "message"}}` (errors.py).
@@ -13,7 +13,8 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 from courtyard_sdk.names import slug
-from quart import Quart, Response, g, request
+from pydantic import BaseModel
+from quart import Quart, Response, request
 from quart_schema import QuartSchema
 from werkzeug.routing import Rule
 
@@ -59,10 +60,10 @@ def create_app(host: Host, generation: Generation) -> Quart:
         openapi_provider_class=CourtyardOpenAPIProvider,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the seed's key order
+    _skip_conversion_of_plain_values(app)
     meta.configure_docs_script(app, generation.settings.docs_script)
 
     app.before_request(_start_request)
-    app.before_request(security.check_csrf)
     errors.install(app)
     for blueprint in (health.blueprint, plugins_api.blueprint, meta.blueprint):
         app.register_blueprint(blueprint)
@@ -77,8 +78,10 @@ def create_app(host: Host, generation: Generation) -> Quart:
             app.register_blueprint(bp, name=name, url_prefix=prefix)
             owners[name] = rec.name
     app.extensions[OWNERS] = owners
-    _install_plugin_hooks(app, generation)
+    # After-request functions run in reverse order: the request id goes on last, so that a
+    # response a plugin hook substitutes carries it too.
     app.after_request(_finish_request)
+    _install_plugin_hooks(app, generation)
     return app
 
 
@@ -107,16 +110,41 @@ def route_collisions(app: Quart) -> list[tuple[str, str]]:
     return found
 
 
+_PLAIN_VALUES = (dict, list, str, bytes, Response)
+
+
+def _skip_conversion_of_plain_values(app: Quart) -> None:
+    """Send plain return values straight to Quart.
+
+    quart-schema converts every return value with a fresh pydantic TypeAdapter, which costs
+    more than the rest of the request. Only models need it; models nested in plain values
+    are still serialised by its JSON provider.
+    """
+    converting = app.make_response
+    plain = converting.__wrapped__  # type: ignore[attr-defined]
+
+    async def make_response(result: Any) -> Response:
+        parts = result if isinstance(result, tuple) else (result,)
+        if isinstance(parts[0], _PLAIN_VALUES) and all(
+            not isinstance(part, BaseModel) for part in parts[1:]
+        ):
+            return await plain(result)
+        return await converting(result)
+
+    app.make_response = make_response  # type: ignore[method-assign]
+
+
 async def _start_request() -> None:
+    """Give the request its id, then check CSRF (one function: each costs a call per request)."""
     rid = request.headers.get("X-Request-Id", "")
     if not (0 < len(rid) <= 128 and rid.isprintable()):
         rid = security.new_request_id()
-    g.request_id = rid
-    request_id.set(rid)
+    request_id.set(rid)  # the request's own task: visible to its after-request functions
+    security.check_csrf()
 
 
 async def _finish_request(response: Response) -> Response:
-    response.headers["X-Request-Id"] = g.get("request_id") or security.new_request_id()
+    response.headers["X-Request-Id"] = request_id.get()
     return response
 
 

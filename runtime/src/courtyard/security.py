@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from urllib.parse import urlsplit
 
 from courtyard_sdk import ApiError
@@ -15,7 +15,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 def new_request_id() -> str:
     """A fresh correlation id."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
@@ -30,7 +30,7 @@ def _origin(url: str) -> tuple[str, str, int] | None:
     return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS.get(scheme, 0)
 
 
-async def check_csrf() -> None:
+def check_csrf() -> None:
     """Refuse a state-changing /api request whose Origin is not the server's own.
 
     Internal callers (workers, the CLI on the same host) say so with
