@@ -105,3 +105,19 @@ async def test_root_base_mounts_at_the_root(courtyard, plugin_dir):
     write_plugin(plugin_dir, "rooted", 'base = "/"\n', route_plugin(None, "/landing"))
     rt = await courtyard(entry_points=False)
     assert (await rt.client.get("/landing")).json() == {"owner": "rooted"}
+
+
+async def test_routes_differing_only_in_variable_names_collide(courtyard, plugin_dir):
+    write_plugin(plugin_dir, "by-id", "", route_plugin("/items", "/<id>"))
+    write_plugin(plugin_dir, "by-name", "", route_plugin("/items", "/<name>"))
+    write_plugin(plugin_dir, "by-int", "", route_plugin("/items", "/<int:number>"))
+    rt = await courtyard(entry_points=False)
+    found = await states(rt)
+    assert found["by-name"] == ("failed", "route GET /items/<name> is already claimed by by-id")
+    assert found["by-int"] == ("loaded", None)
+
+
+async def test_paths_that_only_start_like_reserved_ones_are_fine(courtyard, plugin_dir):
+    write_plugin(plugin_dir, "healthz", "", route_plugin("/api/healthz"))
+    rt = await courtyard(entry_points=False)
+    assert (await rt.client.get("/api/healthz/")).json() == {"owner": "healthz"}

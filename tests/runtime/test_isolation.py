@@ -153,7 +153,10 @@ async def test_duplicate_names_first_found_wins(courtyard, tmp_path, plugin_dir)
     write_plugin(second, "twin", 'version = "2.0.0"\n')
     rt = await courtyard(entry_points=False, plugin_dirs=[plugin_dir, second])
     rows = (await rt.client.get("/api/plugins/")).json()
-    assert [(r["version"], r["status"]) for r in rows] == [("1.0.0", "loaded"), ("2.0.0", "failed")]
+    assert [(r["version"], r["status"]) for r in rows] == [
+        ("1.0.0", "loaded"),
+        ("2.0.0", "disabled"),
+    ]
     assert str(plugin_dir / "twin") in rows[1]["error"]
 
 
@@ -163,8 +166,17 @@ async def test_directory_plugin_shadows_installed_one(courtyard, plugin_dir, ins
     rows = [r for r in (await rt.client.get("/api/plugins/")).json() if r["name"] == "fixture-ep"]
     assert [(r["source"], r["status"]) for r in rows] == [
         ("directory", "loaded"),
-        ("entry point", "failed"),
+        ("entry point", "disabled"),
     ]
+    assert rows[1]["error"].startswith("shadowed: fixture-ep is already provided by")
+
+
+async def test_a_deliberate_override_is_fine_in_strict_mode(
+    courtyard, plugin_dir, installed_plugin
+):
+    write_plugin(plugin_dir, "fixture-ep", 'version = "9.0.0"\n')
+    rt = await courtyard(strict=True)
+    assert (await rt.client.get("/api/health/ready")).status_code == 200
 
 
 async def test_installed_entry_point_plugin_serves(courtyard, installed_plugin):
@@ -199,6 +211,21 @@ async def test_disabled_by_manifest_or_settings(courtyard, add_fixture_plugins, 
     assert states["off"] == ("disabled", None)
     assert states["hello"] == ("disabled", None)
     assert (await rt.client.get("/hello/")).status_code == 404
+
+
+async def test_a_disabled_dependency_is_named_as_such(courtyard, add_fixture_plugins, plugin_dir):
+    add_fixture_plugins("hello", "@acme/greeter")
+    write_plugin(plugin_dir, "third", 'dependencies = ["@acme/greeter"]\n')
+    rt = await courtyard(entry_points=False, plugins={"hello": {"enabled": False}})
+    states = await status(rt)
+    assert states["@acme/greeter"] == ("failed", "dependency hello is disabled")
+    assert states["third"] == ("failed", "dependency @acme/greeter failed")
+
+
+async def test_enabled_must_be_a_boolean(courtyard, add_fixture_plugins):
+    add_fixture_plugins("hello")
+    with pytest.raises(BuildError, match="enabled: must be true or false"):
+        await courtyard(entry_points=False, plugins={"hello": {"enabled": "false"}})
 
 
 async def test_only_plugins_disables_the_rest(courtyard, add_fixture_plugins):

@@ -97,3 +97,19 @@ def test_missing_config_file_is_an_error(tmp_path):
 def test_settings_are_frozen():
     with pytest.raises(ValueError):
         Settings().port = 1  # type: ignore[misc]
+
+
+def test_empty_list_variables_mean_not_set(tmp_path):
+    settings = load_settings(
+        {"data_dir": tmp_path}, environ={"COURTYARD_PLUGIN_DIRS": "", "COURTYARD_ONLY_PLUGINS": " "}
+    )
+    assert settings.plugin_folders == (tmp_path / "plugins",)
+    assert settings.only_plugins is None
+
+
+def test_file_paths_expand_home_and_docs_script_is_beside_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "c.toml").write_text('data_dir = "~/state"\ndocs_script = "assets/scalar.js"\n')
+    settings = load_settings({}, environ={}, config=tmp_path / "c.toml")
+    assert settings.data_dir == tmp_path / "home" / "state"
+    assert settings.docs_script == str(tmp_path / "assets" / "scalar.js")

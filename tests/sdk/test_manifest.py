@@ -57,6 +57,10 @@ def test_minimal_manifest_defaults():
         ('name = "x"\n[[menus]]\ntitle = "T"\npath = "relative"', "menus.0.path"),
         ('name = "x"\n[[menus]]\ntitle = "T"\npath = "/p"\nicon = "database"', "set:name"),
         ('name = "x"\n[config.k]\ntype = "colour"', "config.k.type"),
+        ('name = "x"\n[config.k]\ntype = "string"\nminimum = 1', "apply to integer and number"),
+        ('name = "x"\n[config.k]\ntype = "integer"\ndefault = "3"', "default '3'"),
+        ('name = "x"\n[config.enabled]\ntype = "boolean"', "'enabled' is reserved"),
+        ('name = "x"\n[config.Bad-Key]\ntype = "string"', "lowercase identifiers"),
         ("name = ", "not valid TOML"),
         ("", "name: Field required"),
     ],
@@ -128,6 +132,7 @@ def test_settings_get_defaults():
         ({"url": "u", "retries": "3"}, "retries: Input should be a valid integer"),
         ({"url": "u", "mode": "slow"}, "mode: Input should be 'fast' or 'safe'"),
         ({"url": "u", "debug": "yes"}, "debug: Input should be a valid boolean"),
+        ({"url": "u", "ratio": True}, "ratio: Input should be a valid number"),
         ({"url": "u", "extra": 1}, "extra: unknown setting"),
     ],
 )

@@ -10,6 +10,7 @@ Errors anywhere become `{"error": {"code", "message"}}` (errors.py).
 from __future__ import annotations
 
 import inspect
+import re
 from typing import TYPE_CHECKING, Any
 
 from courtyard_sdk.names import slug
@@ -37,6 +38,9 @@ RESERVED_PREFIXES = (
     "/.well-known",
 )
 CORE = "courtyard (core)"
+_VARIABLE = re.compile(
+    r"<(?:(?P<converter>[a-zA-Z_][a-zA-Z0-9_]*)(?:\([^)]*\))?:)?[a-zA-Z_][a-zA-Z0-9_]*>"
+)
 OWNERS = "courtyard.owners"
 
 
@@ -99,11 +103,16 @@ def route_collisions(app: Quart) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for rule in app.url_map.iter_rules():
         owner = owner_of(app, rule)
-        if owner != CORE and rule.rule.startswith(RESERVED_PREFIXES):
+        if owner != CORE and any(
+            rule.rule == prefix or rule.rule.startswith(prefix + "/")
+            for prefix in RESERVED_PREFIXES
+        ):
             found.append((owner, f"route {rule.rule} is reserved by the runtime"))
             continue
+        # /x/<id> and /x/<name> match the same URLs: compare rules with variables unnamed.
+        shape = _VARIABLE.sub(lambda m: f"<{m['converter'] or 'default'}>", rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            key = (rule.rule, method)
+            key = (shape, method)
             first = claimed.setdefault(key, owner)
             if first != owner:
                 found.append((owner, f"route {method} {rule.rule} is already claimed by {first}"))

@@ -42,6 +42,13 @@ class Candidate:
             return f"{self.root.parent.name}/{self.root.name}"
         return self.root.name
 
+    @property
+    def shadow_note(self) -> str | None:
+        """Why this candidate is not used, when an earlier one has its name."""
+        if self.shadowed_by is None:
+            return None
+        return f"shadowed: {self.name} is already provided by {self.shadowed_by}"
+
 
 def _plugin_folders(plugin_dir: Path) -> list[Path]:
     """`name/` and `@scope/name/` folders of one plugin directory; dot entries skipped."""

@@ -156,8 +156,8 @@ class Generation:
         for cand in scan(self.settings):
             rec = PluginRecord(cand)
             self.records.append(rec)
-            if cand.shadowed_by is not None:
-                rec.fail(f"duplicate name: {cand.name} is already provided by {cand.shadowed_by}")
+            if cand.shadowed_by is not None:  # an override, not a failure: strict mode allows it
+                rec.status, rec.error = DISABLED, cand.shadow_note
             elif cand.manifest is None:
                 rec.fail(cand.error or "invalid manifest")
         for rec in self.records:
@@ -170,13 +170,16 @@ class Generation:
         manifest = rec.candidate.manifest
         assert manifest is not None
         values = dict(self.settings.plugins.get(rec.name, {}))
+        enabled = values.pop("enabled", manifest.enabled)
         only = self.settings.only_plugins
-        if not values.pop("enabled", manifest.enabled) or (
-            only is not None and rec.name not in only
-        ):
-            rec.status = DISABLED
-            return
         try:
+            if not isinstance(enabled, bool):
+                raise SettingsError(
+                    f"plugin {rec.name}: invalid settings: enabled: must be true or false"
+                )
+            if not enabled or (only is not None and rec.name not in only):
+                rec.status = DISABLED
+                return
             settings = manifest.validate_settings(values)
         except SettingsError as exc:
             if self.first:
@@ -192,7 +195,7 @@ class Generation:
             manifest=manifest,
             settings=types.MappingProxyType(settings),
             logger=logging.getLogger(f"courtyard.plugin.{rec.name}"),
-            data_dir=data_dir,
+            _data_dir=data_dir,
             root=rec.candidate.root,
             _lookup=self._service,
         )
@@ -201,7 +204,22 @@ class Generation:
         rec = self.record(name)
         return rec.service if rec is not None else None
 
+    def _unavailable_dependencies(self) -> None:
+        """Fail plugins whose required dependency is present but disabled or failed."""
+        status = {r.name: r.status for r in self.records if r.candidate.shadowed_by is None}
+        changed = True
+        while changed:  # a failure can make another plugin's dependency unavailable
+            changed = False
+            for rec in self.loaded:
+                for dep in rec.candidate.manifest.dependencies:  # type: ignore[union-attr]
+                    if status.get(dep, LOADED) != LOADED:
+                        verb = "is disabled" if status[dep] == DISABLED else "failed"
+                        rec.fail(f"dependency {dep} {verb}")
+                        status[rec.name], changed = FAILED, True
+                        break
+
     def _import(self) -> None:
+        self._unavailable_dependencies()
         manifests = {r.name: r.candidate.manifest for r in self.records if r.status == LOADED}
         order, excluded = dependency_order(manifests)  # type: ignore[arg-type]
         by_name = {r.name: r for r in self.records if r.status == LOADED}
@@ -224,7 +242,6 @@ class Generation:
         assert manifest is not None and rec.ctx is not None
         started = time.perf_counter()
         try:
-            rec.ctx.data_dir.mkdir(parents=True, exist_ok=True)
             if cand.module is not None:
                 rec.module = loading.import_installed_plugin(cand.module)
             elif manifest.module is not None:

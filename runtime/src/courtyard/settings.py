@@ -68,8 +68,8 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for field in ENV_FIELDS:
         raw = environ.get(env_name(field))
-        if raw is None:
-            continue
+        if raw is None or (not raw.strip() and field in _LIST_FIELDS | _NAME_LIST_FIELDS):
+            continue  # an empty list variable means "not set", not "nothing at all"
         if field in _LIST_FIELDS:
             values[field] = [Path(p) for p in raw.split(os.pathsep) if p]
         elif field in _NAME_LIST_FIELDS:
@@ -90,13 +90,19 @@ def _from_file(path: Path) -> dict[str, Any]:
         raise SettingsError(f"{path}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+
     # Relative paths in a config file are relative to the file, as in pyproject.toml.
+    def beside_file(value: object) -> object:
+        return path.parent / Path(value).expanduser() if isinstance(value, str) else value
+
     for field in _PATH_FIELDS & data.keys():
         value = data[field]
-        if isinstance(value, str):
-            data[field] = path.parent / value
-        elif isinstance(value, list):
-            data[field] = [path.parent / v if isinstance(v, str) else v for v in value]
+        data[field] = (
+            [beside_file(v) for v in value] if isinstance(value, list) else beside_file(value)
+        )
+    script = data.get("docs_script")
+    if isinstance(script, str) and not script.startswith(("http://", "https://")):
+        data["docs_script"] = str(beside_file(script))
     return data
 
 

@@ -19,7 +19,6 @@ class PluginContext:
     :ivar manifest: the parsed `plugin.toml`.
     :ivar settings: the plugin's validated settings (`[plugins."<name>"]` plus defaults).
     :ivar logger: a logger named `courtyard.plugin.<name>`.
-    :ivar data_dir: a folder of the plugin's own under the runtime's data directory.
     :ivar root: the folder holding `plugin.toml`.
     """
 
@@ -27,9 +26,16 @@ class PluginContext:
     manifest: Manifest
     settings: Mapping[str, Any]
     logger: logging.Logger
-    data_dir: Path
     root: Path
+    _data_dir: Path = field(repr=False, default=Path("data"))
     _lookup: Callable[[str], Any] = field(repr=False, default=lambda name: None)
+
+    @property
+    def data_dir(self) -> Path:
+        """A folder of the plugin's own under the runtime's data directory, created on
+        first use (so that merely listing plugins writes nothing)."""
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        return self._data_dir
 
     def get_plugin(self, name: str) -> Any:
         """Return the service that plugin `name` provides (see `courtyard_provides`).

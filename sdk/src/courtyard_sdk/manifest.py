@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     create_model,
     field_validator,
@@ -26,6 +27,7 @@ MANIFEST_FILE = "plugin.toml"
 BASE_RE = re.compile(r"^/(?:[a-z0-9_-]+)?$")
 RESERVED_BASES = frozenset({"/api", "/.well-known"})
 ICON_RE = re.compile(r"^[a-z0-9-]+:[a-z0-9-]+$")
+SETTING_KEY_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -88,6 +90,28 @@ class SettingSpec(_Strict):
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SettingSpec:
+        if (self.minimum, self.maximum) != (None, None) and self.type not in ("integer", "number"):
+            raise ValueError("minimum and maximum apply to integer and number settings only")
+        if self.default is not None:
+            try:
+                TypeAdapter(self.annotation()).validate_python(self.default)
+            except ValidationError as exc:
+                raise ValueError(f"default {self.default!r}: {exc.errors()[0]['msg']}") from None
+        return self
+
+    def annotation(self) -> Any:
+        """The type a value must have: strict (no "3" for 3), within choices and bounds."""
+        if self.choices:
+            return Literal[self.choices]  # type: ignore[valid-type]
+        bounds = {
+            key: value
+            for key, value in (("ge", self.minimum), ("le", self.maximum))
+            if value is not None
+        }
+        return Annotated[_PY_TYPES[self.type], Field(strict=True, **bounds)]
 
 
 class Manifest(_Strict):
@@ -152,6 +176,16 @@ class Manifest(_Strict):
                 raise ValueError(f"{name!r} is not a valid plugin name")
         return value
 
+    @field_validator("config")
+    @classmethod
+    def _config_keys(cls, value: dict[str, SettingSpec]) -> dict[str, SettingSpec]:
+        for key in value:
+            if not SETTING_KEY_RE.match(key):
+                raise ValueError(f"{key!r}: setting keys are lowercase identifiers")
+            if key == "enabled":
+                raise ValueError("'enabled' is reserved: it switches the plugin on or off")
+        return value
+
     @field_validator("requires")
     @classmethod
     def _requirements(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -181,21 +215,12 @@ class Manifest(_Strict):
         Raises `SettingsError` naming the plugin and the key for an unknown key, a missing
         required key or a value of the wrong type or range.
         """
-        fields: dict[str, Any] = {}
-        for key, spec in self.config.items():
-            py_type: Any = _PY_TYPES[spec.type]
-            constraints: dict[str, Any] = {}
-            if spec.choices:
-                py_type = Literal[spec.choices]  # type: ignore[valid-type]
-            elif spec.type != "number":  # no silent "3" -> 3; but an integer is a fine number
-                constraints["strict"] = True
-            if spec.minimum is not None:
-                constraints["ge"] = spec.minimum
-            if spec.maximum is not None:
-                constraints["le"] = spec.maximum
-            annotated = Annotated[py_type, Field(**constraints)]
-            default = ... if spec.required else spec.default
-            fields[key] = (annotated if spec.required else annotated | None, default)
+        fields: dict[str, Any] = {
+            key: (spec.annotation(), ...)
+            if spec.required
+            else (spec.annotation() | None, spec.default)
+            for key, spec in self.config.items()
+        }
         model = create_model(  # type: ignore[call-overload]
             "Settings", __config__=ConfigDict(extra="forbid"), **fields
         )

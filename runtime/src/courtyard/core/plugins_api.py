@@ -92,12 +92,14 @@ async def list_plugins() -> list[dict[str, Any]]:
     out = []
     for cand in scan(generation.settings):
         rec = fates.get(cand.root)
-        if rec is None and cand.shadowed_by is None and cand.manifest is not None:
-            status, error = "unloaded", None
-        elif rec is None:
-            status, error = "failed", cand.error or f"duplicate of {cand.shadowed_by}"
-        else:
+        if rec is not None:
             status, error = rec.status, rec.error
+        elif cand.manifest is None:
+            status, error = "failed", cand.error
+        elif cand.shadowed_by is not None:
+            status, error = "disabled", cand.shadow_note
+        else:
+            status, error = "unloaded", None
         out.append(
             {
                 "name": cand.name,
