@@ -29,6 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+try:  # an async fixture that works whatever the author's asyncio_mode
+    from pytest_asyncio import fixture as async_fixture
+except ImportError:  # pragma: no cover - the [testing] extra installs pytest-asyncio
+    async_fixture = pytest.fixture
+
 if TYPE_CHECKING:
     import httpx
     from courtyard.host import Host
@@ -93,7 +98,7 @@ def _settings(tmp_path: Path, plugin_dir: Path, overrides: dict[str, Any]) -> di
     }
 
 
-@pytest.fixture
+@async_fixture
 async def courtyard(tmp_path: Path, plugin_dir: Path) -> AsyncIterator[Callable[..., Any]]:
     """Start an in-process runtime: `rt = await courtyard(strict=True, plugins={...})`."""
     import httpx
