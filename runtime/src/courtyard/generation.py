@@ -113,13 +113,22 @@ class Generation:
     async def call_lifecycle(self, rec: PluginRecord, hook: str) -> None:
         """Run a startup or shutdown hook within the startup timeout; a sync hook runs in
         a worker thread, so that it cannot stall the generation that is serving."""
+        impl = next(
+            (i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin is rec.module),
+            None,
+        )
+        if impl is None:
+            return
 
-        async def run() -> None:
-            result = await asyncio.to_thread(self.call, rec, hook)
+        # asyncio.timeout, unlike wait_for, needs no task: a hook that never suspends costs
+        # no trip round a busy event loop.
+        async with asyncio.timeout(self.settings.startup_timeout):
+            if inspect.iscoroutinefunction(impl.function):
+                result = self.call(rec, hook)  # only creates the coroutine
+            else:
+                result = await asyncio.to_thread(self.call, rec, hook)
             if inspect.isawaitable(result):
                 await result
-
-        await asyncio.wait_for(run(), self.settings.startup_timeout)
 
     # Building ----------------------------------------------------------------------------
 

@@ -1,0 +1,196 @@
+"""What every benchmark shares: starting a server, generating load, saving figures.
+
+Load comes from a separate process: Debian's `wrk` when installed, else `loadgen.py`
+(an asyncio HTTP/1.1 keep-alive client).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from courtyard_sdk.testing import free_port
+
+BENCH = Path(__file__).parent
+RESULTS = BENCH / "results"
+ECHO_BODY = json.dumps({"items": ["x" * 90] * 10})  # about 1 KB
+
+
+@dataclass
+class Server:
+    """A server under test."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    startup_seconds: float = 0.0
+
+    @property
+    def rss_mb(self) -> float:
+        """Resident memory of the server process, in MiB."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+
+def wait_for(
+    url: str, timeout: float = 60, process: subprocess.Popen[bytes] | None = None
+) -> float:
+    """Poll `url` until it answers 200; return the seconds it took."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return time.perf_counter() - started
+        except OSError:
+            time.sleep(0.005)
+    raise TimeoutError(url)
+
+
+@contextmanager
+def serving(kind: str, trivial_plugins: int = 0) -> Iterator[Server]:
+    """Serve the bench routes (and `trivial_plugins` more plugins) until the block ends.
+
+    `kind` is "raw", "quart" or "courtyard" (servers.py, all on one Hypercorn set-up), or
+    "courtyard-cli": the real `courtyard serve` command.
+    """
+    from servers import write_bench_plugins
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plugin_dir, data_dir = Path(tmp, "plugins"), Path(tmp, "data")
+        write_bench_plugins(plugin_dir, trivial_plugins)
+        port = free_port()
+        if kind == "courtyard-cli":
+            command = [
+                sys.executable,
+                "-m",
+                "courtyard",
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ]
+            ready = "/api/health/ready"
+        else:
+            command = [sys.executable, str(BENCH / "servers.py"), kind, "--port", str(port)]
+            ready = "/bench/noop"
+        command += ["--plugin-dir", str(plugin_dir), "--data-dir", str(data_dir)]
+        started = time.perf_counter()
+        process = subprocess.Popen(command)
+        server = Server(process, f"http://127.0.0.1:{port}")
+        try:
+            wait_for(server.url + ready, process=process)
+            server.startup_seconds = time.perf_counter() - started
+            yield server
+        finally:
+            process.terminate()
+            process.wait(30)
+
+
+def load(url: str, seconds: float, connections: int, body: str | None = None) -> dict[str, float]:
+    """Drive `url` for `seconds` with `connections` keep-alive connections.
+
+    :return: requests per second, p50 and p99 latency in ms, and errors.
+    """
+    if shutil.which("wrk"):
+        return _wrk(url, seconds, connections, body)
+    command = [
+        sys.executable,
+        str(BENCH / "loadgen.py"),
+        url,
+        "--seconds",
+        str(seconds),
+        "--connections",
+        str(connections),
+    ]
+    if body is not None:
+        command += ["--body", body]
+    return json.loads(subprocess.run(command, check=True, capture_output=True).stdout)
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _wrk(url: str, seconds: float, connections: int, body: str | None) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        if body is not None:
+            script.write(
+                'wrk.method = "POST"\n'
+                f"wrk.body = {json.dumps(body)}\n"
+                'wrk.headers["Content-Type"] = "application/json"\n'
+            )
+    try:
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{max(1, round(seconds))}s",
+                "--latency",
+                "-s",
+                script.name,
+                url,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    finally:
+        os.unlink(script.name)
+
+    def latency(percent: str) -> float:
+        match = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert match, out
+        return float(match[1]) * _UNITS[match[2]]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
+        "errors": (int(errors[1]) if errors else 0)
+        + (sum(int(g) for g in socket_errors.groups()) if socket_errors else 0),
+    }
+
+
+def save(name: str, data: object) -> Path:
+    """Write `data` to bench/results/<name>.json, with when and where it was measured."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    record = {
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "load_generator": "wrk" if shutil.which("wrk") else "loadgen.py",
+        "results": data,
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    """Format rows (same keys) as an aligned text table."""
+    keys = list(rows[0])
+    cells = [[f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
