@@ -161,3 +161,22 @@ def test_courtyard_commands_add_cli_subcommands(plugin_dir, tmp_path, monkeypatc
     assert "greet" in runner.invoke(main, ["--help"]).output
     # A plugin cannot replace a core command.
     assert "Serve the runtime" in runner.invoke(main, ["serve", "--help"]).output
+
+
+async def test_retired_generations_are_freed(courtyard, add_fixture_plugins):
+    import asyncio
+    import gc
+    import sys
+    import weakref
+
+    add_fixture_plugins("hello", "@acme/greeter")
+    rt = await courtyard(entry_points=False)
+    first = weakref.ref(rt.host.current)
+    first_modules = [name for name in sys.modules if name.startswith("_courtyard_g1_")]
+    assert first_modules
+    assert (await rt.reload()).status_code == 200
+    while rt.host._retiring:
+        await asyncio.sleep(0.01)
+    gc.collect()
+    assert first() is None
+    assert not [name for name in sys.modules if name.startswith("_courtyard_g1_")]
