@@ -75,7 +75,7 @@ async def test_sigterm_finishes_in_flight_requests_then_shuts_down(
         server.process.send_signal(signal.SIGTERM)
         answer = await pending
     assert answer.json() == {"slow": "done"}
-    assert server.stop() == 0
+    assert server.process.wait(30) == 0  # SIGTERM was sent above: a second one is not ours
     events = (plugin_dir.parent / "data" / "plugin-data" / "hello" / "events.log").read_text()
     assert events.split() == ["startup", "shutdown"]
 
