@@ -18,17 +18,19 @@ from pathlib import Path
 
 import pytest
 from courtyard.archives import (
-    BACKUP_PREFIX,
-    STAGING_PREFIX,
     ArchiveError,
     Limits,
     archive_kind,
-    clean_staging,
     extract,
     flatten_root,
+    save_upload,
+)
+from courtyard.installs import (
+    BACKUP_PREFIX,
+    STAGING_PREFIX,
+    clean_staging,
     install_tree,
     restore_tree,
-    save_upload,
     staging_dir,
 )
 from courtyard_sdk import ApiError

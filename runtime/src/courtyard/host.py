@@ -18,7 +18,7 @@ from typing import Any
 
 from . import __version__
 from .generation import BuildError, Generation
-from .installs import clean_leftovers
+from .installs import clean_staging
 from .security import new_request_id
 from .settings import Settings
 
@@ -73,7 +73,7 @@ class Host:
         :raises BuildError: when it cannot be built (in strict mode: any plugin failure).
         """
         for folder in self.settings.plugin_folders:
-            clean_leftovers(folder)
+            clean_staging(folder)
         # Everything loaded so far (the libraries) lives as long as the process: spare the
         # garbage collector from scanning it again and again (Instagram's gc.freeze trick).
         # Generations come later, so retired ones stay collectable.
