@@ -20,7 +20,7 @@ from quart_schema import QuartSchema
 from werkzeug.routing import Rule
 
 from . import __version__, errors, security
-from .core import health, meta, plugins_api
+from .core import apps_api, health, meta, plugins_api, uploads
 from .core.meta import CourtyardOpenAPIProvider
 from .logs import request_id
 
@@ -47,7 +47,9 @@ OWNERS = "courtyard.owners"
 def create_app(host: Host, generation: Generation) -> Quart:
     """Assemble the Quart app serving `generation`'s loaded plugins."""
     app = Quart("courtyard")
-    app.request_class = _Request
+    app.request_class = type(
+        "Request", (_Request,), {"upload_max_bytes": generation.settings.upload_max_bytes}
+    )
     app.extensions["courtyard.host"] = host
     app.extensions["courtyard.generation"] = generation
     QuartSchema(
@@ -70,7 +72,7 @@ def create_app(host: Host, generation: Generation) -> Quart:
 
     app.before_request(_start_request)
     errors.install(app)
-    for blueprint in (health.blueprint, plugins_api.blueprint, meta.blueprint):
+    for blueprint in (health.blueprint, plugins_api.blueprint, apps_api.blueprint, meta.blueprint):
         app.register_blueprint(blueprint)
 
     owners: dict[str, str] = {}
@@ -122,9 +124,16 @@ def route_collisions(app: Quart) -> list[tuple[str, str]]:
 
 class _Request(Request):
     """Quart's request, with the matched blueprint worked out once instead of a dozen
-    times per request (every plugin route is in a blueprint)."""
+    times per request (every plugin route is in a blueprint), and a body limit that
+    lets archive uploads through (MAX_CONTENT_LENGTH still bounds every other body)."""
 
     _blueprint: str | None = None
+    upload_max_bytes: int | None = None  # set per app by create_app
+
+    def __init__(self, method: str, scheme: str, path: str, *args: Any, **kwargs: Any) -> None:
+        if method == "POST" and path in uploads.UPLOAD_PATHS:
+            kwargs["max_content_length"] = self.upload_max_bytes
+        super().__init__(method, scheme, path, *args, **kwargs)
 
     @property
     def blueprint(self) -> str | None:

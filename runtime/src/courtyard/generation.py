@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 from courtyard_sdk import Blueprint, PluginContext, SettingsError, hookspecs
 from courtyard_sdk.names import slug
+from werkzeug.exceptions import HTTPException, NotFound
 
 from . import loading
 from .discovery import Candidate, scan
@@ -90,6 +91,17 @@ class Generation:
     def record(self, name: str) -> PluginRecord | None:
         """The loaded plugin called `name`, if any."""
         return next((r for r in self.loaded if r.name == name), None)
+
+    def serves(self, path: str, method: str | None) -> bool:
+        """Whether a core or plugin route answers `path` (apps come after routes)."""
+        assert self.app is not None
+        try:
+            self.app.url_map.bind("courtyard").match(path, method or "GET")
+        except NotFound:
+            return False
+        except HTTPException:  # wrong method, or a redirect to the slashed path: still ours
+            return True
+        return True
 
     # Calling hooks -----------------------------------------------------------------------
 

@@ -17,6 +17,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import __version__
+from .apps.asgi import header, with_header
+from .apps.registry import AppRegistry
+from .apps.router import AppRouter
 from .generation import BuildError, Generation
 from .installs import clean_staging
 from .security import new_request_id
@@ -46,6 +49,7 @@ class Host:
         self._changes = asyncio.Lock()  # one reload (and its file changes) at a time
         self._retiring: set[asyncio.Task[None]] = set()
         self._boot: asyncio.Task[None] | None = None
+        self.apps = AppRouter(AppRegistry(settings.app_folders), settings.data_dir / "run")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -55,6 +59,13 @@ class Host:
         generation = self.current
         if generation is None:
             await self._unavailable(scope, send)
+            return
+        routed = self.apps.match(scope["path"]) if scope["type"] != "lifespan" else None
+        if routed is not None and not generation.serves(scope["path"], scope.get("method")):
+            rid = header(scope, b"x-request-id") or new_request_id()
+            await self.apps.serve(
+                routed, scope, receive, with_header(send, b"x-request-id", rid.encode())
+            )
             return
         generation.active += 1
         generation.idle.clear()
@@ -95,11 +106,23 @@ class Host:
         async with self._changes:
             if before is not None:
                 before()
-            generation = Generation(next(self._numbers), self.settings, first=self.current is None)
-            await generation.build(self)
-            old, self.current = self.current, generation
-            if self.state == "starting":
-                self.state = "ready"
+            return await self.swap()
+
+    def changing(self) -> asyncio.Lock:
+        """Hold this (`async with`) to change plugin files and `swap` as one step."""
+        return self._changes
+
+    async def swap(self) -> Generation:
+        """Build a generation from the plugin files and serve it (hold `changing()`).
+
+        :raises BuildError: the new generation could not be built; the old one serves on.
+        """
+        assert self._changes.locked(), "hold host.changing() around swap()"
+        generation = Generation(next(self._numbers), self.settings, first=self.current is None)
+        await generation.build(self)
+        old, self.current = self.current, generation
+        if self.state == "starting":
+            self.state = "ready"
         log.info(
             "generation %d serving %d plugin(s)%s",
             generation.number,
@@ -143,6 +166,7 @@ class Host:
             await self._retire(generation)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+        await self.apps.close()
 
     async def _boot_in_background(self) -> None:
         try:

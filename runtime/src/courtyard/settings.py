@@ -35,6 +35,9 @@ class Settings(BaseModel):
     startup_timeout: float = Field(default=30.0, gt=0)
     drain_timeout: float = Field(default=30.0, ge=0)
     docs_script: str | None = None
+    upload_max_bytes: int = Field(default=100 * 1024**2, gt=0)
+    upload_max_extracted_bytes: int = Field(default=500 * 1024**2, gt=0)
+    upload_max_entries: int = Field(default=10_000, gt=0)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @property

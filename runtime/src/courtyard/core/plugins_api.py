@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
+import tomllib
+from pathlib import Path
 from typing import Any
 
-from courtyard_sdk import ApiError, Menu, is_valid_name
+from courtyard_sdk import ApiError, Manifest, ManifestError, Menu, is_valid_name, read_manifest
+from courtyard_sdk.manifest import MANIFEST_FILE
 from pydantic import BaseModel
 from quart import Blueprint, request
 from quart_schema import document_response, tag
 
 from ..discovery import scan
-from ..generation import BuildError, Generation, PluginRecord
-from ..installs import remove_tree
-from . import current_generation, current_host
+from ..generation import FAILED, BuildError, Generation, PluginRecord
+from ..installs import install_tree, remove_path, remove_tree, restore_tree
+from . import current_generation, current_host, uploads
 
 blueprint = Blueprint("plugins", __name__, url_prefix="/api/plugins")
 log = logging.getLogger("courtyard.plugins")
@@ -173,6 +178,86 @@ async def reload_plugins() -> dict[str, Any]:
     except BuildError as exc:
         raise ApiError(422, "RELOAD_FAILED", str(exc)) from None
     return _reload_result(generation)
+
+
+class UploadedPlugin(BaseModel):
+    """Where an uploaded plugin went."""
+
+    name: str
+    version: str
+    installedAt: str
+
+
+class UploadResult(BaseModel):
+    """The answer to a plugin upload."""
+
+    success: bool
+    data: dict[str, UploadedPlugin]
+
+
+def _uploaded_manifest(content: Path) -> Manifest:
+    """The manifest in an uploaded plugin, its name checked first (PATH_TRAVERSAL)."""
+    try:
+        raw = tomllib.loads((content / MANIFEST_FILE).read_text("utf-8"))
+    except FileNotFoundError:
+        raise ApiError(400, "INVALID_MANIFEST", f"the archive holds no {MANIFEST_FILE}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ApiError(400, "INVALID_MANIFEST", f"{MANIFEST_FILE}: {exc}") from None
+    name = raw.get("name")
+    if not isinstance(name, str) or not is_valid_name(name):
+        raise ApiError(400, "PATH_TRAVERSAL", f"Invalid package name: {name!r}")
+    try:
+        return read_manifest(content)
+    except ManifestError as exc:
+        raise ApiError(400, "INVALID_MANIFEST", str(exc)) from None
+
+
+@blueprint.post("/upload")
+@tag(["plugins"])
+@document_response(UploadResult)
+async def upload_plugin() -> dict[str, Any]:
+    """Install a plugin from a .tgz, .tar.gz or .zip (form field `file`), then reload.
+
+    The archive holds `plugin.toml` at its top (or in one top folder, as `npm pack` makes).
+    It goes to the first plugin directory as `[@scope/]name/`. If the new generation cannot
+    load it, the previous files (if any) come back, the previous plugin set keeps serving,
+    and the answer is 422 `PLUGIN_LOAD_FAILED` with the cause.
+    """
+    host = current_host()
+    settings = current_generation().settings
+    if not settings.plugin_folders:
+        raise ApiError(400, "NO_PLUGIN_DIRS", "No pluginDirs configured")
+    plugin_dir = settings.plugin_folders[0]
+    async with uploads.received_archive(plugin_dir, settings) as content:
+        manifest = _uploaded_manifest(content)
+        destination = plugin_dir / manifest.name
+        async with host.changing():
+            backup = install_tree(content, destination)
+            try:
+                generation = await host.swap()
+            except BuildError as exc:
+                restore_tree(backup, destination)
+                raise ApiError(422, "PLUGIN_LOAD_FAILED", str(exc)) from None
+            rec = next((r for r in generation.records if r.candidate.root == destination), None)
+            if rec is None or rec.status == FAILED:
+                restore_tree(backup, destination)
+                with contextlib.suppress(BuildError):
+                    await host.swap()  # back to the previous plugin files
+                reason = rec.error if rec is not None else "not found after install"
+                raise ApiError(422, "PLUGIN_LOAD_FAILED", f"{manifest.name}: {reason}")
+            if backup is not None:
+                await asyncio.to_thread(remove_path, backup)
+    log.info("installed plugin %s %s at %s", manifest.name, manifest.version, destination)
+    return {
+        "success": True,
+        "data": {
+            "plugin": {
+                "name": manifest.name,
+                "version": manifest.version,
+                "installedAt": str(destination),
+            }
+        },
+    }
 
 
 @blueprint.delete("/")

@@ -1,0 +1,1 @@
+"""Versioned apps served from app directories: `<dir>/[@scope/]name/<version>/`."""

@@ -1,0 +1,57 @@
+"""Small ASGI helpers for answering outside Quart (apps are served below the Quart layer)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def send_json(
+    send: Send,
+    status: int,
+    body: Any,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    """Send a complete JSON response."""
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def send_error(send: Send, status: int, code: str, message: str) -> None:
+    """Send the error envelope `{"error": {"code", "message"}}`."""
+    await send_json(send, status, {"error": {"code": code, "message": message}})
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of request header `name` (lowercase bytes), decoded."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def with_header(send: Send, name: bytes, value: bytes) -> Send:
+    """A `send` that adds one header to the response start."""
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (name, value)]}
+        await send(message)
+
+    return wrapped

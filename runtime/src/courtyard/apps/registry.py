@@ -1,0 +1,213 @@
+"""Finding installed apps and reading their manifests (`package.json` or `app.toml`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from courtyard_sdk import is_valid_name
+from packaging.version import InvalidVersion, Version
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .versions import sort_versions
+
+log = logging.getLogger("courtyard.apps")
+ENTRY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class AppManifestError(ValueError):
+    """A version folder's manifest is missing or invalid."""
+
+
+class InvalidAppName(AppManifestError):
+    """The manifest's name is not a valid `[@scope/]name` (a path-traversal attempt)."""
+
+
+class AppConfig(BaseModel):
+    """How an app is served: `app.toml` at the top level, or `courtyard` in package.json.
+
+    An app with `entry` is an ASGI application run in worker processes; without it, a
+    static site whose `index` file must exist.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    entry: str | None = None
+    index: str = "index.html"
+    spa: bool = False
+    timeout: float = Field(default=30.0, gt=0)
+    idle_timeout: float = Field(default=300.0, gt=0)
+    ttl: float = Field(default=3600.0, ge=0)
+    max_requests: int = Field(default=1000, ge=1)
+    max_body_size: int = Field(default=10 * 1024**2, ge=0)
+    max_memory_mb: int = Field(default=1024, ge=16)
+    env: dict[str, str] = Field(default_factory=dict)
+    public_routes: tuple[str, ...] = ()
+
+    @field_validator("entry")
+    @classmethod
+    def _entry(cls, value: str | None) -> str | None:
+        if value is not None and not ENTRY_RE.match(value):
+            raise ValueError("must be 'module:attribute', for example 'app:app'")
+        return value
+
+    @field_validator("index")
+    @classmethod
+    def _index(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/") or "\\" in value:
+            raise ValueError("must be a path inside the app, such as index.html")
+        return value
+
+
+class _TomlManifest(AppConfig):
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class AppVersion:
+    """One installed version of an app."""
+
+    name: str
+    version: str
+    root: Path
+    config: AppConfig
+
+    @property
+    def key(self) -> str:
+        """`name@version`: unique among installed apps."""
+        return f"{self.name}@{self.version}"
+
+
+def read_app_manifest(folder: Path) -> tuple[str, str, AppConfig]:
+    """Read `package.json` (npm's `name` and `version`, settings under `courtyard`) or
+    `app.toml` in `folder`.
+
+    :raises AppManifestError: naming the file and what is wrong.
+    """
+    package, toml = folder / "package.json", folder / "app.toml"
+    try:
+        if package.is_file():
+            source = package
+            data = json.loads(package.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise AppManifestError(f"{source.name}: must hold a JSON object")
+            name, version = data.get("name"), data.get("version")
+            config = AppConfig.model_validate(data.get("courtyard") or {})
+        elif toml.is_file():
+            source = toml
+            manifest = _TomlManifest.model_validate(tomllib.loads(toml.read_text("utf-8")))
+            name, version = manifest.name, manifest.version
+            config = AppConfig.model_validate(manifest.model_dump(exclude={"name", "version"}))
+        else:
+            raise AppManifestError("no package.json or app.toml")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise AppManifestError(f"{source.name}: unreadable: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise AppManifestError(f"{source.name}: {problems}") from None
+    if not isinstance(name, str) or not is_valid_name(name):
+        raise InvalidAppName(f"{source.name}: name must be [@scope/]name, got {name!r}")
+    if not isinstance(version, str):
+        raise AppManifestError(f"{source.name}: version is required")
+    try:
+        Version(version)
+    except InvalidVersion:
+        raise AppManifestError(f"{source.name}: version {version!r} is not valid") from None
+    if config.entry is None and not (folder / config.index).is_file():
+        raise AppManifestError(f"a static app needs {config.index} (or set an ASGI `entry`)")
+    return name, version, config
+
+
+@dataclass
+class App:
+    """An installed app: its folder and its valid versions."""
+
+    name: str
+    path: Path
+    versions: dict[str, AppVersion] = field(default_factory=dict)
+
+    def sorted_versions(self) -> list[str]:
+        """Versions in ascending order."""
+        return sort_versions(self.versions)
+
+
+def _app_folders(app_dir: Path) -> Iterator[tuple[str, Path]]:
+    if not app_dir.is_dir():
+        return
+    for entry in sorted(app_dir.iterdir()):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        if entry.name.startswith("@"):
+            for sub in sorted(entry.iterdir()):
+                if sub.is_dir() and not sub.name.startswith("."):
+                    yield f"{entry.name}/{sub.name}", sub
+        else:
+            yield entry.name, entry
+
+
+def scan_apps(app_dirs: tuple[Path, ...]) -> dict[str, App]:
+    """Every app in the app directories; the first directory holding a name wins.
+
+    A version folder whose manifest is invalid, or names another app or version, is
+    skipped with a warning.
+    """
+    apps: dict[str, App] = {}
+    for app_dir in app_dirs:
+        for name, folder in _app_folders(app_dir):
+            if name in apps or not is_valid_name(name):
+                continue
+            app = apps[name] = App(name, folder)
+            for version_dir in sorted(folder.iterdir()):
+                if version_dir.name.startswith(".") or not version_dir.is_dir():
+                    continue
+                try:
+                    found_name, version, config = read_app_manifest(version_dir)
+                except AppManifestError as exc:
+                    log.warning("app %s %s skipped: %s", name, version_dir.name, exc)
+                    continue
+                if (found_name, version) != (name, version_dir.name):
+                    log.warning(
+                        "app %s %s skipped: its manifest says %s %s",
+                        name,
+                        version_dir.name,
+                        found_name,
+                        version,
+                    )
+                    continue
+                app.versions[version] = AppVersion(name, version, version_dir, config)
+    return apps
+
+
+class AppRegistry:
+    """The installed apps, rescanned at most every `ttl` seconds (or when invalidated),
+    so that what another instance installs shows up here too."""
+
+    def __init__(self, app_dirs: tuple[Path, ...], ttl: float = 2.0) -> None:
+        self.app_dirs = app_dirs
+        self.ttl = ttl
+        self._apps: dict[str, App] = {}
+        self._scanned = float("-inf")
+
+    def apps(self) -> dict[str, App]:
+        """The apps, from a scan at most `ttl` seconds old."""
+        now = time.monotonic()
+        if now - self._scanned > self.ttl:
+            self._apps, self._scanned = scan_apps(self.app_dirs), now
+        return self._apps
+
+    def invalidate(self) -> None:
+        """Rescan on the next look (after an install or a removal)."""
+        self._scanned = float("-inf")
+
+    def get(self, name: str) -> App | None:
+        """The app called `name`, if installed."""
+        return self.apps().get(name)

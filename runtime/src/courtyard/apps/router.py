@@ -1,0 +1,143 @@
+"""Requests for apps: `/<name>[@range]/...` and `/@scope/name[@range]/...`.
+
+The Host asks `AppRouter.match` about every request whose path starts like an installed
+app's name; the serving generation's own routes (core and plugins) win over apps.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from .asgi import Receive, Scope, Send, send_error
+from .registry import App, AppRegistry, AppVersion
+from .static import serve_static
+from .versions import InvalidRange, resolve
+
+if TYPE_CHECKING:
+    from .workers import WorkerApp, WorkerPool
+
+APP_PATH = re.compile(
+    r"^/(?P<name>(?:@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*)"
+    r"(?:@(?P<range>[^/]*))?(?P<rest>/.*)?$"
+)
+
+
+@dataclass(frozen=True)
+class AppRequest:
+    """A request path split into the app, the version range asked for, and the rest."""
+
+    app: App
+    range: str | None
+    prefix: str  # what the app sees as its root path: "/name@range"
+    rest: str
+
+
+class AppRouter:
+    """Finds the app a path names, resolves its version and serves it."""
+
+    def __init__(self, registry: AppRegistry, runtime_dir: Path, max_workers: int = 16) -> None:
+        self.registry = registry
+        self._runtime_dir = runtime_dir
+        self._max_workers = max_workers
+        self._pool: WorkerPool | None = None
+
+    def match(self, path: str) -> AppRequest | None:
+        """The app request `path` stands for, if it names an installed app."""
+        found = APP_PATH.match(path)
+        if found is None:
+            return None
+        app = self.registry.get(found["name"])
+        if app is None:
+            return None
+        prefix = path[: len(path) - len(found["rest"] or "")]
+        return AppRequest(app, found["range"], prefix, found["rest"] or "")
+
+    async def serve(self, request: AppRequest, scope: Scope, receive: Receive, send: Send) -> None:
+        """Resolve the version and answer (static files here, ASGI apps in workers)."""
+        try:
+            version_text = resolve(request.app.versions, request.range)
+        except InvalidRange as exc:
+            await send_error(send, 400, "INVALID_RANGE", str(exc))
+            return
+        if version_text is None:
+            wanted = request.range or "latest"
+            await send_error(
+                send, 404, "VERSION_NOT_FOUND", f"{request.app.name} has no version {wanted}"
+            )
+            return
+        if not request.rest and scope["type"] == "http":
+            # /name -> /name/ so that the app's relative links resolve under its base.
+            query = scope.get("query_string", b"").decode("latin-1")
+            location = quote(scope.get("root_path", "") + request.prefix + "/")
+            location += f"?{query}" if query else ""
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 308,
+                    "headers": [(b"location", location.encode()), (b"content-length", b"0")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        version = request.app.versions[version_text]
+        if version.config.entry is None:
+            if scope["type"] != "http":
+                await send({"type": "websocket.close", "code": 1003})
+                return
+            await serve_static(version, request.rest, scope, receive, send)
+            return
+        app_scope = {
+            **scope,
+            "root_path": scope.get("root_path", "") + request.prefix,
+            "path": request.rest or "/",
+            "raw_path": (request.rest or "/").encode(),
+        }
+        await self.pool.handle(worker_app(version), app_scope, receive, send)
+
+    @property
+    def pool(self) -> WorkerPool:
+        """The worker processes of ASGI apps, started on first use."""
+        if self._pool is None:
+            from .workers import WorkerPool
+
+            self._pool = WorkerPool(self._runtime_dir, max_workers=self._max_workers)
+        return self._pool
+
+    async def stop_keys(self, keys: list[str]) -> None:
+        """Stop the workers of removed or replaced versions (`name@version`), once their
+        requests have finished."""
+        if self._pool is not None:
+            for key in keys:
+                await self._pool.stop_app(key)
+
+    async def close(self) -> None:
+        """Stop every worker process."""
+        if self._pool is not None:
+            await self._pool.close()
+
+
+def worker_app(version: AppVersion) -> WorkerApp:
+    """What the worker pool needs to run an ASGI app version."""
+    from .workers import AppSettings, WorkerApp
+
+    config = version.config
+    assert config.entry is not None
+    return WorkerApp(
+        key=version.key,
+        root=version.root,
+        entry=config.entry,
+        settings=AppSettings(
+            timeout=config.timeout,
+            idle_timeout=config.idle_timeout,
+            ttl=config.ttl,
+            max_requests=config.max_requests,
+            max_body_size=config.max_body_size,
+            max_memory_mb=config.max_memory_mb,
+            env=dict(config.env),
+            public_routes=config.public_routes,
+        ),
+    )

@@ -1,0 +1,169 @@
+"""`/api/apps/*` (seed 000): list, upload, remove an app or one version."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from courtyard_sdk import ApiError, is_valid_name
+from pydantic import BaseModel
+from quart import Blueprint, request
+from quart_schema import document_response, hide, tag
+
+from ..apps.registry import AppManifestError, InvalidAppName, read_app_manifest
+from ..installs import install_tree, remove_path, remove_tree
+from . import current_generation, current_host, uploads
+
+blueprint = Blueprint("apps", __name__, url_prefix="/api/apps")
+log = logging.getLogger("courtyard.apps")
+_changes = asyncio.Lock()  # one app install or removal at a time, per process
+
+
+class InstalledApp(BaseModel):
+    """An app and its installed versions, lowest first."""
+
+    name: str
+    path: str
+    versions: list[str]
+
+
+class UploadedApp(BaseModel):
+    """Where an uploaded app version went."""
+
+    name: str
+    version: str
+    installedAt: str
+
+
+class AppUploadResult(BaseModel):
+    """The answer to an app upload."""
+
+    success: bool
+    data: dict[str, UploadedApp]
+
+
+class Success(BaseModel):
+    """A plain success answer."""
+
+    success: bool
+
+
+@blueprint.get("/")
+@tag(["apps"])
+@document_response(list[InstalledApp])
+async def list_apps() -> list[dict[str, Any]]:
+    """Apps installed in the app directories (`workerDirs`), with their versions."""
+    registry = current_host().apps.registry
+    registry.invalidate()
+    return [
+        {"name": app.name, "path": str(app.path), "versions": app.sorted_versions()}
+        for app in registry.apps().values()
+    ]
+
+
+@blueprint.post("/upload")
+@tag(["apps"])
+@document_response(AppUploadResult)
+async def upload_app() -> dict[str, Any]:
+    """Install an app version from a .tgz, .tar.gz or .zip (form field `file`).
+
+    The archive holds a `package.json` with `name` and `version` (settings under a
+    `courtyard` key) or an `app.toml`. It goes to `<first app dir>/[@scope/]name/<version>`.
+    Versions are immutable: uploading one that exists is 409 `VERSION_EXISTS` unless the
+    query has `overwrite=true`.
+    """
+    host = current_host()
+    settings = current_generation().settings
+    if not settings.app_folders:
+        raise ApiError(400, "NO_WORKER_DIRS", "No workerDirs configured")
+    overwrite = request.args.get("overwrite", "").lower() in ("1", "true", "yes")
+    app_dir = settings.app_folders[0]
+    async with uploads.received_archive(app_dir, settings) as content:
+        try:
+            name, version, _ = read_app_manifest(content)
+        except InvalidAppName as exc:
+            raise ApiError(400, "PATH_TRAVERSAL", f"Invalid package name: {exc}") from None
+        except AppManifestError as exc:
+            raise ApiError(400, "INVALID_MANIFEST", str(exc)) from None
+        destination = app_dir / name / version
+        async with _changes:
+            if destination.exists() and not overwrite:
+                raise ApiError(
+                    409,
+                    "VERSION_EXISTS",
+                    f"{name} {version} is installed; versions are "
+                    "immutable (add ?overwrite=true to replace it)",
+                )
+            backup = install_tree(content, destination)
+            host.apps.registry.invalidate()
+            if backup is not None:
+                await host.apps.stop_keys([f"{name}@{version}"])  # fresh workers, new code
+                await asyncio.to_thread(remove_path, backup)
+    log.info("installed app %s %s at %s", name, version, destination)
+    return {
+        "success": True,
+        "data": {"app": {"name": name, "version": version, "installedAt": str(destination)}},
+    }
+
+
+def _app_folder(scope: str, name: str) -> tuple[str, Path]:
+    """The full name and folder `DELETE /api/apps/:scope/:name` means."""
+    full = name if scope == "_" else f"{scope}/{name}"
+    if not (scope == "_" or scope.startswith("@")) or not is_valid_name(full):
+        raise ApiError(400, "PATH_TRAVERSAL", f"Invalid app name: {full!r}")
+    app = current_host().apps.registry.get(full)
+    settings = current_generation().settings
+    if app is None:
+        raise ApiError(404, "APP_NOT_FOUND", f"App {full} not found")
+    if not any(d.resolve() in app.path.resolve().parents for d in settings.app_folders):
+        raise ApiError(400, "PATH_TRAVERSAL", f"{app.path} is outside the app directories")
+    return full, app.path
+
+
+@blueprint.delete("/<scope>/<name>")
+@tag(["apps"])
+@document_response(Success)
+async def delete_app(scope: str, name: str) -> dict[str, bool]:
+    """Remove an app and all its versions (`_` as scope for an unscoped app)."""
+    host = current_host()
+    async with _changes:
+        host.apps.registry.invalidate()
+        full, folder = _app_folder(scope, name)
+        app = host.apps.registry.get(full)
+        keys = [v.key for v in app.versions.values()] if app else []
+        await asyncio.to_thread(remove_tree, folder)
+        host.apps.registry.invalidate()
+        await host.apps.stop_keys(keys)
+    log.info("removed app %s", full)
+    return {"success": True}
+
+
+@blueprint.delete("/<scope>/<name>/<version>")
+@tag(["apps"])
+@document_response(Success)
+async def delete_version(scope: str, name: str, version: str) -> dict[str, bool]:
+    """Remove one version of an app; its workers stop once their requests are done."""
+    host = current_host()
+    async with _changes:
+        host.apps.registry.invalidate()
+        full, folder = _app_folder(scope, name)
+        app = host.apps.registry.get(full)
+        if app is None or version not in app.versions:
+            raise ApiError(404, "VERSION_NOT_FOUND", f"App {full} has no version {version}")
+        await asyncio.to_thread(remove_tree, app.versions[version].root)
+        if not any(p for p in folder.iterdir() if not p.name.startswith(".")):
+            await asyncio.to_thread(remove_tree, folder)
+        host.apps.registry.invalidate()
+        await host.apps.stop_keys([f"{full}@{version}"])
+    log.info("removed app %s %s", full, version)
+    return {"success": True}
+
+
+@blueprint.delete("/")
+@blueprint.delete("/<path:rest>")
+@hide  # not an operation: the answer to a malformed path
+async def delete_without_params(rest: str = "") -> None:
+    """Answer `400 MISSING_PARAMS`: scope and name (and version) belong in the path."""
+    raise ApiError(400, "MISSING_PARAMS", "Scope and name are required: /api/apps/:scope/:name")

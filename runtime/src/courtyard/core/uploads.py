@@ -1,0 +1,69 @@
+"""Receiving an uploaded archive: multipart, streamed to disk, validated and extracted
+beside its destination (see archives.py and installs.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from courtyard_sdk import ApiError
+from quart import request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from ..archives import ArchiveError, Limits, archive_kind, extract, flatten_root
+from ..installs import remove_path, staging_dir
+from ..settings import Settings
+
+UPLOAD_PATHS = ("/api/plugins/upload", "/api/apps/upload")
+
+
+def limits(settings: Settings) -> Limits:
+    """The archive limits the settings set."""
+    return Limits(
+        max_archive_bytes=settings.upload_max_bytes,
+        max_extracted_bytes=settings.upload_max_extracted_bytes,
+        max_entries=settings.upload_max_entries,
+    )
+
+
+def _too_large(limit: int) -> ArchiveError:
+    return ArchiveError(413, "ARCHIVE_TOO_LARGE", f"the upload exceeds {limit} bytes")
+
+
+@contextlib.asynccontextmanager
+async def received_archive(parent: Path, settings: Settings) -> AsyncIterator[Path]:
+    """Receive the request's `file` part and yield the folder holding its content.
+
+    The content is extracted into a hidden staging folder inside `parent` (so that the
+    caller can move it into place with one rename); the staging folder goes afterwards,
+    whatever happens.
+
+    :raises ApiError: NO_FILE_PROVIDED, INVALID_FILE_TYPE, ARCHIVE_TOO_LARGE, or any
+        refusal of the archive's content.
+    """
+    bounds = limits(settings)
+    if (request.content_length or 0) > bounds.max_archive_bytes:
+        raise _too_large(bounds.max_archive_bytes)
+    try:
+        files = await request.files  # multipart parts over 500 KB spool to disk
+    except RequestEntityTooLarge:
+        raise _too_large(bounds.max_archive_bytes) from None
+    upload = files.get("file")
+    if upload is None or not upload.filename:
+        raise ApiError(400, "NO_FILE_PROVIDED", "No file in request (form field 'file')")
+    kind = archive_kind(upload.filename)
+    staging = await asyncio.to_thread(staging_dir, parent)
+    try:
+        archive = staging / "upload"
+        await upload.save(archive)
+        if archive.stat().st_size > bounds.max_archive_bytes:
+            raise _too_large(bounds.max_archive_bytes)
+        tree = staging / "tree"
+        tree.mkdir()
+        await asyncio.to_thread(extract, archive, kind, tree, bounds)
+        yield flatten_root(tree)
+    finally:
+        upload.close()
+        await asyncio.to_thread(remove_path, staging)
