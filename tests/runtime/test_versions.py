@@ -1,8 +1,21 @@
 import pytest
 from courtyard.apps.versions import InvalidRange, resolve, sort_versions
 
-VERSIONS = ["0.0.3", "0.0.4", "0.2.3", "0.2.9", "0.3.0", "1.0.0", "1.2.0", "1.2.5", "1.4.0",
-            "1.4.7", "1.10.0", "2.0.0-beta.1", "2.0.0rc1"]
+VERSIONS = [
+    "0.0.3",
+    "0.0.4",
+    "0.2.3",
+    "0.2.9",
+    "0.3.0",
+    "1.0.0",
+    "1.2.0",
+    "1.2.5",
+    "1.4.0",
+    "1.4.7",
+    "1.10.0",
+    "2.0.0-beta.1",
+    "2.0.0rc1",
+]
 
 
 @pytest.mark.parametrize(
@@ -53,4 +66,9 @@ def test_bad_ranges(wanted):
 
 
 def test_sort_versions_is_numeric():
-    assert sort_versions(["1.10.0", "1.2.0", "1.9.1", "weird"]) == ["1.2.0", "1.9.1", "1.10.0", "weird"]
+    assert sort_versions(["1.10.0", "1.2.0", "1.9.1", "weird"]) == [
+        "1.2.0",
+        "1.9.1",
+        "1.10.0",
+        "weird",
+    ]

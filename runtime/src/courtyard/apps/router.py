@@ -72,7 +72,7 @@ class AppRouter:
         if not request.rest and scope["type"] == "http":
             # /name -> /name/ so that the app's relative links resolve under its base.
             query = scope.get("query_string", b"").decode("latin-1")
-            location = quote(scope.get("root_path", "") + request.prefix + "/")
+            location = quote(scope.get("root_path", "") + request.prefix + "/", safe="/@^~")
             location += f"?{query}" if query else ""
             await send(
                 {

@@ -1,0 +1,211 @@
+"""One app worker process: imports an ASGI application and serves it with Hypercorn.
+
+Started by `courtyard.apps.workers.WorkerPool`, never by hand:
+
+    python -P .../courtyard/apps/worker_main.py --socket PATH --root DIR --entry module:attr
+
+It is run as a script, not with `-m`, so that it imports only the standard library and
+Hypercorn, never the runtime; `-P` keeps this folder off `sys.path`, and the app's folder
+goes first instead. Its environment is the one the pool built (the app's own variables and
+a short allow-list).
+
+The pool talks to it over a unix socket (HTTP/1.1 and WebSocket) and sends, on every
+request, headers that only it can set (they are stripped before the app sees them):
+
+- `x-courtyard-token`: the secret the pool wrote on this process's stdin at start. A
+  request without it is refused (403): another app's worker, running as the same user, may
+  reach this socket but does not know the secret.
+- `x-courtyard-root-path`: the request's ASGI `root_path` (percent-encoded), applied to
+  the scope. `X-Forwarded-Proto` and the last `X-Forwarded-For` address become the
+  scope's `scheme` and `client`.
+
+Lifetime: SIGTERM stops it gracefully (Hypercorn finishes in-flight requests). It also
+exits, killing its whole process group, as soon as its stdin reaches end of file: the
+runtime has gone, however it died (on Linux the kernel's parent-death signal backs this up).
+A `MemoryError` escaping the app ends the process: after one, its state is unknown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import importlib
+import os
+import resource
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
+TOKEN_HEADER = b"x-courtyard-token"
+ROOT_PATH_HEADER = b"x-courtyard-root-path"
+EXIT_LOAD_FAILED = 3
+EXIT_OUT_OF_MEMORY = 70
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line the pool passes."""
+    parser = argparse.ArgumentParser(prog="courtyard-worker")
+    parser.add_argument("--socket", required=True, help="unix socket path to listen on")
+    parser.add_argument("--root", required=True, help="the app's version folder")
+    parser.add_argument("--entry", required=True, help="module:attr of the ASGI app")
+    parser.add_argument("--max-memory-mb", type=int, default=0, help="RLIMIT_AS; 0: none")
+    parser.add_argument("--graceful-timeout", type=float, default=5.0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Read the secret, set the limits, import the app and serve it until told to stop."""
+    args = parse_args(argv)
+    os.umask(0o077)  # the socket (and anything the app creates) is private to this user
+    token = sys.stdin.buffer.readline().strip()
+    _follow_parent()
+    if args.max_memory_mb > 0:
+        _limit_memory(args.max_memory_mb * 1024 * 1024)
+    sys.path.insert(0, args.root)
+    os.chdir(args.root)
+    try:
+        app = load_entry(args.entry)
+    except BaseException as exc:
+        # The first line is what the pool reports: make it say what went wrong.
+        summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        print(f"cannot load {args.entry!r}: {summary}", file=sys.stderr, flush=True)
+        traceback.print_exc()
+        sys.exit(EXIT_LOAD_FAILED)
+    asyncio.run(_serve(_Forwarded(app, token), args))
+
+
+def load_entry(entry: str) -> ASGIApp:
+    """Import `module:attr` (attr may be dotted) and check it is callable."""
+    module_name, _, attr = entry.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"entry {entry!r} is not of the form module:attr")
+    target: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{entry} is a {type(target).__name__}, not an ASGI application")
+    return target  # type: ignore[no-any-return]
+
+
+class _Forwarded:
+    """Checks the pool's secret and applies what the pool forwards to the scope."""
+
+    def __init__(self, app: ASGIApp, token: bytes) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            token = b""
+            root_path = ""
+            headers = []
+            for name, value in scope["headers"]:
+                if name == TOKEN_HEADER:
+                    token = value
+                elif name == ROOT_PATH_HEADER:
+                    root_path = unquote(value.decode("ascii", "replace"))
+                else:
+                    headers.append((name, value))
+                    if name == b"x-forwarded-proto" and value in (b"http", b"https"):
+                        secure = value == b"https"
+                        if scope["type"] == "websocket":
+                            scope["scheme"] = "wss" if secure else "ws"
+                        else:
+                            scope["scheme"] = "https" if secure else "http"
+                    elif name == b"x-forwarded-for":
+                        last = value.decode("latin-1").rsplit(",", 1)[-1].strip()
+                        if last:
+                            scope["client"] = (last, 0)
+            if not (self.token and hmac.compare_digest(token, self.token)):
+                await _forbidden(scope, receive, send)
+                return
+            scope["headers"] = headers
+            scope["root_path"] = root_path
+        try:
+            await self.app(scope, receive, send)
+        except MemoryError:
+            os.write(2, b"courtyard worker: out of memory, exiting\n")
+            os._exit(EXIT_OUT_OF_MEMORY)
+
+
+async def _forbidden(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = b'{"error": {"code": "FORBIDDEN", "message": "not from the runtime"}}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 403, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _serve(app: _Forwarded, args: argparse.Namespace) -> None:
+    # Hypercorn is imported here, after the memory limit, so the limit covers it too.
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [f"unix:{args.socket}"]
+    config.accesslog = None
+    config.errorlog = "-"
+    config.loglevel = "WARNING"
+    config.graceful_timeout = args.graceful_timeout
+    # The pool keeps connections open between requests and decides itself when to recycle.
+    config.keep_alive_timeout = 24 * 3600
+    config.keep_alive_max_requests = 2**62
+    # The runtime's own server adds these to the response it sends on.
+    config.include_server_header = False
+    config.include_date_header = False
+    await serve(app, config)  # handles SIGTERM and SIGINT: graceful shutdown
+
+
+def _limit_memory(limit: int) -> None:
+    """Cap the address space (RLIMIT_AS): a runaway allocation fails instead of growing."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _follow_parent() -> None:
+    """End this process group when the runtime goes away, even if it was SIGKILLed."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except (OSError, ValueError):
+            pass
+        _kill_group()
+
+    threading.Thread(target=watch, name="courtyard-parent-watch", daemon=True).start()
+
+
+def _kill_group() -> None:
+    try:
+        if os.getpgrp() == os.getpid():  # our own session (the pool starts us in one)
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+    finally:
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    main()

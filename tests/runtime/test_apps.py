@@ -1,0 +1,246 @@
+"""Apps: the apps API, version ranges in URLs, and static serving (seed 000)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from courtyard.apps.registry import AppConfig, AppVersion
+from courtyard.apps.static import _locate
+from courtyard_sdk.testing import write_plugin
+
+
+def add_app(
+    app_dir: Path,
+    name: str,
+    version: str,
+    files: dict[str, str] | None = None,
+    config: dict | None = None,
+    manifest: str = "package.json",
+) -> Path:
+    root = app_dir / name / version
+    root.mkdir(parents=True)
+    if manifest == "package.json":
+        data = {"name": name, "version": version, "description": "x", "scripts": {}}
+        if config:
+            data["courtyard"] = config
+        (root / "package.json").write_text(json.dumps(data))
+    else:
+        lines = [f'name = "{name}"', f'version = "{version}"']
+        lines += [f"{k} = {json.dumps(v)}" for k, v in (config or {}).items()]
+        (root / "app.toml").write_text("\n".join(lines) + "\n")
+    for rel, text in (files or {"index.html": f"<h1>{name} {version}</h1>"}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    return tmp_path / "apps"
+
+
+async def test_list_apps_with_sorted_versions(courtyard, app_dir):
+    for version in ("1.10.0", "1.2.0", "1.9.1"):
+        add_app(app_dir, "my-app", version)
+    add_app(app_dir, "@company/dashboard", "2.0.0", manifest="app.toml")
+    add_app(app_dir, "my-app", "3.0.0").joinpath("package.json").write_text("{broken")
+    rt = await courtyard(entry_points=False)
+    answer = await rt.client.get("/api/apps/")
+    assert answer.status_code == 200
+    assert answer.json() == [
+        {
+            "name": "@company/dashboard",
+            "path": str(app_dir / "@company" / "dashboard"),
+            "versions": ["2.0.0"],
+        },
+        {
+            "name": "my-app",
+            "path": str(app_dir / "my-app"),
+            "versions": ["1.2.0", "1.9.1", "1.10.0"],
+        },
+    ]
+
+
+async def test_version_ranges_in_the_url(courtyard, app_dir):
+    for version in ("1.2.0", "1.4.3", "1.10.0", "2.0.0-beta.1"):
+        add_app(app_dir, "site", version)
+    rt = await courtyard(entry_points=False)
+
+    async def served(path: str) -> str:
+        answer = await rt.client.get(path)
+        assert answer.status_code == 200, (path, answer.text)
+        return answer.text
+
+    assert await served("/site/") == "<h1>site 1.10.0</h1>"
+    assert await served("/site@latest/") == "<h1>site 1.10.0</h1>"
+    assert await served("/site@1.2.0/") == "<h1>site 1.2.0</h1>"
+    assert await served("/site@1.4/") == "<h1>site 1.4.3</h1>"
+    assert await served("/site@~1.4/") == "<h1>site 1.4.3</h1>"
+    assert await served("/site@^1.2/") == "<h1>site 1.10.0</h1>"
+    assert await served("/site@2.0.0-beta.1/") == "<h1>site 2.0.0-beta.1</h1>"
+    missing = await rt.client.get("/site@3/")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "VERSION_NOT_FOUND"
+    bad = await rt.client.get("/site@>=1/")
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "INVALID_RANGE"
+
+
+async def test_scoped_app_and_trailing_slash_redirect(courtyard, app_dir):
+    add_app(app_dir, "@company/dashboard", "2.0.0")
+    rt = await courtyard(entry_points=False)
+    redirect = await rt.client.get("/@company/dashboard@2?x=1")
+    assert redirect.status_code == 308
+    assert redirect.headers["location"] == "/@company/dashboard@2/?x=1"
+    assert (await rt.client.get("/@company/dashboard/")).text == "<h1>@company/dashboard 2.0.0</h1>"
+
+
+async def test_static_files_types_and_caching(courtyard, app_dir):
+    add_app(
+        app_dir,
+        "site",
+        "1.0.0",
+        {
+            "index.html": "<p>home</p>",
+            "app.js": "console.log(1)",
+            "style.css": "p{}",
+            "data/info.json": "{}",
+            "logo.png": "png",
+            "docs/index.html": "<p>docs</p>",
+        },
+    )
+    rt = await courtyard(entry_points=False)
+    types = {
+        "/site/": "text/html; charset=utf-8",
+        "/site/app.js": "text/javascript; charset=utf-8",
+        "/site/style.css": "text/css; charset=utf-8",
+        "/site/data/info.json": "application/json; charset=utf-8",
+        "/site/logo.png": "image/png",
+    }
+    for path, content_type in types.items():
+        answer = await rt.client.get(path)
+        assert answer.status_code == 200
+        assert answer.headers["content-type"] == content_type, path
+        assert answer.headers["x-request-id"]
+    assert (await rt.client.get("/site/docs/")).text == "<p>docs</p>"
+
+    first = await rt.client.get("/site/app.js")
+    etag, modified = first.headers["etag"], first.headers["last-modified"]
+    again = await rt.client.get("/site/app.js", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    assert (
+        await rt.client.get("/site/app.js", headers={"If-Modified-Since": modified})
+    ).status_code == 304
+    changed = await rt.client.get("/site/app.js", headers={"If-None-Match": '"other"'})
+    assert changed.status_code == 200
+    head = await rt.client.head("/site/app.js")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len("console.log(1)"))
+    post = await rt.client.post("/site/app.js")
+    assert post.status_code == 405
+
+
+async def test_not_found_and_spa_fallback(courtyard, app_dir):
+    add_app(app_dir, "plain", "1.0.0")
+    add_app(app_dir, "spa", "1.0.0", {"index.html": "<div id=app>"}, config={"spa": True})
+    rt = await courtyard(entry_points=False)
+    missing = await rt.client.get("/plain/nowhere")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "NOT_FOUND"
+    assert (await rt.client.get("/spa/some/client/route")).text == "<div id=app>"
+
+
+def test_paths_never_leave_the_version_folder(tmp_path):
+    root = tmp_path / "v"
+    root.mkdir()
+    (root / "index.html").write_text("ok")
+    (tmp_path / "secret.txt").write_text("secret")
+    (root / "link").symlink_to(tmp_path / "secret.txt")
+    (root / "dirlink").symlink_to(tmp_path, target_is_directory=True)
+    version = AppVersion("v", "1.0.0", root, AppConfig())
+    assert _locate(version, "/index.html") == (root / "index.html").resolve()
+    for path in (
+        "/../secret.txt",
+        "/./../secret.txt",
+        "/link",
+        "/dirlink/secret.txt",
+        "/..\\secret.txt",
+        "/index.html\x00",
+        "/../v/../secret.txt",
+    ):
+        assert _locate(version, path) is None, path
+
+
+async def test_routes_win_over_apps_of_the_same_name(courtyard, app_dir, plugin_dir):
+    add_app(app_dir, "hello", "1.0.0")
+    write_plugin(
+        plugin_dir,
+        "hello",
+        "",
+        "from courtyard_sdk import Blueprint, hookimpl\n"
+        "@hookimpl\ndef courtyard_routes(ctx):\n"
+        "    bp = Blueprint('h', __name__)\n"
+        "    bp.get('/')(lambda: {'from': 'plugin'})\n"
+        "    return bp\n",
+    )
+    rt = await courtyard(entry_points=False)
+    assert (await rt.client.get("/hello/")).json() == {"from": "plugin"}
+    assert (await rt.client.get("/hello@1/")).text == "<h1>hello 1.0.0</h1>"
+
+
+async def test_delete_a_version_then_the_app(courtyard, app_dir):
+    add_app(app_dir, "site", "1.0.0")
+    add_app(app_dir, "site", "2.0.0")
+    add_app(app_dir, "@co/dash", "1.0.0")
+    rt = await courtyard(entry_points=False)
+    answer = await rt.client.delete("/api/apps/_/site/2.0.0")
+    assert answer.status_code == 200 and answer.json() == {"success": True}
+    assert (await rt.client.get("/site/")).text == "<h1>site 1.0.0</h1>"
+    assert (await rt.client.delete("/api/apps/_/site")).json() == {"success": True}
+    assert (await rt.client.get("/site/")).status_code == 404
+    assert not (app_dir / "site").exists()
+    assert (await rt.client.delete("/api/apps/@co/dash/1.0.0")).json() == {"success": True}
+    assert not (app_dir / "@co").exists()
+    assert (await rt.client.get("/api/apps/")).json() == []
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/api/apps/", 400, "MISSING_PARAMS"),
+        ("/api/apps/_", 400, "MISSING_PARAMS"),
+        ("/api/apps/_/ghost", 404, "APP_NOT_FOUND"),
+        ("/api/apps/_/site/9.9.9", 404, "VERSION_NOT_FOUND"),
+        ("/api/apps/@nobody/site", 404, "APP_NOT_FOUND"),
+        ("/api/apps/scope/site", 400, "PATH_TRAVERSAL"),
+        ("/api/apps/_/Bad", 400, "PATH_TRAVERSAL"),
+        ("/api/apps/_/site/1.0.0/extra", 400, "MISSING_PARAMS"),
+    ],
+)
+async def test_delete_errors(courtyard, app_dir, path, status, code):
+    add_app(app_dir, "site", "1.0.0")
+    rt = await courtyard(entry_points=False)
+    answer = await rt.client.delete(path)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["error"]["code"] == code
+    assert (app_dir / "site" / "1.0.0" / "index.html").exists()
+
+
+async def test_a_version_being_served_finishes_after_deletion(courtyard_server, app_dir):
+    import httpx
+
+    big = "x" * (8 * 1024 * 1024)
+    add_app(app_dir, "big", "1.0.0", {"index.html": "i", "big.txt": big})
+    server = courtyard_server(entry_points=False)
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        async with client.stream("GET", "/big/big.txt") as answer:
+            chunks = answer.aiter_bytes()
+            received = len(await chunks.__anext__())
+            deleted = await client.delete(
+                "/api/apps/_/big/1.0.0", headers={"X-Courtyard-Internal": "true"}
+            )
+            assert deleted.status_code == 200
+            async for chunk in chunks:
+                received += len(chunk)
+        assert (await client.get("/big/big.txt")).status_code == 404
+    assert received == len(big)
