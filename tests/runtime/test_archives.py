@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import gzip
-import io
 import random
 import shutil
 import stat
-import struct
 import tarfile
 import tracemalloc
 import unicodedata
-import warnings
 import zipfile
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
+from archive_kit import (
+    MiB,
+    make_tgz,
+    make_zip,
+    patch_zip,
+    snapshot,
+    tar_bytes,
+    tar_dir,
+    tar_file,
+    tar_special,
+    write_zeros_zip,
+    zip_entry,
+    zip_files,
+)
 from courtyard.archives import (
     ArchiveError,
     Limits,
@@ -35,86 +46,7 @@ from courtyard.installs import (
 )
 from courtyard_sdk import ApiError
 
-MiB = 1024**2
-
-# -- building archives -----------------------------------------------------------------
-
-Member = tuple[tarfile.TarInfo, bytes | None]
-
-
-def tar_file(name: str, data: bytes = b"x", mode: int = 0o644) -> Member:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode = len(data), mode
-    return info, data
-
-
-def tar_dir(name: str, mode: int = 0o755) -> Member:
-    info = tarfile.TarInfo(name)
-    info.type, info.mode = tarfile.DIRTYPE, mode
-    return info, None
-
-
-def tar_special(name: str, kind: bytes, linkname: str = "") -> Member:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, linkname
-    return info, None
-
-
-def tar_bytes(members: Iterable[Member]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return buffer.getvalue()
-
-
-def make_tgz(path: Path, members: Iterable[Member]) -> Path:
-    path.write_bytes(gzip.compress(tar_bytes(members)))
-    return path
-
-
-def zip_entry(name: str, mode: int = 0o100644) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name)
-    info.external_attr = mode << 16
-    info.compress_type = zipfile.ZIP_DEFLATED
-    return info
-
-
-def make_zip(path: Path, entries: Iterable[tuple[zipfile.ZipInfo | str, bytes]]) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zipfile warns about the duplicates we craft
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-            for entry, data in entries:
-                zf.writestr(entry, data)
-    return path
-
-
-def zip_files(path: Path, names: Iterable[str]) -> Path:
-    return make_zip(path, [(name, b"" if name.endswith("/") else b"x") for name in names])
-
-
-def patch_zip(data: bytes, name: str, field: str, value: int) -> bytes:
-    """Rewrite a header field ("size" or "flags") of entry `name`, in both its headers."""
-    out, encoded = bytearray(data), name.encode()
-    offsets = {"size": (22, 24, "<I"), "flags": (6, 8, "<H")}[field]
-    for signature, field_at, name_len_at, name_at in (
-        (b"PK\x03\x04", offsets[0], 26, 30),
-        (b"PK\x01\x02", offsets[1], 28, 46),
-    ):
-        start = out.find(signature)
-        while start != -1:
-            (length,) = struct.unpack_from("<H", out, start + name_len_at)
-            if out[start + name_at : start + name_at + length] == encoded:
-                struct.pack_into(offsets[2], out, start + field_at, value)
-            start = out.find(signature, start + 4)
-    return bytes(out)
-
-
 # -- checking refusals -----------------------------------------------------------------
-
-
-def snapshot(root: Path) -> set[Path]:
-    return set(root.rglob("*"))
 
 
 @pytest.fixture
@@ -523,14 +455,6 @@ def test_archive_file_over_the_upload_limit(tmp_path: Path, target: Path) -> Non
     archive = make_zip(tmp_path / "a.zip", [("a.bin", random.Random(2).randbytes(5000))])
     error = refuse(archive, "zip", target, "ARCHIVE_TOO_LARGE", 413, Limits(max_archive_bytes=4000))
     assert "4000" in error.message
-
-
-def write_zeros_zip(path: Path, name: str, size: int) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open(name, "w") as out:
-        block = bytes(MiB)
-        for _ in range(size // MiB):
-            out.write(block)
-    return path
 
 
 def test_zip_bomb_is_refused_by_ratio_before_writing(tmp_path: Path, target: Path) -> None:

@@ -48,6 +48,8 @@ def test_minimal_manifest_defaults():
         ('name = "Bad"', "name: Value error, must be [@scope/]name"),
         ('name = "x"\nversion = "one"', "version: Value error, must be a PEP 440"),
         ('name = "x"\nbase = "/a/b"', "base: Value error"),
+        ('name = "x"\nbase = "/a\\n"', "base: Value error"),
+        ('name = "x"\nmodule = "plugin\\n"', "module: Value error"),
         ('name = "x"\nbase = "/api"', "/api is reserved"),
         ('name = "x"\nmodule = "a-b"', "module: Value error"),
         ('name = "x"\ndependencies = ["x"]', "cannot depend on itself"),

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import __version__
 from .apps.asgi import header, with_header
-from .apps.registry import AppRegistry
+from .apps.registry import AppRegistry, app_folders
 from .apps.router import AppRouter
 from .generation import BuildError, Generation
 from .installs import clean_staging
@@ -85,6 +85,10 @@ class Host:
         """
         for folder in self.settings.plugin_folders:
             clean_staging(folder)
+        for folder in self.settings.app_folders:
+            clean_staging(folder)  # upload staging
+            for _, app_folder in app_folders(folder):
+                clean_staging(app_folder)  # backups of versions being overwritten
         # Everything loaded so far (the libraries) lives as long as the process: spare the
         # garbage collector from scanning it again and again (Instagram's gc.freeze trick).
         # Generations come later, so retired ones stay collectable.

@@ -24,11 +24,11 @@ from .errors import ManifestError, SettingsError
 from .names import is_valid_name
 
 MANIFEST_FILE = "plugin.toml"
-BASE_RE = re.compile(r"^/(?:[a-z0-9_-]+)?$")
+BASE_RE = re.compile(r"^/(?:[a-z0-9_-]+)?\Z")
 RESERVED_BASES = frozenset({"/api", "/.well-known"})
-ICON_RE = re.compile(r"^[a-z0-9-]+:[a-z0-9-]+$")
-SETTING_KEY_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
-MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
+ICON_RE = re.compile(r"^[a-z0-9-]+:[a-z0-9-]+\Z")
+SETTING_KEY_RE = re.compile(r"^[a-z_][a-z0-9_]*\Z")
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
 class _Strict(BaseModel):

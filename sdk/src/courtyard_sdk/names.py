@@ -6,7 +6,7 @@ import re
 
 # npm-style: lowercase letters, digits, '-', '.', '_'; a part never starts with '.' or '_'.
 _PART = r"[a-z0-9][a-z0-9._-]*"
-NAME_RE = re.compile(rf"^(?:@{_PART}/)?{_PART}$")
+NAME_RE = re.compile(rf"^(?:@{_PART}/)?{_PART}\Z")
 MAX_NAME_LENGTH = 214  # npm's limit
 
 

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .versions import sort_versions
 
 log = logging.getLogger("courtyard.apps")
-ENTRY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+VERSION_RE = re.compile(r"[0-9][0-9A-Za-z.+_-]*")
+ENTRY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
 
 
 class AppManifestError(ValueError):
@@ -119,6 +120,8 @@ def read_app_manifest(folder: Path) -> tuple[str, str, AppConfig]:
     if not isinstance(version, str):
         raise AppManifestError(f"{source.name}: version is required")
     try:
+        if not VERSION_RE.fullmatch(version):  # it names a folder: no spaces, no "v" prefix
+            raise InvalidVersion(version)
         Version(version)
     except InvalidVersion:
         raise AppManifestError(f"{source.name}: version {version!r} is not valid") from None
@@ -135,12 +138,18 @@ class App:
     path: Path
     versions: dict[str, AppVersion] = field(default_factory=dict)
 
+    def equal_version(self, version: str) -> str | None:
+        """The installed version equal to `version` however spelt (1.0 is 1.0.0)."""
+        wanted = Version(version)
+        return next((v for v in self.versions if Version(v) == wanted), None)
+
     def sorted_versions(self) -> list[str]:
         """Versions in ascending order."""
         return sort_versions(self.versions)
 
 
-def _app_folders(app_dir: Path) -> Iterator[tuple[str, Path]]:
+def app_folders(app_dir: Path) -> Iterator[tuple[str, Path]]:
+    """`(name, folder)` of every app folder (`name/`, `@scope/name/`) in `app_dir`."""
     if not app_dir.is_dir():
         return
     for entry in sorted(app_dir.iterdir()):
@@ -162,7 +171,7 @@ def scan_apps(app_dirs: tuple[Path, ...]) -> dict[str, App]:
     """
     apps: dict[str, App] = {}
     for app_dir in app_dirs:
-        for name, folder in _app_folders(app_dir):
+        for name, folder in app_folders(app_dir):
             if name in apps or not is_valid_name(name):
                 continue
             app = apps[name] = App(name, folder)

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 APP_PATH = re.compile(
     r"^/(?P<name>(?:@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*)"
-    r"(?:@(?P<range>[^/]*))?(?P<rest>/.*)?$"
+    r"(?:@(?P<range>[^/]*))?(?P<rest>/.*)?\Z",
+    re.DOTALL,
 )
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-_PARTIAL = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.(\d+))?$")
+_PARTIAL = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.(\d+))?\Z")
 
 
 class InvalidRange(ValueError):

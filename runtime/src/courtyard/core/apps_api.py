@@ -87,9 +87,13 @@ async def upload_app() -> dict[str, Any]:
             raise ApiError(400, "PATH_TRAVERSAL", f"Invalid package name: {exc}") from None
         except AppManifestError as exc:
             raise ApiError(400, "INVALID_MANIFEST", str(exc)) from None
-        destination = app_dir / name / version
         async with _changes:
-            if destination.exists() and not overwrite:
+            host.apps.registry.invalidate()
+            installed = host.apps.registry.get(name)
+            # 1.0 is 1.0.0: an equal version, however spelt, is the same version.
+            same = installed.equal_version(version) if installed else None
+            destination = app_dir / name / (same or version)
+            if (same or destination.exists()) and not overwrite:
                 raise ApiError(
                     409,
                     "VERSION_EXISTS",
@@ -99,7 +103,7 @@ async def upload_app() -> dict[str, Any]:
             backup = install_tree(content, destination)
             host.apps.registry.invalidate()
             if backup is not None:
-                await host.apps.stop_keys([f"{name}@{version}"])  # fresh workers, new code
+                await host.apps.stop_keys([f"{name}@{same or version}"])  # fresh workers
                 await asyncio.to_thread(remove_path, backup)
     log.info("installed app %s %s at %s", name, version, destination)
     return {

@@ -54,6 +54,7 @@ async def received_archive(parent: Path, settings: Settings) -> AsyncIterator[Pa
     if upload is None or not upload.filename:
         raise ApiError(400, "NO_FILE_PROVIDED", "No file in request (form field 'file')")
     kind = archive_kind(upload.filename)
+    created = not parent.exists()
     staging = await asyncio.to_thread(staging_dir, parent)
     try:
         archive = staging / "upload"
@@ -64,6 +65,12 @@ async def received_archive(parent: Path, settings: Settings) -> AsyncIterator[Pa
         tree.mkdir()
         await asyncio.to_thread(extract, archive, kind, tree, bounds)
         yield flatten_root(tree)
+    except BaseException:
+        if created:  # leave no empty plugin or app directory behind a refusal
+            await asyncio.to_thread(remove_path, staging)
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
     finally:
         upload.close()
         await asyncio.to_thread(remove_path, staging)
