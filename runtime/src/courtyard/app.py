@@ -180,9 +180,7 @@ def _skip_conversion_of_plain_values(app: Quart) -> None:
 
 async def _start_request() -> None:
     """Give the request its id, then check CSRF (one function: each costs a call per request)."""
-    rid = request.headers.get("X-Request-Id", "")
-    if not (0 < len(rid) <= 128 and rid.isprintable()):
-        rid = security.new_request_id()
+    rid = security.request_id_for(request.headers.get("X-Request-Id"))
     request_id.set(rid)  # the request's own task: visible to its after-request functions
     security.check_csrf()
 

@@ -22,7 +22,7 @@ from .apps.registry import AppRegistry, app_folders
 from .apps.router import AppRouter
 from .generation import BuildError, Generation
 from .installs import clean_staging
-from .security import new_request_id
+from .security import request_id_for
 from .settings import Settings
 
 log = logging.getLogger("courtyard.host")
@@ -60,9 +60,9 @@ class Host:
         if generation is None:
             await self._unavailable(scope, send)
             return
-        routed = self.apps.match(scope["path"]) if scope["type"] != "lifespan" else None
+        routed = self.apps.match(scope["path"])
         if routed is not None and not generation.serves(scope["path"], scope.get("method")):
-            rid = header(scope, b"x-request-id") or new_request_id()
+            rid = request_id_for(header(scope, b"x-request-id"))
             await self.apps.serve(
                 routed, scope, receive, with_header(send, b"x-request-id", rid.encode())
             )
@@ -207,7 +207,7 @@ class Host:
         else:
             message = f"Courtyard is {self.state}; try again shortly"
             status, body = 503, {"error": {"code": "NOT_READY", "message": message}}
-        rid = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
+        rid = request_id_for(header(scope, b"x-request-id"))
         await send(
             {
                 "type": "http.response.start",
@@ -215,7 +215,7 @@ class Host:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"retry-after", b"1"),
-                    (b"x-request-id", (rid or new_request_id()).encode("latin-1")),
+                    (b"x-request-id", rid.encode("latin-1")),
                 ],
             }
         )

@@ -18,6 +18,13 @@ def new_request_id() -> str:
     return os.urandom(16).hex()
 
 
+def request_id_for(given: str | None) -> str:
+    """The request's own `X-Request-Id` when it is sane (short, printable), else a new one."""
+    if given and len(given) <= 128 and given.isprintable():
+        return given
+    return new_request_id()
+
+
 def _origin(url: str) -> tuple[str, str, int] | None:
     try:
         parts = urlsplit(url)
