@@ -91,12 +91,9 @@ class AppRouter:
                 return
             await serve_static(version, request.rest, scope, receive, send)
             return
-        app_scope = {
-            **scope,
-            "root_path": scope.get("root_path", "") + request.prefix,
-            "path": request.rest or "/",
-            "raw_path": (request.rest or "/").encode(),
-        }
+        # ASGI: `path` keeps the full path and `root_path` names the part that is the
+        # app's mount point (Quart, Starlette and uvicorn all read it that way).
+        app_scope = {**scope, "root_path": scope.get("root_path", "") + request.prefix}
         await self.pool.handle(worker_app(version), app_scope, receive, send)
 
     @property

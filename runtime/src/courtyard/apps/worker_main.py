@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     """Read the secret, set the limits, import the app and serve it until told to stop."""
     args = parse_args(argv)
     os.umask(0o077)  # the socket (and anything the app creates) is private to this user
-    token = sys.stdin.buffer.readline().strip()
+    token = _read_token()
     _follow_parent()
     if args.max_memory_mb > 0:
         _limit_memory(args.max_memory_mb * 1024 * 1024)
@@ -169,6 +169,17 @@ async def _serve(app: _Forwarded, args: argparse.Namespace) -> None:
     await serve(app, config)  # handles SIGTERM and SIGINT: graceful shutdown
 
 
+def _read_token() -> bytes:
+    """The first line on stdin, read unbuffered: the rest of stdin is the parent watch's."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(0, 1)
+        if not chunk:
+            break
+        line += chunk
+    return line.strip()
+
+
 def _limit_memory(limit: int) -> None:
     """Cap the address space (RLIMIT_AS): a runaway allocation fails instead of growing."""
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
@@ -189,10 +200,12 @@ def _follow_parent() -> None:
             pass
 
     def watch() -> None:
+        # os.read, not sys.stdin: a thread blocked in a buffered read would stop the
+        # interpreter from shutting down.
         try:
-            while sys.stdin.buffer.read(4096):
+            while os.read(0, 4096):
                 pass
-        except (OSError, ValueError):
+        except OSError:
             pass
         _kill_group()
 

@@ -1,0 +1,722 @@
+"""The worker pool: ASGI apps served from real worker processes (no mocks).
+
+Simple cases drive the pool in-process with httpx's ASGITransport; streaming, WebSocket
+and broken-connection cases go through a real Hypercorn on a loopback port, because
+ASGITransport buffers whole bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import wsproto
+import wsproto.events as ws_events
+from courtyard.apps.workers import ENV_ALLOW_LIST, AppSettings, WorkerApp, WorkerPool
+from courtyard_sdk.testing import free_port
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "apps"
+MIB = 1024 * 1024
+APP_CHUNK = b"0123456789abcdef" * (64 * 1024)  # what the stream app sends, per MiB
+
+Scope = dict[str, Any]
+ASGI = Callable[[Scope, Any, Any], Awaitable[None]]
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def apps(tmp_path: Path) -> Path:
+    """The fixture apps, copied so that their __pycache__ stays out of the repository."""
+    target = tmp_path / "apps"
+    shutil.copytree(FIXTURES, target)
+    return target
+
+
+def make_app(apps: Path, name: str, key: str | None = None, entry: str | None = None, **kw: Any):
+    return WorkerApp(
+        key=key or f"{name}@1.0.0",
+        root=apps / name / "1.0.0",
+        entry=entry or f"{name}_app:app",
+        settings=AppSettings(**kw),
+    )
+
+
+@pytest.fixture
+async def make_pool(tmp_path: Path) -> AsyncIterator[Callable[..., WorkerPool]]:
+    """`make_pool(**options)`; every pool is closed after the test, leaving no process."""
+    pools: list[WorkerPool] = []
+
+    def make(**options: Any) -> WorkerPool:
+        options.setdefault("grace", 1.0)
+        pool = WorkerPool(tmp_path / "run", **options)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pids = [s["pid"] for s in pool.stats() if s["pid"]]
+        await pool.close()
+        assert pool.stats() == []
+        assert not [pid for pid in pids if alive(pid)]
+
+
+def client(pool: WorkerPool, app: WorkerApp, root_path: str = "") -> httpx.AsyncClient:
+    async def asgi(scope: Scope, receive: Any, send: Any) -> None:
+        await pool.handle(app, scope, receive, send)
+
+    transport = httpx.ASGITransport(app=asgi, root_path=root_path)  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=transport, base_url="http://apps.test", timeout=30)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting for a reaper counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def error_code(response: httpx.Response) -> str:
+    return str(response.json()["error"]["code"])
+
+
+def rss() -> int:
+    """This process's resident memory, in bytes."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+# -- requests and what the app sees ------------------------------------------------------
+
+
+async def test_app_sees_its_root_path_path_query_and_forwarded_headers(apps, make_pool):
+    pool = make_pool()
+    echo = make_app(apps, "echo")
+    async with client(pool, echo, root_path="/echo@1") as http:
+        answer = await http.get(
+            "/echo@1/items/a%2Fb?x=1&y=%C3%A9",
+            headers={
+                "X-Custom": "kept",
+                "X-Forwarded-For": "203.0.113.7",
+                "X-Courtyard-Root-Path": "/forged",  # private: the pool's own wins
+                "X-Courtyard-Token": "guess",
+            },
+        )
+    assert answer.status_code == 200
+    assert answer.headers["x-echo"] == "yes"
+    seen = answer.json()
+    assert seen["root_path"] == "/echo@1"
+    assert seen["path"] == "/echo@1/items/a/b"
+    assert seen["raw_path"] == "/echo@1/items/a%2Fb"  # escapes survive the hop
+    assert seen["query"] == "x=1&y=%C3%A9"
+    assert seen["scheme"] == "http"
+    assert seen["client"] == ["127.0.0.1", 0]
+    headers = seen["headers"]
+    assert headers["x-custom"] == ["kept"]
+    assert headers["x-forwarded-for"] == ["203.0.113.7, 127.0.0.1"]
+    assert headers["x-forwarded-proto"] == ["http"]
+    assert headers["x-forwarded-host"] == ["apps.test"]
+    assert not [name for name in headers if name.startswith("x-courtyard")]
+    assert "transfer-encoding" not in headers and "content-length" not in headers
+    assert seen["cwd"] == str(echo.root) == seen["sys_path0"]
+    assert seen["pid"] != os.getpid()
+
+
+async def test_a_caller_that_strips_the_prefix_is_passed_through_as_given(apps, make_pool):
+    pool = make_pool()
+    echo = make_app(apps, "echo")
+
+    async def router(scope: Scope, receive: Any, send: Any) -> None:
+        # What the app router does: root_path gains the prefix, path loses it.
+        prefix = "/echo@^1.0"
+        rest = scope["path"][len(prefix) :]
+        scope = {**scope, "root_path": prefix, "path": rest, "raw_path": rest.encode()}
+        await pool.handle(echo, scope, receive, send)
+
+    transport = httpx.ASGITransport(app=router)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://apps.test") as http:
+        seen = (await http.get("/echo@^1.0/caf%C3%A9/x")).json()
+    assert seen["root_path"] == "/echo@^1.0"
+    assert seen["path"] == "/café/x"
+    assert seen["raw_path"] == "/caf%C3%A9/x"
+
+
+async def test_a_framework_builds_its_urls_under_the_root_path(apps, make_pool):
+    """ASGI frameworks (Quart here, Starlette too) expect `path` to include `root_path`."""
+    pool = make_pool()
+    quart = make_app(apps, "quart")
+    async with client(pool, quart, root_path="/quart@1") as http:
+        http.base_url = httpx.URL("https://apps.example")
+        answer = await http.get("/quart@1/hello")
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "root_path": "/quart@1",
+        "path": "/hello",
+        "url": "/quart@1/hello",
+        "external": "https://apps.example/quart@1/hello",
+    }
+
+
+async def test_the_app_sees_only_its_own_environment(apps, make_pool, monkeypatch):
+    monkeypatch.setenv("COURTYARD_DATABASE_URL", "postgresql://user:secret@db/courtyard")
+    monkeypatch.setenv("SECRET_TOKEN", "secret")
+    pool = make_pool()
+    echo = make_app(apps, "echo", env={"ECHO_GREETING": "hi", "DATABASE_URL": "sqlite://"})
+    async with client(pool, echo) as http:
+        seen = (await http.get("/")).json()
+    env = seen["env"]
+    assert env["ECHO_GREETING"] == "hi"
+    assert env["DATABASE_URL"] == "sqlite://"
+    assert "COURTYARD_DATABASE_URL" not in env
+    assert "SECRET_TOKEN" not in env
+    assert not [value for value in env.values() if "secret" in value]
+    allowed = {*ENV_ALLOW_LIST, "PYTHONUNBUFFERED", "PYTHONPATH", "ECHO_GREETING", "DATABASE_URL"}
+    assert set(env) <= allowed
+    # The process's initial environment, as the kernel holds it, is as clean.
+    environ = Path(f"/proc/{seen['pid']}/environ").read_bytes()
+    assert b"secret" not in environ
+
+
+async def test_a_worker_refuses_requests_without_the_pools_secret(apps, make_pool):
+    """Another app's worker (same user) can reach the socket, but cannot use it."""
+    pool = make_pool()
+    echo = make_app(apps, "echo")
+    async with client(pool, echo) as http:
+        await http.get("/")
+    (path,) = Path(pool._socket_dir or "").glob("*.sock")
+    transport = httpx.AsyncHTTPTransport(uds=str(path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://worker") as direct:
+        answer = await direct.get("/", headers={"X-Courtyard-Token": "guess"})
+    assert answer.status_code == 403
+
+
+async def test_sockets_left_by_a_dead_runtime_are_removed(tmp_path, apps, make_pool):
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = await asyncio.create_subprocess_exec("true")
+    await dead.wait()
+    stale = run / f"w{dead.pid}-1.sock"
+    stale.touch()
+    mine = run / f"w{os.getpid()}-999999.sock"
+    mine.touch()
+    pool = make_pool()
+    async with client(pool, make_app(apps, "echo")) as http:
+        await http.get("/")
+    if pool._socket_dir == run:  # else the path was too long and a short folder was used
+        assert not stale.exists()
+        assert mine.exists()
+
+
+async def test_a_worker_is_reused_and_reported(apps, make_pool):
+    pool = make_pool()
+    echo = make_app(apps, "echo")
+    async with client(pool, echo) as http:
+        pids = {(await http.get("/")).json()["pid"] for _ in range(5)}
+        posted = await http.post("/", content=b"x" * 1000)
+    assert posted.status_code == 200
+    assert len(pids) == 1
+    (stats,) = pool.stats()
+    assert stats["key"] == "echo@1.0.0"
+    assert stats["pid"] in pids
+    assert stats["requests"] == 6
+    assert stats["active"] == 0
+    assert stats["age"] >= stats["idle"] >= 0
+
+
+# -- failures ----------------------------------------------------------------------------
+
+
+async def test_a_crash_answers_502_and_the_next_request_gets_a_new_worker(apps, make_pool):
+    pool = make_pool()
+    faulty = make_app(apps, "faulty")
+    async with client(pool, faulty) as http:
+        first = (await http.get("/pid")).json()["pid"]
+        crashed = await http.get("/crash")
+        assert crashed.status_code == 502
+        assert error_code(crashed) == "APP_CRASHED"
+        assert "code 1" in crashed.json()["error"]["message"]
+        second = (await http.get("/pid")).json()["pid"]
+    assert second != first
+    assert not alive(first)
+
+
+async def test_a_worker_that_died_while_idle_is_replaced_without_an_error(apps, make_pool):
+    pool = make_pool()
+    echo = make_app(apps, "echo")
+    async with client(pool, echo) as http:
+        first = (await http.get("/")).json()["pid"]
+        os.kill(first, signal.SIGKILL)  # say, the kernel's OOM killer
+        await until(lambda: pool.stats() == [])
+        answer = await http.get("/")
+    assert answer.status_code == 200
+    assert answer.json()["pid"] != first
+
+
+async def test_a_request_past_its_timeout_answers_504_and_the_worker_is_replaced(apps, make_pool):
+    pool = make_pool()
+    faulty = make_app(apps, "faulty", timeout=1.0)
+    async with client(pool, faulty) as http:
+        first = (await http.get("/pid")).json()["pid"]
+        started = time.monotonic()
+        blocked = await http.get("/block")
+        took = time.monotonic() - started
+        assert blocked.status_code == 504
+        assert error_code(blocked) == "APP_TIMEOUT"
+        assert 0.9 < took < 3
+        await until(lambda: not alive(first))
+        after = await http.get("/pid")
+    assert after.status_code == 200
+    assert after.json()["pid"] != first
+
+
+async def test_an_app_over_its_memory_limit_dies_alone(apps, make_pool):
+    pool = make_pool()
+    faulty = make_app(apps, "faulty", max_memory_mb=256)
+    before = rss()
+    async with client(pool, faulty) as http:
+        first = (await http.get("/pid")).json()["pid"]
+        hog = await http.get("/hog")
+        assert hog.status_code == 502
+        assert error_code(hog) == "APP_CRASHED"
+        after = await http.get("/pid")
+    assert after.status_code == 200
+    assert after.json()["pid"] != first
+    assert rss() - before < 50 * MIB  # the runtime's own memory did not follow
+
+
+async def test_an_app_that_cannot_be_imported_answers_502_app_start_failed(apps, make_pool):
+    pool = make_pool()
+    broken = make_app(apps, "broken")
+    async with client(pool, broken) as http:
+        answer = await http.get("/")
+        again = await http.get("/")  # from memory for a moment: no restart storm
+    assert answer.status_code == 502
+    error = answer.json()["error"]
+    assert error["code"] == "APP_START_FAILED"
+    assert "No module named 'courtyard_missing_dependency'" in error["message"]
+    assert len(error["message"]) <= 1000
+    assert again.json() == answer.json()
+    assert pool.stats() == []
+
+
+async def test_a_bad_entry_answers_502_app_start_failed(apps, make_pool):
+    pool = make_pool()
+    wrong = make_app(apps, "echo", entry="echo_app:missing")
+    async with client(pool, wrong) as http:
+        answer = await http.get("/")
+    assert answer.status_code == 502
+    assert error_code(answer) == "APP_START_FAILED"
+    assert "missing" in answer.json()["error"]["message"]
+
+
+async def test_a_body_over_the_limit_answers_413(apps, make_pool):
+    pool = make_pool()
+    echo = make_app(apps, "echo", max_body_size=1000)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            yield b"x" * 400
+
+    async with client(pool, echo) as http:
+        declared = await http.post("/", content=b"x" * 1001)
+        assert declared.status_code == 413
+        assert error_code(declared) == "PAYLOAD_TOO_LARGE"
+        assert pool.stats() == []  # refused before a worker was started
+        streamed = await http.post("/", content=chunks())  # chunked: counted as it comes
+        assert streamed.status_code == 413
+        assert error_code(streamed) == "PAYLOAD_TOO_LARGE"
+        assert (await http.post("/", content=b"x" * 1000)).status_code == 200
+
+
+# -- recycling ---------------------------------------------------------------------------
+
+
+async def test_a_worker_is_recycled_after_max_requests_without_a_pause(apps, make_pool):
+    pool = make_pool()
+    echo = make_app(apps, "echo", max_requests=3)
+    pids: list[int] = []
+    slowest = 0.0
+    async with client(pool, echo) as http:
+        while len(set(pids)) < 3:  # two recycles
+            assert len(pids) < 2000
+            started = time.monotonic()
+            pids.append((await http.get("/")).json()["pid"])
+            slowest = max(slowest, time.monotonic() - started) if len(pids) > 1 else 0
+    first, second, third = dict.fromkeys(pids)
+    assert pids.count(first) >= 3 and pids.count(second) >= 3
+    assert pids == sorted(pids, key=[first, second, third].index)  # never back to an old one
+    # The successor starts while the worn-out worker serves on: no request waits for it.
+    assert slowest < 0.1
+    await until(lambda: [s["pid"] for s in pool.stats()] == [third])
+    assert not alive(first) and not alive(second)
+
+
+async def test_ttl_zero_runs_every_request_in_a_fresh_process(apps, make_pool):
+    pool = make_pool()
+    echo = make_app(apps, "echo", ttl=0)
+    async with client(pool, echo) as http:
+        answers = await asyncio.gather(*(http.get("/") for _ in range(3)))
+        pids = [answer.json()["pid"] for answer in answers]
+        pids.append((await http.get("/")).json()["pid"])
+    assert len(set(pids)) == 4
+    await until(lambda: pool.stats() == [] and not any(alive(pid) for pid in pids))
+
+
+async def test_a_worker_older_than_its_ttl_is_recycled(apps, make_pool):
+    pool = make_pool()
+    echo = make_app(apps, "echo", ttl=0.5)
+    async with client(pool, echo) as http:
+        first = (await http.get("/")).json()["pid"]
+        await asyncio.sleep(0.6)
+        second = (await http.get("/")).json()["pid"]
+    assert second != first
+    await until(lambda: not alive(first))
+
+
+async def test_an_idle_worker_is_stopped(apps, make_pool):
+    pool = make_pool()
+    echo = make_app(apps, "echo", idle_timeout=0.3)
+    async with client(pool, echo) as http:
+        pid = (await http.get("/")).json()["pid"]
+    await until(lambda: pool.stats() == [] and not alive(pid), timeout=3)
+
+
+async def test_stop_app_lets_in_flight_requests_finish(apps, make_pool):
+    pool = make_pool()
+    faulty = make_app(apps, "faulty")
+    async with client(pool, faulty) as http:
+        pid = (await http.get("/pid")).json()["pid"]
+        pending = asyncio.create_task(http.get("/wait", params={"s": "0.5"}))
+        await asyncio.sleep(0.2)
+        await pool.stop_app(faulty.key)
+        answer = await pending
+    assert answer.status_code == 200
+    assert answer.json()["pid"] == pid
+    assert not alive(pid)
+
+
+# -- the pool-wide cap -------------------------------------------------------------------
+
+
+async def test_max_workers_evicts_the_least_recently_used_idle_worker(apps, make_pool):
+    pool = make_pool(max_workers=2)
+    a, b, c = (make_app(apps, "echo", key=f"echo-{n}@1.0.0") for n in "abc")
+    pids = {}
+    for app in (a, b, a, c):
+        async with client(pool, app) as http:
+            pids[app.key] = (await http.get("/")).json()["pid"]
+    await until(lambda: sorted(s["key"] for s in pool.stats()) == [a.key, c.key])
+    assert not alive(pids[b.key])
+    assert alive(pids[a.key]) and alive(pids[c.key])
+
+
+async def test_when_every_worker_is_busy_a_request_waits_then_gets_503(apps, make_pool):
+    pool = make_pool(max_workers=1, queue_timeout=0.3)
+    faulty = make_app(apps, "faulty")
+    echo = make_app(apps, "echo")
+    async with client(pool, faulty) as slow_http, client(pool, echo) as http:
+        await slow_http.get("/pid")
+        slow = asyncio.create_task(slow_http.get("/wait", params={"s": "1.5"}))
+        await asyncio.sleep(0.2)
+        refused = await http.get("/")
+        assert refused.status_code == 503
+        assert error_code(refused) == "APP_BUSY"
+        assert refused.headers["retry-after"] == "1"
+        pool.queue_timeout = 5.0
+        waited = await http.get("/")  # served once the busy worker is idle and evicted
+        assert waited.status_code == 200
+        assert (await slow).status_code == 200
+
+
+# -- shutting down -----------------------------------------------------------------------
+
+
+async def test_close_leaves_no_process_alive(apps, make_pool):
+    pool = make_pool(grace=0.5)
+    echo = make_app(apps, "echo")
+    faulty = make_app(apps, "faulty")
+    async with client(pool, echo) as http:
+        echo_pid = (await http.get("/")).json()["pid"]
+    async with client(pool, faulty) as http:
+        spawned = (await http.get("/spawn")).json()
+        blocked = asyncio.create_task(http.get("/block"))  # ignores SIGTERM: needs SIGKILL
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        await pool.close()
+        assert time.monotonic() - started < 3
+        answer = await blocked
+    assert answer.status_code == 502
+    for pid in (echo_pid, spawned["pid"], spawned["child"]):
+        await until(lambda pid=pid: not alive(pid), timeout=2)
+    assert pool.stats() == []
+    async with client(pool, echo) as http:
+        assert error_code(await http.get("/")) == "NOT_READY"
+
+
+# -- through a real server: streaming, WebSocket, broken connections ---------------------
+
+
+@contextlib.asynccontextmanager
+async def real_server(pool: WorkerPool, apps: Path, **settings: Any) -> AsyncIterator[int]:
+    """Hypercorn on 127.0.0.1 serving /<name>/... from `pool`, like the app router."""
+    names = ("echo", "stream", "faulty", "broken")
+    served = {name: make_app(apps, name, **settings) for name in names}
+
+    async def router(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        name = scope["path"].split("/")[1]
+        rest = scope["path"][len(name) + 1 :] or "/"
+        scope = {**scope, "root_path": f"/{name}", "path": rest, "raw_path": rest.encode()}
+        await pool.handle(served[name], scope, receive, send)
+
+    port = free_port()
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.graceful_timeout = 1
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(router, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    try:
+        for _ in range(200):
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            await asyncio.sleep(0.02)
+        yield port
+    finally:
+        stop.set()
+        await task
+
+
+async def test_a_50_mib_download_streams_through_bounded_memory(apps, make_pool):
+    pool = make_pool()
+    async with (
+        real_server(pool, apps) as port,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+    ):
+        warm = await http.get("/stream/download", params={"mib": "2"})  # worker, buffers
+        assert warm.content == APP_CHUNK * 2
+        baseline = peak = rss()
+        digest = hashlib.sha256()
+        size = 0
+        async with http.stream("GET", "/stream/download", params={"mib": "50"}) as answer:
+            assert answer.status_code == 200
+            assert answer.headers["content-length"] == str(50 * MIB)
+            async for chunk in answer.aiter_raw():
+                digest.update(chunk)
+                size += len(chunk)
+                peak = max(peak, rss())
+    expected = hashlib.sha256()
+    for _ in range(50):
+        expected.update(APP_CHUNK)
+    assert size == 50 * MIB
+    assert digest.hexdigest() == expected.hexdigest()
+    growth = peak - baseline
+    print(f"\nRSS growth while downloading 50 MiB: {growth / MIB:.1f} MiB")
+    assert growth < 16 * MIB
+
+
+async def test_a_20_mib_upload_streams_to_the_app(apps, make_pool):
+    pool = make_pool()
+    block = os.urandom(MIB)
+    expected = hashlib.sha256()
+    for n in range(20):
+        expected.update(bytes([n]) + block[1:])
+    peak = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal peak
+        for n in range(20):
+            peak = max(peak, rss())
+            yield bytes([n]) + block[1:]
+
+    async with (
+        real_server(pool, apps, max_body_size=32 * MIB) as port,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+    ):
+        await http.post("/stream/upload", content=b"warm-up")
+        baseline = rss()
+        answer = await http.post("/stream/upload", content=body())
+    assert answer.status_code == 200
+    assert answer.json() == {"sha256": expected.hexdigest(), "size": 20 * MIB}
+    print(f"\nRSS growth while uploading 20 MiB: {(peak - baseline) / MIB:.1f} MiB")
+    assert peak - baseline < 16 * MIB
+
+
+async def test_a_crash_after_the_response_started_drops_the_connection(apps, make_pool):
+    pool = make_pool()
+    async with (
+        real_server(pool, apps) as port,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http,
+    ):
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.get("/faulty/crash-midway")
+        assert (await http.get("/faulty/pid")).status_code == 200
+
+
+async def test_a_response_unfinished_at_the_timeout_is_cut_and_its_worker_recycled(apps, make_pool):
+    pool = make_pool()
+    async with (
+        real_server(pool, apps, timeout=1.0) as port,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http,
+    ):
+        await http.get("/stream/download", params={"mib": "1"})
+        (first,) = [s["pid"] for s in pool.stats() if s["key"] == "stream@1.0.0"]
+        with pytest.raises(httpx.RemoteProtocolError):
+            async with http.stream("GET", "/stream/download", params={"mib": "500"}) as answer:
+                assert answer.status_code == 200
+                chunks = answer.aiter_raw()
+                await anext(chunks)
+                await asyncio.sleep(1.5)  # a slow client: backpressure reaches the worker
+                async for _ in chunks:
+                    pass
+        await until(lambda: not alive(first))
+        again = await http.get("/stream/download", params={"mib": "1"})
+        assert again.status_code == 200
+        assert [s["pid"] for s in pool.stats()] != [first]
+
+
+class WebSocketClient:
+    """A minimal WebSocket client: wsproto over an asyncio TCP connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self.events: deque[ws_events.Event] = deque()
+
+    @classmethod
+    async def connect(
+        cls, port: int, target: str, subprotocols: list[str] | None = None
+    ) -> tuple[WebSocketClient, ws_events.Event]:
+        client = cls(*await asyncio.open_connection("127.0.0.1", port))
+        request = ws_events.Request(
+            host=f"127.0.0.1:{port}", target=target, subprotocols=subprotocols or []
+        )
+        await client.send(request)
+        return client, await client.next()
+
+    async def send(self, event: ws_events.Event) -> None:
+        self.writer.write(self.ws.send(event))
+        await self.writer.drain()
+
+    async def next(self) -> ws_events.Event:
+        while not self.events:
+            data = await asyncio.wait_for(self.reader.read(65536), 10)
+            self.ws.receive_data(data or None)
+            self.events.extend(self.ws.events())
+        return self.events.popleft()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_websocket_messages_and_close_codes_pass_both_ways(apps, make_pool):
+    pool = make_pool()
+    async with real_server(pool, apps) as port:
+        ws, accepted = await WebSocketClient.connect(port, "/echo/ws", ["chat.v1"])
+        assert isinstance(accepted, ws_events.AcceptConnection)
+        assert accepted.subprotocol == "chat.v1"
+        assert (b"x-echo", b"ws") in accepted.extra_headers
+        await ws.send(ws_events.TextMessage(data="hello"))
+        assert (await ws.next()).data == "echo: hello"
+        payload = os.urandom(200_000)
+        await ws.send(ws_events.BytesMessage(data=payload))
+        received = b""
+        while len(received) < len(payload):
+            received += (await ws.next()).data
+        assert received == payload
+        await ws.send(ws_events.TextMessage(data="close:4001"))  # the app closes
+        closing = await ws.next()
+        assert isinstance(closing, ws_events.CloseConnection)
+        assert (closing.code, closing.reason) == (4001, "asked to")
+        ws.close()
+
+        ws, _ = await WebSocketClient.connect(port, "/echo/ws")
+        await ws.send(ws_events.CloseConnection(code=4002, reason="client leaves"))
+        assert isinstance(await ws.next(), ws_events.CloseConnection)
+        ws.close()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            last = {}
+            for _ in range(50):
+                last = (await http.get("/echo/last-close")).json()
+                if last:
+                    break
+                await asyncio.sleep(0.02)
+        # The app learns that the client left. Hypercorn (0.18) reports any close the
+        # client starts as 1006 to its ASGI app, in the runtime and in the worker alike,
+        # so a client's own code cannot reach the app; the app's codes reach the client.
+        assert last.get("code") in (1000, 1006)
+
+
+async def test_a_websocket_the_app_refuses_is_refused(apps, make_pool):
+    pool = make_pool()
+    async with real_server(pool, apps) as port:
+        ws, answer = await WebSocketClient.connect(port, "/echo/reject")
+        ws.close()
+    assert isinstance(answer, ws_events.RejectConnection)
+    assert answer.status_code == 403
+
+
+async def test_a_websocket_to_an_app_that_cannot_start_gets_the_error(apps, make_pool):
+    pool = make_pool()
+    async with real_server(pool, apps) as port:
+        # Hypercorn offers the websocket.http.response extension: the refusal is JSON.
+        ws, answer = await WebSocketClient.connect(port, "/broken/ws")
+        body = b""
+        while True:
+            event = await ws.next()
+            if isinstance(event, ws_events.RejectData):
+                body += event.data
+                if event.body_finished:
+                    break
+        ws.close()
+    assert isinstance(answer, ws_events.RejectConnection)
+    assert answer.status_code == 502
+    assert b"APP_START_FAILED" in body
+
+
+def test_app_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        AppSettings(timeout=0)
+    with pytest.raises(ValueError, match="max_requests"):
+        AppSettings(max_requests=0)
+    with pytest.raises(ValueError, match="env"):
+        AppSettings(env={"A=B": "x"})
+    with pytest.raises(ValueError, match="module:attr"):
+        WorkerApp("x@1", Path("/"), "no-colon")
+    assert AppSettings().max_memory_mb == 1024
+    assert AppSettings(public_routes=("/health",)).public_routes == ("/health",)
+    assert hash(AppSettings(env={"A": "1"})) == hash(AppSettings(env={"A": "2"}))
