@@ -126,3 +126,20 @@ def test_json_logs(courtyard_server):
     lines = [json.loads(line) for line in server.log.splitlines() if line.startswith("{")]
     assert lines, server.log
     assert {"time", "level", "logger", "request_id", "message"} <= set(lines[0])
+
+
+def test_keep_environment_private_makes_the_process_not_dumpable():
+    """App workers run as the same user: the runtime's /proc/<pid>/environ is not theirs.
+    (Checked in a child process: the flag is for life.)"""
+    import subprocess
+    import sys
+
+    code = (
+        "import ctypes\n"
+        "from courtyard.server import PR_GET_DUMPABLE, keep_environment_private\n"
+        "libc = ctypes.CDLL(None)\n"
+        "print(libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), keep_environment_private(),"
+        " libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "True", "0"]

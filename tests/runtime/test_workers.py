@@ -14,19 +14,18 @@ import os
 import shutil
 import signal
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import wsproto
 import wsproto.events as ws_events
 from courtyard.apps.workers import ENV_ALLOW_LIST, AppSettings, WorkerApp, WorkerPool
 from courtyard_sdk.testing import free_port
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from ws_client import WebSocketClient
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "apps"
 MIB = 1024 * 1024
@@ -606,41 +605,6 @@ async def test_a_response_unfinished_at_the_timeout_is_cut_and_its_worker_recycl
         again = await http.get("/stream/download", params={"mib": "1"})
         assert again.status_code == 200
         assert [s["pid"] for s in pool.stats()] != [first]
-
-
-class WebSocketClient:
-    """A minimal WebSocket client: wsproto over an asyncio TCP connection."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-        self.events: deque[ws_events.Event] = deque()
-
-    @classmethod
-    async def connect(
-        cls, port: int, target: str, subprotocols: list[str] | None = None
-    ) -> tuple[WebSocketClient, ws_events.Event]:
-        client = cls(*await asyncio.open_connection("127.0.0.1", port))
-        request = ws_events.Request(
-            host=f"127.0.0.1:{port}", target=target, subprotocols=subprotocols or []
-        )
-        await client.send(request)
-        return client, await client.next()
-
-    async def send(self, event: ws_events.Event) -> None:
-        self.writer.write(self.ws.send(event))
-        await self.writer.drain()
-
-    async def next(self) -> ws_events.Event:
-        while not self.events:
-            data = await asyncio.wait_for(self.reader.read(65536), 10)
-            self.ws.receive_data(data or None)
-            self.events.extend(self.ws.events())
-        return self.events.popleft()
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 async def test_websocket_messages_and_close_codes_pass_both_ways(apps, make_pool):

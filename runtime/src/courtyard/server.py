@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import signal
 
@@ -14,6 +15,7 @@ from .host import Host
 from .settings import Settings
 
 log = logging.getLogger("courtyard.server")
+PR_SET_DUMPABLE, PR_GET_DUMPABLE = 4, 3
 
 
 def bind_address(host: str, port: int) -> str:
@@ -31,12 +33,26 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
+def keep_environment_private() -> bool:
+    """Make this process non-dumpable (Linux), so that app workers running as the same
+    user cannot read its environment (database URLs, keys) from /proc/<pid>/environ.
+
+    :return: whether it took effect.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # not Linux
+        return False
+
+
 async def serve(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT: stop accepting, finish in-flight requests, run
     shutdown hooks.
 
     :raises StartupError: when the first generation cannot be built.
     """
+    keep_environment_private()
     host = Host(settings)
     stop = asyncio.Event()
 
