@@ -13,23 +13,19 @@ import gc
 import itertools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from . import __version__
-from .apps.asgi import header, with_header
 from .apps.registry import AppRegistry, app_folders
 from .apps.router import AppRouter
+from .asgi import Receive, Scope, Send, header, with_header
 from .generation import BuildError, Generation
 from .installs import clean_staging
 from .security import request_id_for
 from .settings import Settings
 
 log = logging.getLogger("courtyard.host")
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class Host:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from .asgi import Receive, Scope, Send, send_error
+from ..asgi import Receive, Scope, Send, send_error
 from .registry import App, AppRegistry, AppVersion
 from .static import serve_static
 from .versions import InvalidRange, resolve

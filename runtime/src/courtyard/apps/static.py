@@ -9,7 +9,7 @@ import os
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 
-from .asgi import Receive, Scope, Send, header, send_error
+from ..asgi import Receive, Scope, Send, header, send_error
 from .registry import AppVersion
 
 CHUNK = 256 * 1024

@@ -53,7 +53,6 @@ import asyncio
 import contextlib
 import importlib.util
 import itertools
-import json
 import logging
 import os
 import secrets
@@ -63,26 +62,40 @@ import site
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, unquote
 
 import h11
 import wsproto
 import wsproto.events as ws_events
 import wsproto.utilities
 
-log = logging.getLogger("courtyard.apps.workers")
+from ..asgi import Receive, Scope, Send
+from .proxy import (
+    CHUNK,
+    WS_HANDSHAKE,
+    ClientGone,
+    Connection,
+    HttpExchange,
+    Refusal,
+    TooLarge,
+    WorkerGone,
+    content_length,
+    response_headers,
+    send_error,
+    too_large,
+    ws_denial,
+    ws_handshake,
+    ws_relay,
+)
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+log = logging.getLogger("courtyard.apps.workers")
+State = Literal["starting", "ready", "retiring", "stopping", "dead"]
+
 
 WORKER_MAIN = Path(__file__).with_name("worker_main.py")
-TOKEN_HEADER = b"x-courtyard-token"  # keep in step with worker_main.py
-ROOT_PATH_HEADER = b"x-courtyard-root-path"
 
 # Variables a worker inherits from the runtime: what Python and common libraries need to
 # run, nothing that could hold a secret. Everything else comes from the app's own `env`.
@@ -101,44 +114,6 @@ ENV_ALLOW_LIST = (
 # What worker_main.py imports besides the standard library.
 _WORKER_IMPORTS = ("hypercorn", "h11", "h2", "hpack", "hyperframe", "priority", "wsproto")
 
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-# Request headers the pool sets itself (or that make no sense on the worker connection).
-_REPLACED = frozenset(
-    {
-        b"content-length",
-        b"expect",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        TOKEN_HEADER,
-        ROOT_PATH_HEADER,
-    }
-)
-_WS_HANDSHAKE = frozenset(
-    {
-        b"host",
-        b"sec-websocket-key",
-        b"sec-websocket-version",
-        b"sec-websocket-extensions",
-        b"sec-websocket-protocol",
-        b"sec-websocket-accept",
-    }
-)
-_CHUNK = 256 * 1024
-_MAX_HEAD = 64 * 1024  # response head (status line and headers) from a worker
-_WS_MAX_MESSAGE = 16 * 1024**2  # a message from the app; bigger ones close with 1009
 _MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux, 103 on macOS
 _IDLE_CONNECTIONS = 32  # kept-alive connections per worker (each is a file descriptor)
 _OUTPUT_HEAD_LINES = 20
@@ -217,53 +192,6 @@ class WorkerApp:
             raise ValueError(f"entry {self.entry!r} is not of the form module:attr")
 
 
-class _Refusal(Exception):
-    """An answer the pool gives instead of the app's."""
-
-    def __init__(
-        self, status: int, code: str, message: str, headers: Iterable[tuple[bytes, bytes]] = ()
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = list(headers)
-
-
-class _WorkerGone(Exception):
-    """The connection to the worker broke (it crashed, or closed it mid-exchange)."""
-
-
-class _ClientGone(Exception):
-    """The caller's client disconnected."""
-
-
-class _TooLarge(Exception):
-    """The request body passed `max_body_size`."""
-
-
-State = Literal["starting", "ready", "retiring", "stopping", "dead"]
-
-
-class _Connection:
-    """A stream to a worker, with its h11 state when used for HTTP."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
-
-    def usable(self) -> bool:
-        """Still open, and nothing unexpected waiting to be read."""
-        return not (
-            self.writer.is_closing() or self.reader.at_eof() or self.reader._buffer  # type: ignore[attr-defined]
-        )
-
-    def close(self) -> None:
-        """Close without waiting."""
-        self.writer.close()
-
-
 class _Worker:
     """One worker process and what the pool knows about it."""
 
@@ -281,7 +209,7 @@ class _Worker:
         self.ready.add_done_callback(_retrieve)
         self.exited = asyncio.Event()
         self.output_done = asyncio.Event()
-        self.connections: list[_Connection] = []
+        self.connections: list[Connection] = []
         self.head: list[str] = []  # the first lines it printed
         self.head_chars = 0
 
@@ -436,12 +364,12 @@ class WorkerPool:
     async def _http(self, app: WorkerApp, scope: Scope, receive: Receive, send: Send) -> None:
         settings = app.settings
         try:
-            length = _content_length(scope)
+            length = content_length(scope)
         except ValueError:
-            await _send_error(scope, send, _Refusal(400, "BAD_REQUEST", "Bad Content-Length"))
+            await send_error(scope, send, Refusal(400, "BAD_REQUEST", "Bad Content-Length"))
             return
         if length is not None and length > settings.max_body_size:
-            await _send_error(scope, send, _too_large(settings))
+            await send_error(scope, send, too_large(settings))
             return
         # Look at the first body message before taking a worker: a slow client holds none.
         first = await receive()
@@ -451,14 +379,14 @@ class WorkerPool:
             return
         body = first.get("body", b"")
         if len(body) > settings.max_body_size:
-            await _send_error(scope, send, _too_large(settings))
+            await send_error(scope, send, too_large(settings))
             return
         try:
             worker, connection = await self._checkout(app)
-        except _Refusal as refusal:
-            await _send_error(scope, send, refusal)
+        except Refusal as refusal:
+            await send_error(scope, send, refusal)
             return
-        exchange = _HttpExchange(scope, receive, send, worker, first, length)
+        exchange = HttpExchange(scope, receive, send, worker, first, length)
         exchange.connection = connection
         try:
             try:
@@ -483,21 +411,21 @@ class WorkerPool:
                     worker.pid,
                 )
                 self._stop_later(worker, kill=True)
-                raise _Refusal(
+                raise Refusal(
                     504, "APP_TIMEOUT", f"The app did not respond within {settings.timeout:g} s"
                 ) from None
-            except _TooLarge:
-                raise _too_large(settings) from None
-            except _ClientGone:
+            except TooLarge:
+                raise too_large(settings) from None
+            except ClientGone:
                 return
-            except (_WorkerGone, OSError, h11.RemoteProtocolError) as exc:
+            except (WorkerGone, OSError, h11.RemoteProtocolError) as exc:
                 raise await self._crash(worker, exc) from None
             except h11.LocalProtocolError as exc:
-                raise _Refusal(400, "BAD_REQUEST", f"Cannot forward the request: {exc}") from None
-        except _Refusal as refusal:
+                raise Refusal(400, "BAD_REQUEST", f"Cannot forward the request: {exc}") from None
+        except Refusal as refusal:
             if exchange.started:
                 return  # too late for an error response: the server drops the connection
-            await _send_error(scope, send, refusal)
+            await send_error(scope, send, refusal)
         finally:
             self._release(worker, exchange.connection, reusable=exchange.reusable())
 
@@ -508,23 +436,23 @@ class WorkerPool:
             return
         try:
             worker, connection = await self._checkout(app, reuse=False)
-        except _Refusal as refusal:
-            await _send_error(scope, send, refusal)
+        except Refusal as refusal:
+            await send_error(scope, send, refusal)
             return
         try:
             try:
                 async with asyncio.timeout(app.settings.timeout):
                     ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-                    answer = await _ws_handshake(ws, connection, scope, worker)
+                    answer = await ws_handshake(ws, connection, scope, worker)
             except TimeoutError:
                 self._stop_later(worker, kill=True)
-                raise _Refusal(
+                raise Refusal(
                     504, "APP_TIMEOUT", f"The app did not accept within {app.settings.timeout:g} s"
                 ) from None
-            except (_WorkerGone, OSError, wsproto.utilities.RemoteProtocolError) as exc:
+            except (WorkerGone, OSError, wsproto.utilities.RemoteProtocolError) as exc:
                 raise await self._crash(worker, exc) from None
-        except _Refusal as refusal:
-            await _send_error(scope, send, refusal)
+        except Refusal as refusal:
+            await send_error(scope, send, refusal)
             self._release(worker, connection, reusable=False)
             return
         try:
@@ -533,25 +461,25 @@ class WorkerPool:
                     {
                         "type": "websocket.accept",
                         "subprotocol": answer.subprotocol,
-                        "headers": _response_headers(answer.extra_headers, _WS_HANDSHAKE),
+                        "headers": response_headers(answer.extra_headers, WS_HANDSHAKE),
                     }
                 )
-                await _ws_relay(ws, connection, receive, send)
+                await ws_relay(ws, connection, receive, send)
             else:
-                await _ws_denial(ws, connection, answer, scope, send)
+                await ws_denial(ws, connection, answer, scope, send)
         finally:
             self._release(worker, connection, reusable=False)
 
     # -- workers -----------------------------------------------------------------------
 
-    async def _checkout(self, app: WorkerApp, reuse: bool = True) -> tuple[_Worker, _Connection]:
+    async def _checkout(self, app: WorkerApp, reuse: bool = True) -> tuple[_Worker, Connection]:
         """A claimed worker and a connection to it. A worker found unreachable before
         anything was sent (it died while idle) is replaced once, transparently."""
         for attempt in range(2):
             worker = await self._acquire(app)
             try:
                 return worker, await self._connect(worker, reuse)
-            except _WorkerGone as exc:
+            except WorkerGone as exc:
                 self._release(worker, None, reusable=False)
                 if attempt:
                     raise await self._crash(worker, exc) from None
@@ -567,17 +495,17 @@ class WorkerPool:
         retries = 0
         while True:
             if self._closed:
-                raise _Refusal(503, "NOT_READY", "The app pool is shut down")
+                raise Refusal(503, "NOT_READY", "The app pool is shut down")
             worker = self._current(app)
             claimed = False
             if worker is None:
                 failure = self._start_failure(app.key)
                 if failure is not None:
-                    raise _Refusal(502, "APP_START_FAILED", failure)
+                    raise Refusal(502, "APP_START_FAILED", failure)
                 if self._serving() >= self.max_workers and not self._evict_one():
                     remaining = deadline - loop.time()
                     if remaining <= 0:
-                        raise _Refusal(
+                        raise Refusal(
                             503,
                             "APP_BUSY",
                             f"All {self.max_workers} app workers are busy; try again shortly",
@@ -599,7 +527,7 @@ class WorkerPool:
                     self._release(worker, None, reusable=False)
                 retries += 1
                 if retries > 3:
-                    raise _Refusal(502, "APP_CRASHED", "The app's workers keep exiting")
+                    raise Refusal(502, "APP_CRASHED", "The app's workers keep exiting")
                 continue
             if not claimed:
                 self._claim(worker)
@@ -649,7 +577,7 @@ class WorkerPool:
         worker.served += 1
         worker.last_used = time.monotonic()
 
-    def _release(self, worker: _Worker, connection: _Connection | None, reusable: bool) -> None:
+    def _release(self, worker: _Worker, connection: Connection | None, reusable: bool) -> None:
         """Hand back a claimed worker; stop it if it is due."""
         worker.active -= 1
         worker.last_used = time.monotonic()
@@ -746,7 +674,7 @@ class WorkerPool:
             self._forget(worker)
             worker.exited.set()
             worker.ready.set_exception(
-                _Refusal(502, "APP_START_FAILED", f"Cannot start a worker: {exc}")
+                Refusal(502, "APP_START_FAILED", f"Cannot start a worker: {exc}")
             )
             return
         worker.process = process
@@ -758,7 +686,7 @@ class WorkerPool:
             _signal_group(process.pid, signal.SIGKILL)
         try:
             await self._wait_until_listening(worker)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             if refusal.code == "APP_START_FAILED":
                 until = time.monotonic() + self.restart_backoff
                 self._failures[app.key] = (until, refusal.message)
@@ -774,13 +702,11 @@ class WorkerPool:
         delay = 0.005
         while not worker.exited.is_set() and worker.state != "stopping":
             try:
-                reader, writer = await asyncio.open_unix_connection(
-                    worker.socket_path, limit=_CHUNK
-                )
+                reader, writer = await asyncio.open_unix_connection(worker.socket_path, limit=CHUNK)
             except (FileNotFoundError, ConnectionRefusedError):
                 pass
             else:
-                worker.connections.append(_Connection(reader, writer))
+                worker.connections.append(Connection(reader, writer))
                 return
             if time.monotonic() > deadline:
                 break
@@ -788,7 +714,7 @@ class WorkerPool:
                 await asyncio.wait_for(worker.exited.wait(), delay)
             delay = min(delay * 2, 0.05)
         if worker.state == "stopping":
-            raise _Refusal(503, "NOT_READY", "The app's worker was stopped while starting")
+            raise Refusal(503, "NOT_READY", "The app's worker was stopped while starting")
         if not worker.exited.is_set():
             self._stop_later(worker, kill=True)
             await worker.exited.wait()
@@ -805,7 +731,7 @@ class WorkerPool:
             worker.output_head(),
         )
         head = worker.output_head(_FAILURE_LINES)[:_FAILURE_CHARS]
-        raise _Refusal(502, "APP_START_FAILED", head or f"The app's worker {why}")
+        raise Refusal(502, "APP_START_FAILED", head or f"The app's worker {why}")
 
     async def _read_output(self, worker: _Worker) -> None:
         """Log what the worker prints, keeping the first lines; never let the pipe fill."""
@@ -901,7 +827,7 @@ class WorkerPool:
                 elif worker.worn_out(now):
                     self._stop_later(worker)
 
-    async def _connect(self, worker: _Worker, reuse: bool = True) -> _Connection:
+    async def _connect(self, worker: _Worker, reuse: bool = True) -> Connection:
         """A kept-alive connection to the worker, or a new one."""
         while reuse and worker.connections:
             connection = worker.connections.pop()
@@ -909,12 +835,12 @@ class WorkerPool:
                 return connection
             connection.close()
         try:
-            reader, writer = await asyncio.open_unix_connection(worker.socket_path, limit=_CHUNK)
+            reader, writer = await asyncio.open_unix_connection(worker.socket_path, limit=CHUNK)
         except OSError as exc:
-            raise _WorkerGone(f"cannot connect: {exc}") from exc
-        return _Connection(reader, writer)
+            raise WorkerGone(f"cannot connect: {exc}") from exc
+        return Connection(reader, writer)
 
-    async def _crash(self, worker: _Worker, exc: BaseException) -> _Refusal:
+    async def _crash(self, worker: _Worker, exc: BaseException) -> Refusal:
         """The refusal for a broken exchange (sent only if the response has not started).
 
         Waits (up to a second) to see whether the worker died, so that the death is noticed
@@ -929,7 +855,7 @@ class WorkerPool:
         else:
             why = f"The app closed the connection unexpectedly ({exc or type(exc).__name__})"
         log.warning("%s: %s", worker.app.key, why)
-        return _Refusal(502, "APP_CRASHED", why)
+        return Refusal(502, "APP_CRASHED", why)
 
     def _environment(self, app: WorkerApp) -> dict[str, str]:
         env = {name: os.environ[name] for name in ENV_ALLOW_LIST if name in os.environ}
@@ -963,406 +889,6 @@ class WorkerPool:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("worker pool task failed", exc_info=exc)
-
-
-class _HttpExchange:
-    """One request relayed to a worker over HTTP/1.1, both bodies streamed."""
-
-    def __init__(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        worker: _Worker,
-        first: dict[str, Any],
-        length: int | None,
-    ) -> None:
-        self.scope = scope
-        self.receive = receive
-        self.send = send
-        self.worker = worker
-        self.first = first
-        self.length = length
-        self.connection: _Connection | None = None
-        self.started = False  # http.response.start sent to the caller
-        self.complete = False  # the whole response sent
-        self.received = 0
-
-    def reusable(self) -> bool:
-        """Whether the connection can carry another request."""
-        connection = self.connection
-        return (
-            self.complete
-            and connection is not None
-            and connection.h11.our_state is h11.DONE
-            and connection.h11.their_state is h11.DONE
-        )
-
-    async def run(self) -> None:
-        """Send the request head, then relay the bodies concurrently until the response
-        is complete (an app may answer before reading the whole body)."""
-        assert self.connection is not None
-        first_body = self.first.get("body", b"")
-        more = self.first.get("more_body", False)
-        headers = _request_headers(self.scope, self.worker)
-        if self.length is not None:
-            headers.append((b"content-length", b"%d" % self.length))
-        elif not more:
-            if first_body or self.scope["method"] in ("POST", "PUT", "PATCH"):
-                headers.append((b"content-length", b"%d" % len(first_body)))
-        else:
-            headers.append((b"transfer-encoding", b"chunked"))
-        request = h11.Request(
-            method=self.scope["method"], target=_target(self.scope), headers=headers
-        )
-        self._write(request)
-        download = asyncio.create_task(self._download())
-        upload = asyncio.create_task(self._upload(first_body, more))
-        try:
-            done, _ = await asyncio.wait({download, upload}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (download, upload):
-                task.cancel()
-            await asyncio.gather(download, upload, return_exceptions=True)
-        if download in done and not download.cancelled() and download.exception() is None:
-            return
-        source = download if download in done else upload
-        exc = source.exception()
-        assert exc is not None
-        raise exc
-
-    def _write(self, event: h11.Event) -> None:
-        assert self.connection is not None
-        data = self.connection.h11.send_with_data_passthrough(event)
-        if data:
-            self.connection.writer.writelines(data)
-
-    async def _drain(self) -> None:
-        assert self.connection is not None
-        try:
-            await self.connection.writer.drain()
-        except OSError as exc:
-            raise _WorkerGone(str(exc)) from exc
-
-    async def _upload(self, body: bytes, more: bool) -> None:
-        """Relay the request body, then watch for the client leaving."""
-        settings = self.worker.app.settings
-        self.received = len(body)
-        if body:
-            self._write(h11.Data(data=body))
-            await self._drain()
-        while more:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            chunk = message.get("body", b"")
-            self.received += len(chunk)
-            if self.received > settings.max_body_size:
-                raise _TooLarge
-            if chunk:
-                self._write(h11.Data(data=chunk))
-                await self._drain()
-            more = message.get("more_body", False)
-        self._write(h11.EndOfMessage())
-        await self._drain()
-        while (await self.receive())["type"] != "http.disconnect":
-            pass
-        raise _ClientGone
-
-    async def _download(self) -> None:
-        """Relay the response to the caller as it arrives."""
-        assert self.connection is not None
-        connection = self.connection
-        while True:
-            event = connection.h11.next_event()
-            if event is h11.NEED_DATA:
-                try:
-                    data = await connection.reader.read(_CHUNK)
-                except OSError as exc:
-                    raise _WorkerGone(str(exc)) from exc
-                connection.h11.receive_data(data)  # b"": end of file, h11 judges it
-            elif isinstance(event, h11.Response):
-                await self.send(
-                    {
-                        "type": "http.response.start",
-                        "status": event.status_code,
-                        "headers": _response_headers(event.headers),
-                    }
-                )
-                self.started = True
-            elif isinstance(event, h11.Data):
-                await self.send(
-                    {"type": "http.response.body", "body": bytes(event.data), "more_body": True}
-                )
-            elif isinstance(event, h11.EndOfMessage):
-                await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-                self.complete = True
-                return
-            elif isinstance(event, h11.ConnectionClosed):
-                raise _WorkerGone("the worker closed the connection")
-            # InformationalResponse (1xx): nothing to relay in ASGI.
-
-
-# -- WebSocket relay ---------------------------------------------------------------------
-
-
-async def _ws_handshake(
-    ws: wsproto.WSConnection, connection: _Connection, scope: Scope, worker: _Worker
-) -> ws_events.AcceptConnection | ws_events.RejectConnection:
-    headers = [
-        (name, value)
-        for name, value in _request_headers(scope, worker)
-        if name not in _WS_HANDSHAKE
-    ]
-    host = _header(scope, b"host") or "localhost"
-    request = ws_events.Request(
-        host=host,
-        target=_target(scope),
-        subprotocols=list(scope.get("subprotocols") or ()),
-        extra_headers=headers,
-    )
-    connection.writer.write(ws.send(request))
-    await connection.writer.drain()
-    while True:
-        data = await connection.reader.read(_CHUNK)
-        ws.receive_data(data or None)
-        for event in ws.events():
-            if isinstance(event, ws_events.AcceptConnection | ws_events.RejectConnection):
-                return event
-        if not data:
-            raise _WorkerGone("the worker closed the connection during the handshake")
-
-
-async def _ws_denial(
-    ws: wsproto.WSConnection,
-    connection: _Connection,
-    answer: ws_events.RejectConnection,
-    scope: Scope,
-    send: Send,
-) -> None:
-    """Relay the app's refusal of the handshake (an HTTP response)."""
-    if "websocket.http.response" not in (scope.get("extensions") or {}):
-        await send({"type": "websocket.close", "code": 1008})
-        return
-    await send(
-        {
-            "type": "websocket.http.response.start",
-            "status": answer.status_code,
-            "headers": _response_headers(answer.headers),
-        }
-    )
-    finished = not answer.has_body
-    while not finished:
-        for event in ws.events():
-            if isinstance(event, ws_events.RejectData):
-                await send(
-                    {
-                        "type": "websocket.http.response.body",
-                        "body": bytes(event.data),
-                        "more_body": not event.body_finished,
-                    }
-                )
-                finished = event.body_finished
-        if not finished:
-            data = await connection.reader.read(_CHUNK)
-            if not data:
-                break
-            ws.receive_data(data)
-    if not finished:
-        await send({"type": "websocket.http.response.body", "body": b"", "more_body": False})
-
-
-async def _ws_relay(
-    ws: wsproto.WSConnection, connection: _Connection, receive: Receive, send: Send
-) -> None:
-    """Relay messages both ways until either side closes; close codes pass through."""
-
-    async def from_client() -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.receive":
-                text = message.get("text")
-                data = text if text is not None else message.get("bytes") or b""
-                connection.writer.write(ws.send(ws_events.Message(data=data)))
-                await connection.writer.drain()
-            elif message["type"] == "websocket.disconnect":
-                code = _sendable_close_code(message.get("code", 1000))
-                if ws.state is wsproto.ConnectionState.OPEN:
-                    connection.writer.write(
-                        ws.send(ws_events.CloseConnection(code=code, reason=message.get("reason")))
-                    )
-                    with contextlib.suppress(OSError):
-                        await connection.writer.drain()
-                return
-
-    async def from_app() -> None:
-        parts: list[Any] = []
-        size = 0
-        data = b"?"  # events may already wait: those that came with the handshake
-        while True:
-            for event in ws.events():
-                if isinstance(event, ws_events.Message):
-                    parts.append(event.data)
-                    size += len(event.data)
-                    if size > _WS_MAX_MESSAGE:
-                        await send({"type": "websocket.close", "code": 1009})
-                        return
-                    if event.message_finished:
-                        if isinstance(event, ws_events.TextMessage):
-                            await send({"type": "websocket.send", "text": "".join(parts)})
-                        else:
-                            await send({"type": "websocket.send", "bytes": b"".join(parts)})
-                        parts, size = [], 0
-                elif isinstance(event, ws_events.Ping):
-                    connection.writer.write(ws.send(event.response()))
-                elif isinstance(event, ws_events.CloseConnection):
-                    if ws.state is wsproto.ConnectionState.REMOTE_CLOSING:
-                        connection.writer.write(ws.send(event.response()))
-                    code = event.code if event.code not in (1005, 1006) else 1011
-                    if not data:  # the worker vanished without a close frame
-                        code = 1011
-                    await send({"type": "websocket.close", "code": code, "reason": event.reason})
-                    return
-            if not data:
-                await send({"type": "websocket.close", "code": 1011})
-                return
-            data = await connection.reader.read(_CHUNK)
-            ws.receive_data(data or None)
-
-    tasks = [asyncio.create_task(from_client()), asyncio.create_task(from_app())]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-    for result in results:
-        if isinstance(result, Exception) and not isinstance(
-            result,
-            OSError | wsproto.utilities.RemoteProtocolError | wsproto.utilities.LocalProtocolError,
-        ):
-            raise result
-
-
-def _sendable_close_code(code: int) -> int:
-    """A close code that may go in a close frame (1005, 1006, 1015 are local only)."""
-    return (
-        code
-        if code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011) or (3000 <= code <= 4999)
-        else 1000
-    )
-
-
-# -- headers and errors ------------------------------------------------------------------
-
-
-def _content_length(scope: Scope) -> int | None:
-    """The request's Content-Length, if it declares one; ValueError if malformed."""
-    values = [v for n, v in scope.get("headers", ()) if n == b"content-length"]
-    if not values:
-        return None
-    lengths = {v.strip() for v in values}
-    if len(lengths) != 1 or not next(iter(lengths)).isdigit():
-        raise ValueError("bad content-length")
-    return int(next(iter(lengths)))
-
-
-def _header(scope: Scope, wanted: bytes) -> str | None:
-    for name, value in scope.get("headers", ()):
-        if name == wanted:
-            return str(value.decode("latin-1"))
-    return None
-
-
-def _request_headers(scope: Scope, worker: _Worker) -> list[tuple[bytes, bytes]]:
-    """The caller's headers minus hop-by-hop ones, plus forwarding and private headers."""
-    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
-    named_in_connection = {
-        token.strip().lower().encode("latin-1")
-        for name, value in headers
-        if name == b"connection"
-        for token in value.decode("latin-1").split(",")
-    }
-    forwarded_for = [value for name, value in headers if name == b"x-forwarded-for"]
-    out = [
-        (name, value)
-        for name, value in headers
-        if name not in _HOP_BY_HOP and name not in _REPLACED and name not in named_in_connection
-    ]
-    if not any(name == b"host" for name, _ in out):
-        server = scope.get("server")
-        out.append((b"host", f"{server[0]}:{server[1]}".encode() if server else b"localhost"))
-    client = scope.get("client")
-    if client and client[0]:
-        forwarded_for.append(str(client[0]).encode("latin-1"))
-    if forwarded_for:
-        out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
-    scheme = scope.get("scheme", "http")
-    out.append((b"x-forwarded-proto", b"https" if scheme in ("https", "wss") else b"http"))
-    host = _header(scope, b"host")
-    if host:
-        out.append((b"x-forwarded-host", host.encode("latin-1")))
-    out.append((TOKEN_HEADER, worker.token))
-    out.append((ROOT_PATH_HEADER, quote(scope.get("root_path", "")).encode("ascii")))
-    return out
-
-
-def _response_headers(
-    headers: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes] = frozenset()
-) -> list[tuple[bytes, bytes]]:
-    return [
-        (bytes(name), bytes(value))
-        for name, value in headers
-        if name.lower() not in _HOP_BY_HOP and name.lower() not in drop
-    ]
-
-
-def _target(scope: Scope) -> str:
-    """The request target for the worker: the caller's path (and query) as given.
-
-    `raw_path` is used when it still matches `path` (it keeps escapes such as %2F); a
-    caller that rewrote `path` may have left it stale, so otherwise `path` is quoted.
-    """
-    path: str = scope.get("path") or "/"
-    raw = scope.get("raw_path")
-    if raw and raw.isascii() and unquote(raw.decode("ascii")) == path:
-        target = raw.decode("ascii")
-    else:
-        target = quote(path, safe="/:@!$&'()*+,;=-._~")
-    query: bytes = scope.get("query_string") or b""
-    if query:
-        target += "?" + (
-            query.decode("ascii") if query.isascii() else quote(query, safe="/?:@!$&'()*+,;=%")
-        )
-    return target
-
-
-def _too_large(settings: AppSettings) -> _Refusal:
-    return _Refusal(
-        413,
-        "PAYLOAD_TOO_LARGE",
-        f"The request body is larger than {settings.max_body_size} bytes",
-    )
-
-
-async def _send_error(scope: Scope, send: Send, refusal: _Refusal) -> None:
-    """Answer with the error envelope (for a WebSocket: as a denial response, or a close)."""
-    body = json.dumps({"error": {"code": refusal.code, "message": refusal.message}}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", b"%d" % len(body)),
-        *refusal.headers,
-    ]
-    if scope["type"] == "websocket":
-        if "websocket.http.response" in (scope.get("extensions") or {}):
-            start = {"type": "websocket.http.response.start", "status": refusal.status}
-            await send({**start, "headers": headers})
-            await send({"type": "websocket.http.response.body", "body": body})
-        else:
-            await send({"type": "websocket.close", "code": 1013 if refusal.status == 503 else 1011})
-        return
-    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 # -- processes ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Small ASGI helpers for answering outside Quart (apps are served below the Quart layer)."""
+"""ASGI types and small helpers for answering below Quart (the Host, apps, workers)."""
 
 from __future__ import annotations
 
