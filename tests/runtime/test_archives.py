@@ -7,10 +7,9 @@ import random
 import shutil
 import stat
 import tarfile
-import tracemalloc
 import unicodedata
 import zipfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,6 @@ from courtyard.archives import (
     archive_kind,
     extract,
     flatten_root,
-    save_upload,
 )
 from courtyard.installs import (
     BACKUP_PREFIX,
@@ -614,66 +612,6 @@ def test_random_damage_never_escapes_as_a_raw_exception(tmp_path: Path, layer: s
             assert list(target.iterdir()) == []
 
 
-# -- save_upload -----------------------------------------------------------------------
-
-
-async def stream(
-    chunk: bytes, count: int, consumed: list[int] | None = None
-) -> AsyncIterator[bytes]:
-    for _ in range(count):
-        if consumed is not None:
-            consumed.append(1)
-        yield chunk
-
-
-async def test_save_upload_writes_the_stream(tmp_path: Path) -> None:
-    dest = tmp_path / "upload.tmp"
-    written = await save_upload(stream(b"abc", 1000), dest, Limits())
-    assert written == 3000
-    assert dest.read_bytes() == b"abc" * 1000
-
-
-async def test_save_upload_stops_at_the_limit(tmp_path: Path) -> None:
-    dest = tmp_path / "upload.tmp"
-    consumed: list[int] = []
-    with pytest.raises(ArchiveError) as caught:
-        await save_upload(stream(bytes(1024), 100, consumed), dest, Limits(max_archive_bytes=10**4))
-    assert (caught.value.status, caught.value.code) == (413, "ARCHIVE_TOO_LARGE")
-    assert "10000" in caught.value.message
-    assert len(consumed) == 10  # stopped at the chunk that crossed the limit
-    assert not dest.exists()
-
-
-async def test_save_upload_accepts_exactly_the_limit(tmp_path: Path) -> None:
-    dest = tmp_path / "upload.tmp"
-    assert await save_upload(stream(bytes(1000), 10), dest, Limits(max_archive_bytes=10_000))
-    assert dest.stat().st_size == 10_000
-
-
-async def test_save_upload_deletes_partial_file_when_the_stream_fails(tmp_path: Path) -> None:
-    async def broken() -> AsyncIterator[bytes]:
-        yield b"partial"
-        raise ConnectionResetError("client went away")
-
-    dest = tmp_path / "upload.tmp"
-    with pytest.raises(ConnectionResetError):
-        await save_upload(broken(), dest, Limits())
-    assert not dest.exists()
-
-
-async def test_save_upload_does_not_hold_the_archive_in_memory(tmp_path: Path) -> None:
-    chunk = bytes(64 * 1024)
-    count = 50 * MiB // len(chunk)
-    tracemalloc.start()
-    try:
-        written = await save_upload(stream(chunk, count), tmp_path / "big.tmp", Limits())
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert written == 50 * MiB
-    assert peak < 1 * MiB  # well under 5 MB
-
-
 # -- staging and swapping trees --------------------------------------------------------
 
 
@@ -780,33 +718,3 @@ def _crash_before_second_rename(*destinations: Path) -> None:
 def test_clean_staging_without_a_folder_is_a_no_op(tmp_path: Path) -> None:
     clean_staging(tmp_path / "missing")
     assert not (tmp_path / "missing").exists()
-
-
-# -- end to end ------------------------------------------------------------------------
-
-
-async def test_upload_extract_install(tmp_path: Path) -> None:
-    plugins = tmp_path / "plugins"
-    archive = make_tgz(
-        tmp_path / "build.tgz",
-        [tar_file("package/manifest.json", b'{"name": "@acme/widget"}')],
-    )
-
-    async def body() -> AsyncIterator[bytes]:
-        data = archive.read_bytes()
-        for start in range(0, len(data), 100):
-            yield data[start : start + 100]
-
-    limits = Limits()
-    staging = staging_dir(plugins)
-    upload = staging.parent / f"{staging.name}.upload"
-    tree = staging / "tree"
-    tree.mkdir()
-    await save_upload(body(), upload, limits)
-    extract(upload, archive_kind("widget-1.0.0.tgz"), tree, limits)
-    backup = install_tree(flatten_root(tree), plugins / "@acme" / "widget")
-    assert backup is None
-    assert (plugins / "@acme/widget/manifest.json").read_text() == '{"name": "@acme/widget"}'
-    upload.unlink()
-    clean_staging(plugins)
-    assert sorted(p.name for p in plugins.iterdir()) == ["@acme"]

@@ -24,7 +24,7 @@ import tarfile
 import unicodedata
 import zipfile
 import zlib
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, cast
@@ -97,30 +97,6 @@ def archive_kind(filename: str) -> ArchiveKind:
     if name.endswith(".zip"):
         return "zip"
     raise ArchiveError(400, "INVALID_FILE_TYPE", "File must be .tgz, .tar.gz, or .zip")
-
-
-async def save_upload(chunks: AsyncIterable[bytes], dest: Path, limits: Limits) -> int:
-    """Stream `chunks` into `dest` and return the bytes written.
-
-    Only one chunk is held at a time. Past `limits.max_archive_bytes` this stops reading
-    and raises 413 ARCHIVE_TOO_LARGE; on any failure the partial file is deleted.
-    """
-    written = 0
-    try:
-        with dest.open("wb") as out:
-            async for chunk in chunks:
-                written += len(chunk)
-                if written > limits.max_archive_bytes:
-                    raise ArchiveError(
-                        413,
-                        "ARCHIVE_TOO_LARGE",
-                        f"Upload exceeds the limit of {limits.max_archive_bytes} bytes",
-                    )
-                out.write(chunk)
-    except BaseException:
-        dest.unlink(missing_ok=True)
-        raise
-    return written
 
 
 def extract(archive: Path, kind: str, target: Path, limits: Limits) -> None:
