@@ -113,3 +113,26 @@ def test_file_paths_expand_home_and_docs_script_is_beside_the_file(tmp_path, mon
     settings = load_settings({}, environ={}, config=tmp_path / "c.toml")
     assert settings.data_dir == tmp_path / "home" / "state"
     assert settings.docs_script == str(tmp_path / "assets" / "scalar.js")
+
+
+def test_upload_limits_come_from_settings():
+    from courtyard.core.uploads import limits
+
+    settings = load_settings(
+        {},
+        environ={
+            "COURTYARD_UPLOAD_MAX_BYTES": "1000",
+            "COURTYARD_UPLOAD_MAX_EXTRACTED_BYTES": "2000",
+            "COURTYARD_UPLOAD_MAX_ENTRIES": "3",
+            "COURTYARD_UPLOAD_MAX_RATIO": "4.5",
+            "COURTYARD_UPLOAD_MAX_PATH_LENGTH": "50",
+            "COURTYARD_UPLOAD_MAX_DEPTH": "6",
+        },
+    )
+    bounds = limits(settings)
+    assert (bounds.max_archive_bytes, bounds.max_extracted_bytes, bounds.max_entries) == (
+        1000,
+        2000,
+        3,
+    )
+    assert (bounds.max_ratio, bounds.max_path_length, bounds.max_depth) == (4.5, 50, 6)

@@ -38,6 +38,9 @@ class Settings(BaseModel):
     upload_max_bytes: int = Field(default=100 * 1024**2, gt=0)
     upload_max_extracted_bytes: int = Field(default=500 * 1024**2, gt=0)
     upload_max_entries: int = Field(default=10_000, gt=0)
+    upload_max_ratio: float = Field(default=100.0, gt=1)
+    upload_max_path_length: int = Field(default=255, gt=0)
+    upload_max_depth: int = Field(default=32, gt=0)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @property

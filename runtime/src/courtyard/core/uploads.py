@@ -25,6 +25,9 @@ def limits(settings: Settings) -> Limits:
         max_archive_bytes=settings.upload_max_bytes,
         max_extracted_bytes=settings.upload_max_extracted_bytes,
         max_entries=settings.upload_max_entries,
+        max_ratio=settings.upload_max_ratio,
+        max_path_length=settings.upload_max_path_length,
+        max_depth=settings.upload_max_depth,
     )
 
 
