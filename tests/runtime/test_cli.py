@@ -41,6 +41,12 @@ def test_plugins_list_json(add_fixture_plugins, plugin_dir, tmp_path):
     (row,) = json.loads(result.output)
     assert row["name"] == "hello" and row["status"] == "loaded" and row["version"] == "1.2.0"
     assert row["import_ms"] >= 0
+    assert row["hooks"] == [
+        "courtyard_provides",
+        "courtyard_routes",
+        "courtyard_shutdown",
+        "courtyard_startup",
+    ]
 
 
 def test_plugins_list_does_not_run_startup_hooks(plugin_dir, tmp_path):

@@ -180,3 +180,28 @@ async def test_retired_generations_are_freed(courtyard, add_fixture_plugins):
     gc.collect()
     assert first() is None
     assert not [name for name in sys.modules if name.startswith("_courtyard_g1_")]
+
+
+async def test_trace_hooks_logs_every_call_with_plugin_and_duration(
+    courtyard, add_fixture_plugins, caplog
+):
+    import logging
+
+    add_fixture_plugins("hello")
+    with caplog.at_level(logging.INFO, logger="courtyard.hooks"):
+        rt = await courtyard(entry_points=False, trace_hooks=True)
+        await rt.client.get("/hello/")
+    lines = [r.getMessage() for r in caplog.records if r.name == "courtyard.hooks"]
+    routes = next(line for line in lines if line.startswith("courtyard_routes"))
+    assert routes.startswith("courtyard_routes [hello] ctx=<ctx hello> ")
+    assert routes.endswith(" ms")
+    assert any(line.startswith("courtyard_startup [hello]") for line in lines)
+
+
+async def test_no_tracing_by_default(courtyard, add_fixture_plugins, caplog):
+    import logging
+
+    add_fixture_plugins("hello")
+    with caplog.at_level(logging.INFO, logger="courtyard.hooks"):
+        await courtyard(entry_points=False)
+    assert not [r for r in caplog.records if r.name == "courtyard.hooks"]

@@ -123,6 +123,9 @@ def list_plugins(config: str | None, as_json: bool, **flags: Any) -> None:
         line = f"{row['name']:<{width}}  {row['version'] or '-':<10} {row['status']:<9} "
         line += f"{row['source']:<12} {row['path']}"
         click.echo(line)
+        if row["hooks"]:
+            hooks = ", ".join(h.removeprefix("courtyard_") for h in row["hooks"])
+            click.echo(f"{'':<{width}}  hooks: {hooks} (imported in {row['import_ms']} ms)")
         if row["error"]:
             click.echo(f"{'':<{width}}  error: {row['error']}")
     if any(r["status"] == "failed" for r in rows):

@@ -20,7 +20,8 @@ def _prepared(settings: Settings) -> Generation:
 
 
 def plugin_table(settings: Settings) -> list[dict[str, Any]]:
-    """Every discovered plugin with its version, status, error and import time."""
+    """Every discovered plugin with its version, status, error, hooks and import time."""
+    generation = _prepared(settings)
     return [
         {
             "name": rec.name,
@@ -30,8 +31,9 @@ def plugin_table(settings: Settings) -> list[dict[str, Any]]:
             "path": str(rec.candidate.root),
             "error": rec.error,
             "import_ms": round(rec.import_seconds * 1000, 1),
+            "hooks": generation.hooks_of(rec),
         }
-        for rec in _prepared(settings).records
+        for rec in generation.records
     ]
 
 

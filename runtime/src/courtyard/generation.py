@@ -20,7 +20,7 @@ from courtyard_sdk import Blueprint, PluginContext, SettingsError, hookspecs
 from courtyard_sdk.names import slug
 from werkzeug.exceptions import HTTPException, NotFound
 
-from . import loading
+from . import loading, tracing
 from .discovery import Candidate, scan
 from .ordering import dependency_order, dependents_of
 from .settings import Settings
@@ -75,6 +75,8 @@ class Generation:
         self.first = first
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
+        if settings.trace_hooks:
+            tracing.trace(self.pm)
         self.records: list[PluginRecord] = []
         self.app: Quart | None = None
         self.active = 0  # requests in flight on this generation
@@ -87,6 +89,12 @@ class Generation:
     def loaded(self) -> list[PluginRecord]:
         """Loaded plugins in dependency order."""
         return [r for r in self.records if r.status == LOADED]
+
+    def hooks_of(self, rec: PluginRecord) -> list[str]:
+        """The hooks `rec` implements."""
+        if rec.module is None or not self.pm.is_registered(rec.module):
+            return []
+        return sorted(caller.name for caller in self.pm.get_hookcallers(rec.module) or [])
 
     def record(self, name: str) -> PluginRecord | None:
         """The loaded plugin called `name`, if any."""

@@ -32,6 +32,7 @@ class Settings(BaseModel):
     strict: bool = False
     entry_points: bool = True
     only_plugins: tuple[str, ...] | None = None
+    trace_hooks: bool = False
     startup_timeout: float = Field(default=30.0, gt=0)
     drain_timeout: float = Field(default=30.0, ge=0)
     docs_script: str | None = None
@@ -61,7 +62,7 @@ class Settings(BaseModel):
 _LIST_FIELDS = {"plugin_dirs", "app_dirs"}
 _NAME_LIST_FIELDS = {"only_plugins"}
 _PATH_FIELDS = {"data_dir", *_LIST_FIELDS}
-_BOOL_FIELDS = {"strict", "entry_points"}
+_BOOL_FIELDS = {"strict", "entry_points", "trace_hooks"}
 ENV_FIELDS = [name for name in Settings.model_fields if name != "plugins"]
 
 
