@@ -1,6 +1,7 @@
 """Apps: the apps API, version ranges in URLs, and static serving (seed 000)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,9 @@ async def test_static_files_types_and_caching(courtyard, app_dir):
         assert answer.headers["content-type"] == content_type, path
         assert answer.headers["x-request-id"]
     assert (await rt.client.get("/site/docs/")).text == "<p>docs</p>"
+    folder = await rt.client.get("/site@1/docs?x=1")
+    assert folder.status_code == 308
+    assert folder.headers["location"] == "/site@1/docs/"
 
     first = await rt.client.get("/site/app.js")
     etag, modified = first.headers["etag"], first.headers["last-modified"]
@@ -138,6 +142,7 @@ async def test_static_files_types_and_caching(courtyard, app_dir):
     assert head.headers["content-length"] == str(len("console.log(1)"))
     post = await rt.client.post("/site/app.js")
     assert post.status_code == 405
+    assert post.headers["allow"] == "GET, HEAD"
 
 
 async def test_not_found_and_spa_fallback(courtyard, app_dir):
@@ -158,7 +163,8 @@ def test_paths_never_leave_the_version_folder(tmp_path):
     (root / "link").symlink_to(tmp_path / "secret.txt")
     (root / "dirlink").symlink_to(tmp_path, target_is_directory=True)
     version = AppVersion("v", "1.0.0", root, AppConfig())
-    assert _locate(version, "/index.html") == (root / "index.html").resolve()
+    assert _locate(version, "/index.html") == ((root / "index.html").resolve(), False)
+    assert _locate(version, "/") == ((root / "index.html").resolve(), True)
     for path in (
         "/../secret.txt",
         "/./../secret.txt",
@@ -244,3 +250,36 @@ async def test_a_version_being_served_finishes_after_deletion(courtyard_server, 
                 received += len(chunk)
         assert (await client.get("/big/big.txt")).status_code == 404
     assert received == len(big)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"env": {"BAD=NAME": "x"}}, "not a valid environment variable"),
+        ({"env": {"": "x"}}, "not a valid environment variable"),
+        ({"max_memory_mb": 8}, "0 (no limit) or at least 16"),
+    ],
+)
+def test_bad_app_settings_are_manifest_errors(tmp_path, config, message):
+    from courtyard.apps.registry import AppManifestError, read_app_manifest
+
+    root = add_app(tmp_path, "x", "1.0.0", config=config)
+    with pytest.raises(AppManifestError, match=re.escape(message)):
+        read_app_manifest(root)
+
+
+def test_no_memory_limit_is_allowed_and_api_is_a_reserved_name(tmp_path):
+    from courtyard.apps.registry import AppManifestError, read_app_manifest
+
+    assert read_app_manifest(add_app(tmp_path, "x", "1.0.0", config={"max_memory_mb": 0}))
+    with pytest.raises(AppManifestError, match="reserved"):
+        read_app_manifest(add_app(tmp_path, "api", "1.0.0"))
+
+
+async def test_deleting_an_equal_spelling_deletes_the_installed_version(courtyard, app_dir):
+    add_app(app_dir, "site", "1.0.0")
+    rt = await courtyard(entry_points=False)
+    assert (await rt.client.get("/api/apps/")).json()[0]["versions"] == ["1.0.0"]
+    answer = await rt.client.delete("/api/apps/_/site/1.0")
+    assert answer.status_code == 200
+    assert not (app_dir / "site" / "1.0.0").exists()

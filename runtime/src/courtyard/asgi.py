@@ -33,9 +33,11 @@ async def send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
-async def send_error(send: Send, status: int, code: str, message: str) -> None:
+async def send_error(
+    send: Send, status: int, code: str, message: str, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
     """Send the error envelope `{"error": {"code", "message"}}`."""
-    await send_json(send, status, {"error": {"code": code, "message": message}})
+    await send_json(send, status, {"error": {"code": code, "message": message}}, headers)
 
 
 def header(scope: Scope, name: bytes) -> str | None:

@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .versions import sort_versions
 
 log = logging.getLogger("courtyard.apps")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A name the runtime's own paths start with: such an app would answer unmatched /api/...
+RESERVED_APP_NAMES = frozenset({"api"})
 VERSION_RE = re.compile(r"[0-9][0-9A-Za-z.+_-]*")
 ENTRY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
 
@@ -47,7 +50,7 @@ class AppConfig(BaseModel):
     ttl: float = Field(default=3600.0, ge=0)
     max_requests: int = Field(default=1000, ge=1)
     max_body_size: int = Field(default=10 * 1024**2, ge=0)
-    max_memory_mb: int = Field(default=1024, ge=16)
+    max_memory_mb: int = Field(default=1024, ge=0)  # 0: no limit
     env: dict[str, str] = Field(default_factory=dict)
     public_routes: tuple[str, ...] = ()
 
@@ -56,6 +59,21 @@ class AppConfig(BaseModel):
     def _entry(cls, value: str | None) -> str | None:
         if value is not None and not ENTRY_RE.match(value):
             raise ValueError("must be 'module:attribute', for example 'app:app'")
+        return value
+
+    @field_validator("max_memory_mb")
+    @classmethod
+    def _memory(cls, value: int) -> int:
+        if 0 < value < 16:
+            raise ValueError("must be 0 (no limit) or at least 16")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not ENV_NAME_RE.fullmatch(name) or "\0" in text:
+                raise ValueError(f"{name!r} is not a valid environment variable")
         return value
 
     @field_validator("index")
@@ -117,6 +135,8 @@ def read_app_manifest(folder: Path) -> tuple[str, str, AppConfig]:
         raise AppManifestError(f"{source.name}: {problems}") from None
     if not isinstance(name, str) or not is_valid_name(name):
         raise InvalidAppName(f"{source.name}: name must be [@scope/]name, got {name!r}")
+    if name in RESERVED_APP_NAMES:
+        raise AppManifestError(f"{source.name}: the name {name!r} is reserved by the runtime")
     if not isinstance(version, str):
         raise AppManifestError(f"{source.name}: version is required")
     try:
@@ -183,7 +203,7 @@ def scan_apps(app_dirs: tuple[Path, ...]) -> dict[str, App]:
                 except AppManifestError as exc:
                     log.warning("app %s %s skipped: %s", name, version_dir.name, exc)
                     continue
-                if (found_name, version) != (name, version_dir.name):
+                if found_name != name or Version(version) != Version(version_dir.name):
                     log.warning(
                         "app %s %s skipped: its manifest says %s %s",
                         name,
@@ -192,7 +212,10 @@ def scan_apps(app_dirs: tuple[Path, ...]) -> dict[str, App]:
                         version,
                     )
                     continue
-                app.versions[version] = AppVersion(name, version, version_dir, config)
+                # The folder's spelling is the version's name (1.0.0 and 1.0 are one).
+                app.versions[version_dir.name] = AppVersion(
+                    name, version_dir.name, version_dir, config
+                )
     return apps
 
 

@@ -8,6 +8,7 @@ import mimetypes
 import os
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
+from urllib.parse import quote
 
 from ..asgi import Receive, Scope, Send, header, send_error
 from .registry import AppVersion
@@ -16,8 +17,9 @@ CHUNK = 256 * 1024
 _TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
 
 
-def _locate(version: AppVersion, path: str) -> Path | None:
-    """The file `path` names inside the version folder, or None (never outside it)."""
+def _locate(version: AppVersion, path: str) -> tuple[Path, bool] | None:
+    """The file `path` names inside the version folder (never outside it), and whether
+    `path` named a folder (whose index file it is)."""
     if "\x00" in path or "\\" in path:
         return None
     parts = [p for p in path.split("/") if p not in ("", ".")]
@@ -25,7 +27,8 @@ def _locate(version: AppVersion, path: str) -> Path | None:
         return None
     root = version.root.resolve()
     candidate = root.joinpath(*parts)
-    if candidate.is_dir():
+    folder = candidate.is_dir()
+    if folder:
         candidate = candidate / version.config.index
     try:
         real = candidate.resolve(strict=True)
@@ -33,7 +36,7 @@ def _locate(version: AppVersion, path: str) -> Path | None:
         return None
     if not real.is_file() or (real != root and root not in real.parents):
         return None
-    return real
+    return real, folder
 
 
 def _content_type(path: Path) -> str:
@@ -57,13 +60,27 @@ async def serve_static(
 ) -> None:
     """Answer a GET or HEAD for `path` (relative to the app's base) from `version`."""
     if scope["method"] not in ("GET", "HEAD"):
-        await send_error(send, 405, "METHOD_NOT_ALLOWED", "static apps answer GET and HEAD")
+        await send_error(
+            send,
+            405,
+            "METHOD_NOT_ALLOWED",
+            "static apps answer GET and HEAD",
+            headers=[(b"allow", b"GET, HEAD")],
+        )
         return
-    file = _locate(version, path)
-    if file is None and version.config.spa:
-        file = _locate(version, version.config.index)
-    if file is None:
+    found = _locate(version, path)
+    if found is None and version.config.spa:
+        found = _locate(version, version.config.index)
+    if found is None:
         await send_error(send, 404, "NOT_FOUND", f"{path or '/'} is not part of {version.key}")
+        return
+    file, folder = found
+    if folder and not path.endswith("/"):
+        # A folder's index links relative to the folder: /docs -> /docs/.
+        location = quote(scope.get("root_path", "") + scope["path"] + "/", safe="/@^~")
+        headers = [(b"location", location.encode()), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 308, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
         return
     stat = file.stat()
     etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'

@@ -118,7 +118,7 @@ _MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux, 103 o
 _IDLE_CONNECTIONS = 32  # kept-alive connections per worker (each is a file descriptor)
 _OUTPUT_HEAD_LINES = 20
 _OUTPUT_HEAD_CHARS = 4000
-_FAILURE_LINES = 5  # of that, what an APP_START_FAILED message shows
+_FAILURE_LINES = 1  # of that, what an APP_START_FAILED message shows (the rest is logged)
 _FAILURE_CHARS = 1000
 
 

@@ -92,7 +92,8 @@ async def upload_app() -> dict[str, Any]:
             installed = host.apps.registry.get(name)
             # 1.0 is 1.0.0: an equal version, however spelt, is the same version.
             same = installed.equal_version(version) if installed else None
-            destination = app_dir / name / (same or version)
+            version = same or version  # an overwrite keeps the installed spelling
+            destination = app_dir / name / version
             if (same or destination.exists()) and not overwrite:
                 raise ApiError(
                     409,
@@ -103,7 +104,7 @@ async def upload_app() -> dict[str, Any]:
             backup = install_tree(content, destination)
             host.apps.registry.invalidate()
             if backup is not None:
-                await host.apps.stop_keys([f"{name}@{same or version}"])  # fresh workers
+                await host.apps.stop_keys([f"{name}@{version}"])  # fresh workers, new code
                 await asyncio.to_thread(remove_path, backup)
     log.info("installed app %s %s at %s", name, version, destination)
     return {
@@ -154,6 +155,7 @@ async def delete_version(scope: str, name: str, version: str) -> dict[str, bool]
         host.apps.registry.invalidate()
         full, folder = _app_folder(scope, name)
         app = host.apps.registry.get(full)
+        version = (app.equal_version(version) if app else None) or version
         if app is None or version not in app.versions:
             raise ApiError(404, "VERSION_NOT_FOUND", f"App {full} has no version {version}")
         await asyncio.to_thread(remove_tree, app.versions[version].root)

@@ -208,8 +208,9 @@ def _uploaded_manifest(content: Path) -> Manifest:
         raise ApiError(400, "PATH_TRAVERSAL", f"Invalid package name: {name!r}")
     try:
         return read_manifest(content)
-    except ManifestError as exc:
-        raise ApiError(400, "INVALID_MANIFEST", str(exc)) from None
+    except ManifestError as exc:  # without the staging folder's path
+        message = str(exc).replace(f"{content}/", "")
+        raise ApiError(400, "INVALID_MANIFEST", message) from None
 
 
 @blueprint.post("/upload")
