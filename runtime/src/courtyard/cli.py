@@ -13,6 +13,8 @@ import click
 from courtyard_sdk import CourtyardError
 
 from . import __version__
+from .remote import add_remote_commands, remote_options
+from .scaffold import new
 from .settings import Settings, load_settings
 
 
@@ -101,14 +103,29 @@ def serve(config: str | None, **flags: Any) -> None:
 
 @main.group()
 def plugins() -> None:
-    """Inspect plugins."""
+    """Inspect plugins, and manage those of a running server."""
 
 
 @plugins.command("list")
 @_settings_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def list_plugins(config: str | None, as_json: bool, **flags: Any) -> None:
-    """List plugins, importing and ordering them as a start would (no startup hooks)."""
+@remote_options(default_url=None)
+def list_plugins(
+    config: str | None, as_json: bool, url: str | None, api_key: str | None, **flags: Any
+) -> None:
+    """List plugins, importing and ordering them as a start would (no startup hooks).
+
+    With --url (or COURTYARD_URL), list those a running server finds instead.
+    """
+    if url and (config or any(v not in (None, ()) for v in flags.values())):
+        if click.get_current_context().get_parameter_source("url").name == "COMMANDLINE":
+            raise click.UsageError("--url lists a server's plugins: it takes no local options")
+        url = None  # COURTYARD_URL is set, but local options ask for a local list
+    if url:
+        from .remote import remote_list
+
+        remote_list(url, api_key, as_json)
+        return
     from .commands import plugin_table
 
     rows = plugin_table(_load(config, **flags))
@@ -130,3 +147,7 @@ def list_plugins(config: str | None, as_json: bool, **flags: Any) -> None:
             click.echo(f"{'':<{width}}  error: {row['error']}")
     if any(r["status"] == "failed" for r in rows):
         sys.exit(1)
+
+
+add_remote_commands(plugins, main)
+main.add_command(new)
