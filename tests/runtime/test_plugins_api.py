@@ -141,3 +141,35 @@ async def test_delete_cannot_leave_the_plugin_dir_through_a_symlink(
     assert answer.status_code == 400
     assert answer.json()["error"]["code"] == "PATH_TRAVERSAL"
     assert (outside / "plugin.toml").exists()
+
+
+async def test_a_plugin_that_fails_to_load_on_upload_never_replaces_the_serving_one(
+    courtyard, add_fixture_plugins, plugin_dir, tmp_path
+):
+    import io
+    import tarfile
+
+    from courtyard.generation import BuildError
+    from courtyard_sdk import StartupError
+
+    assert issubclass(BuildError, StartupError)
+    add_fixture_plugins("hello")
+    rt = await courtyard(entry_points=False)
+    serving = rt.host.current
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        for name, text in [
+            ("plugin.toml", 'name = "hello"\nmodule = "plugin"\nbase = "/hello"\n'),
+            ("plugin.py", "raise RuntimeError('bad release')\n"),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text.encode()))
+    answer = await rt.client.post(
+        "/api/plugins/upload", files={"file": ("hello.tgz", archive.getvalue())}
+    )
+    assert answer.status_code == 422
+    assert answer.json()["error"]["code"] == "PLUGIN_LOAD_FAILED"
+    assert "bad release" in answer.json()["error"]["message"]
+    assert rt.host.current is serving  # no generation without the plugin ever served
+    assert (await rt.client.get("/hello/")).json() == {"message": "hello"}

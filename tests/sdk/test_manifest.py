@@ -63,6 +63,8 @@ def test_minimal_manifest_defaults():
         ('name = "x"\n[config.k]\ntype = "integer"\ndefault = "3"', "default '3'"),
         ('name = "x"\n[config.enabled]\ntype = "boolean"', "'enabled' is reserved"),
         ('name = "x"\n[config.Bad-Key]\ntype = "string"', "lowercase identifiers"),
+        ('name = "x"\n[config.k]\ntype = "integer"\nchoices = [1, "2"]', "choice '2' is not"),
+        ('name = "x"\n[config.k]\ntype = "integer"\nchoices = [1]\nminimum = 0', "go together"),
         ("name = ", "not valid TOML"),
         ("", "name: Field required"),
     ],

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pluggy
-from courtyard_sdk import Blueprint, PluginContext, SettingsError, hookspecs
+from courtyard_sdk import Blueprint, PluginContext, SettingsError, StartupError, hookspecs
 from courtyard_sdk.names import slug
 from werkzeug.exceptions import HTTPException, NotFound
 
@@ -35,8 +35,9 @@ log = logging.getLogger("courtyard.generation")
 LOADED, FAILED, DISABLED = "loaded", "failed", "disabled"
 
 
-class BuildError(Exception):
-    """A generation could not be built; the serving one (if any) stays."""
+class BuildError(StartupError):
+    """A generation could not be built; the serving one (if any) stays. At start-up it
+    is the SDK's `StartupError`, so plugin tests can expect it without the runtime."""
 
 
 @dataclass(eq=False)

@@ -112,14 +112,21 @@ class Host:
         """Hold this (`async with`) to change plugin files and `swap` as one step."""
         return self._changes
 
-    async def swap(self) -> Generation:
+    async def swap(self, accept: Callable[[Generation], str | None] | None = None) -> Generation:
         """Build a generation from the plugin files and serve it (hold `changing()`).
 
-        :raises BuildError: the new generation could not be built; the old one serves on.
+        :param accept: looks at the built generation before it serves and returns why it
+            must not (or None); an upload uses it so that a plugin that fails to load
+            never replaces the one serving.
+        :raises BuildError: the new generation could not be built or was not accepted;
+            the old one serves on.
         """
         assert self._changes.locked(), "hold host.changing() around swap()"
         generation = Generation(next(self._numbers), self.settings, first=self.current is None)
         await generation.build(self)
+        if accept is not None and (refusal := accept(generation)) is not None:
+            await generation.shutdown()
+            raise BuildError(refusal)
         old, self.current = self.current, generation
         if self.state == "starting":
             self.state = "ready"

@@ -32,6 +32,8 @@ def trace(pm: pluggy.PluginManager) -> None:
 
     def after(outcome: Any, hook: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
         elapsed = (time.perf_counter() - started.stack.pop()) * 1000
+        if not impls:  # asked of a plugin that does not implement the hook
+            return
         plugins = ",".join(impl.plugin_name for impl in impls) or "-"
         arguments = " ".join(f"{k}={_describe(v)}" for k, v in kwargs.items())
         failed = " raised" if outcome.exception is not None else ""

@@ -18,6 +18,8 @@ hook implementations::
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 import pluggy
 from quart import Blueprint, Request, Response, jsonify, request
 
@@ -27,12 +29,16 @@ from .errors import (
     ApiError,
     CourtyardError,
     ManifestError,
-    PluginLoadError,
     SettingsError,
     StartupError,
 )
 from .manifest import Manifest, Menu, SettingSpec, parse_manifest, read_manifest
 from .names import is_valid_name
+
+try:
+    __version__ = version("courtyard-sdk")
+except PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0.0.0"
 
 hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
 """Decorator marking a function as the implementation of a Courtyard hook."""
@@ -45,12 +51,12 @@ __all__ = [
     "ManifestError",
     "Menu",
     "PluginContext",
-    "PluginLoadError",
     "Request",
     "Response",
     "SettingSpec",
     "SettingsError",
     "StartupError",
+    "__version__",
     "hookimpl",
     "hookspecs",
     "is_valid_name",

@@ -27,7 +27,7 @@ class PluginContext:
     settings: Mapping[str, Any]
     logger: logging.Logger
     root: Path
-    _data_dir: Path = field(repr=False, default=Path("data"))
+    _data_dir: Path = field(repr=False)
     _lookup: Callable[[str], Any] = field(repr=False, default=lambda name: None)
 
     @property

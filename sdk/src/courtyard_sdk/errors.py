@@ -18,15 +18,6 @@ class ManifestError(CourtyardError):
     """A `plugin.toml` is missing, unreadable or invalid."""
 
 
-class PluginLoadError(CourtyardError):
-    """A plugin could not be loaded; the message names the plugin and the cause."""
-
-    def __init__(self, plugin: str, cause: str) -> None:
-        super().__init__(f"{plugin}: {cause}")
-        self.plugin = plugin
-        self.cause = cause
-
-
 class SettingsError(CourtyardError):
     """A setting (runtime or plugin) has a bad value or an unknown key."""
 

@@ -95,6 +95,14 @@ class SettingSpec(_Strict):
     def _consistent(self) -> SettingSpec:
         if (self.minimum, self.maximum) != (None, None) and self.type not in ("integer", "number"):
             raise ValueError("minimum and maximum apply to integer and number settings only")
+        if self.choices is not None:
+            if (self.minimum, self.maximum) != (None, None):
+                raise ValueError("choices and minimum/maximum do not go together")
+            for choice in self.choices:
+                try:
+                    TypeAdapter(_PY_TYPES[self.type]).validate_python(choice, strict=True)
+                except ValidationError:
+                    raise ValueError(f"choice {choice!r} is not of type {self.type}") from None
         if self.default is not None:
             try:
                 TypeAdapter(self.annotation()).validate_python(self.default)

@@ -229,6 +229,8 @@ def _toml(values: dict[str, Any]) -> str:
         return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     for key, value in values.items():
+        if value is None:  # TOML has no null: an unset setting is left out
+            continue
         if key == "plugins":
             for name, table in value.items():
                 tables.append(f'[plugins."{name}"]')

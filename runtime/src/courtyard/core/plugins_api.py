@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import tomllib
@@ -232,20 +231,21 @@ async def upload_plugin() -> dict[str, Any]:
     async with uploads.received_archive(plugin_dir, settings) as content:
         manifest = _uploaded_manifest(content)
         destination = plugin_dir / manifest.name
+
+        def loads_it(generation: Generation) -> str | None:
+            rec = next((r for r in generation.records if r.candidate.root == destination), None)
+            if rec is None:
+                return f"{manifest.name}: not found after install"
+            return f"{manifest.name}: {rec.error}" if rec.status == FAILED else None
+
         async with host.changing():
             backup = install_tree(content, destination)
             try:
-                generation = await host.swap()
+                # The new generation serves only if the plugin loads in it.
+                await host.swap(accept=loads_it)
             except BuildError as exc:
                 restore_tree(backup, destination)
                 raise ApiError(422, "PLUGIN_LOAD_FAILED", str(exc)) from None
-            rec = next((r for r in generation.records if r.candidate.root == destination), None)
-            if rec is None or rec.status == FAILED:
-                restore_tree(backup, destination)
-                with contextlib.suppress(BuildError):
-                    await host.swap()  # back to the previous plugin files
-                reason = rec.error if rec is not None else "not found after install"
-                raise ApiError(422, "PLUGIN_LOAD_FAILED", f"{manifest.name}: {reason}")
             if backup is not None:
                 await asyncio.to_thread(remove_path, backup)
     log.info("installed plugin %s %s at %s", manifest.name, manifest.version, destination)
