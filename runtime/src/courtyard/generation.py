@@ -83,7 +83,6 @@ class Generation:
         self.active = 0  # requests in flight on this generation
         self.idle = asyncio.Event()
         self.idle.set()
-        self.retired = False
         self._callers: dict[tuple[str, str], Any] = {}
 
     @property

@@ -145,7 +145,6 @@ class Host:
         return generation
 
     async def _retire(self, generation: Generation) -> None:
-        generation.retired = True
         try:
             await asyncio.wait_for(generation.idle.wait(), self.settings.drain_timeout)
         except TimeoutError:
