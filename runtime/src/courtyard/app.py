@@ -1,9 +1,9 @@
 """The request path. Each generation's Quart app is assembled here.
 
 Hypercorn -> Host (host.py: picks the serving generation) -> this app:
-    request id and CSRF (_start_request) -> plugin `courtyard_request` hooks
+    request id and CSRF -> plugin `courtyard_request` hooks      (_install_request_path)
     core routes (courtyard/core/) and plugin blueprints
-    plugin `courtyard_response` hooks -> X-Request-Id
+    plugin `courtyard_response` hooks -> X-Request-Id            (_install_request_path)
 Errors anywhere become `{"error": {"code", "message"}}` (errors.py).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from courtyard_sdk.names import slug
@@ -70,7 +71,6 @@ def create_app(host: Host, generation: Generation) -> Quart:
     _skip_conversion_of_plain_values(app)
     meta.configure_docs_script(app, generation.settings.docs_script)
 
-    app.before_request(_start_request)
     errors.install(app)
     for blueprint in (health.blueprint, plugins_api.blueprint, apps_api.blueprint, meta.blueprint):
         app.register_blueprint(blueprint)
@@ -85,10 +85,7 @@ def create_app(host: Host, generation: Generation) -> Quart:
             app.register_blueprint(bp, name=name, url_prefix=prefix)
             owners[name] = rec.name
     app.extensions[OWNERS] = owners
-    # After-request functions run in reverse order: the request id goes on last, so that a
-    # response a plugin hook substitutes carries it too.
-    app.after_request(_finish_request)
-    _install_plugin_hooks(app, generation)
+    _install_request_path(app, generation)
     return app
 
 
@@ -178,52 +175,39 @@ def _skip_conversion_of_plain_values(app: Quart) -> None:
     app.make_response = make_response  # type: ignore[method-assign]
 
 
-async def _start_request() -> None:
-    """Give the request its id, then check CSRF (one function: each costs a call per request)."""
-    rid = security.request_id_for(request.headers.get("X-Request-Id"))
-    request_id.set(rid)  # the request's own task: visible to its after-request functions
-    security.check_csrf()
+def _install_request_path(app: Quart, generation: Generation) -> None:
+    """One before- and one after-request function (Quart pays for each one per request):
+    request id and CSRF, then plugins' `courtyard_request` hooks; plugins'
+    `courtyard_response` hooks, then the request id on whatever response goes out."""
 
-
-async def _finish_request(response: Response) -> Response:
-    response.headers["X-Request-Id"] = request_id.get()
-    return response
-
-
-def _install_plugin_hooks(app: Quart, generation: Generation) -> None:
-    """Add before/after-request functions only for plugins that implement the hooks."""
-
-    def implementers(hook: str) -> list[Any]:
+    def callers(hook: str) -> list[Callable[..., Any]]:
         names = {impl.plugin_name for impl in getattr(generation.pm.hook, hook).get_hookimpls()}
-        return [r for r in generation.loaded if r.name in names]
+        return [generation.fast_caller(r, hook) for r in generation.loaded if r.name in names]
 
-    on_request = implementers("courtyard_request")
-    on_response = list(reversed(implementers("courtyard_response")))
+    on_request = callers("courtyard_request")
+    on_response = list(reversed(callers("courtyard_response")))
 
-    if on_request:
+    async def before() -> Any:
+        # Set in the request's own task: its after-request function sees it too.
+        request_id.set(security.request_id_for(request.headers.get("X-Request-Id")))
+        security.check_csrf()
+        for call in on_request:
+            result = call(request=request)
+            if inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                return result
+        return None
 
-        async def run_request_hooks() -> Any:
-            for rec in on_request:
-                result = generation.call(rec, "courtyard_request", request=request)
-                if inspect.isawaitable(result):
-                    result = await result
-                if result is not None:
-                    return result
-            return None
+    async def after(response: Response) -> Response:
+        for call in on_response:
+            result = call(request=request, response=response)
+            if inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                response = await app.make_response(result)
+        response.headers["X-Request-Id"] = request_id.get()
+        return response
 
-        app.before_request(run_request_hooks)
-
-    if on_response:
-
-        async def run_response_hooks(response: Response) -> Response:
-            for rec in on_response:
-                result = generation.call(
-                    rec, "courtyard_response", request=request, response=response
-                )
-                if inspect.isawaitable(result):
-                    result = await result
-                if result is not None:
-                    response = await app.make_response(result)
-            return response
-
-        app.after_request(run_response_hooks)
+    app.before_request(before)
+    app.after_request(after)

@@ -7,11 +7,12 @@ set on disk (new plugin manager, new imports, startup hooks) and swaps it in who
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +130,26 @@ class Generation:
         if isinstance(results, list):
             return results[0] if results else None
         return results
+
+    def fast_caller(self, rec: PluginRecord, hook: str) -> Callable[..., Any]:
+        """A caller of `rec`'s implementation of `hook` for the per-request path.
+
+        It calls the function directly with the arguments it declares, as pluggy would,
+        without pluggy's dispatch (a few microseconds per call and plugin). With hook
+        tracing on it goes through pluggy, so that every call is logged.
+        """
+        if self.settings.trace_hooks:
+            return functools.partial(self.call, rec, hook)
+        impl = next(
+            i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin is rec.module
+        )
+        function, names, ctx = impl.function, impl.argnames, rec.ctx
+
+        def call(**kwargs: Any) -> Any:
+            kwargs["ctx"] = ctx
+            return function(*[kwargs[name] for name in names])
+
+        return call
 
     async def call_lifecycle(self, rec: PluginRecord, hook: str) -> None:
         """Run a startup or shutdown hook within the startup timeout; a sync hook runs in

@@ -1,0 +1,105 @@
+"""The gateway plugin's hooks: rate limits and CORS on every plugin request.
+
+The compiled configuration (`gateway.Gateway`) is built by `courtyard_startup`, one per
+generation, and kept against the generation's plugin context; a reload builds a fresh one
+(with fresh buckets).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from courtyard_sdk import PluginContext, Request, Response, hookimpl
+
+from .gateway import ConfigError, Gateway, Limited
+
+_gateways: weakref.WeakKeyDictionary[PluginContext, Gateway] = weakref.WeakKeyDictionary()
+_STATE = "_courtyard_gateway"  # the request attribute carrying `Limited` to the response
+
+
+@hookimpl
+async def courtyard_startup(ctx: PluginContext) -> None:
+    """Check and compile the rules; a bad rule fails the plugin with a message naming it."""
+    try:
+        gateway = Gateway.from_settings(ctx.settings)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid gateway configuration: {exc}") from None
+    _gateways[ctx] = gateway
+    ctx.logger.info(
+        "%d rate-limit rule(s), %d CORS rule(s), %d trusted proxy network(s)",
+        len(gateway.rules.rules),
+        len(gateway.cors.rules),
+        len(gateway.trusted),
+    )
+
+
+@hookimpl
+async def courtyard_shutdown(ctx: PluginContext) -> None:
+    """Forget the generation's gateway (and its buckets)."""
+    _gateways.pop(ctx, None)
+
+
+@hookimpl
+async def courtyard_request(ctx: PluginContext, request: Request) -> Any:
+    """Answer CORS preflights, then take a token; a refused request gets 429."""
+    gateway = _gateways.get(ctx)
+    if gateway is None:
+        return None
+    if (
+        gateway.has_cors
+        and request.method == "OPTIONS"
+        and "Access-Control-Request-Method" in request.headers
+    ):
+        found = gateway.cors_rule(request)
+        if found is not None and found[1] is not None:
+            rule, origin = found
+            headers = gateway.preflight_headers(rule, origin, request)
+            headers["Vary"] = (
+                "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+            )
+            return Response("", status=204, headers=headers)
+    if not gateway.has_rules:
+        return None
+    limited = await gateway.limit(request)
+    if limited is None:
+        return None
+    setattr(request, _STATE, limited)
+    if limited.retry_after is not None:
+        rule = limited.rule
+        message = (
+            f"rate limit of {rule.limit} requests per {rule.per:g} s exceeded; "
+            f"retry in {limited.retry_after} s"
+        )
+        body = {"error": {"code": "RATE_LIMIT_EXCEEDED", "message": message}}
+        return body, 429, {"Retry-After": str(limited.retry_after)}
+    return None
+
+
+@hookimpl
+def courtyard_response(ctx: PluginContext, request: Request, response: Response) -> None:
+    """Add the X-RateLimit-* headers of a limited route, and CORS headers for its origin."""
+    limited: Limited | None = getattr(request, _STATE, None)
+    if limited is not None:
+        headers = response.headers
+        headers["X-RateLimit-Limit"] = str(limited.rule.limit)
+        headers["X-RateLimit-Remaining"] = str(limited.remaining)
+        headers["X-RateLimit-Reset"] = str(max(0, _ceil(limited.reset)))
+    gateway = _gateways.get(ctx)
+    if gateway is None or not gateway.has_cors:
+        return
+    if "Access-Control-Allow-Origin" in response.headers:
+        return  # a preflight we answered, or a route that does its own CORS
+    found = gateway.cors_rule(request)
+    if found is None:
+        return
+    rule, origin = found
+    if not (rule.any_origin and not rule.credentials):
+        response.vary.add("Origin")
+    if origin is not None:
+        response.headers.update(gateway.cors_headers(rule, origin))
+
+
+def _ceil(seconds: float) -> int:
+    whole = int(seconds)
+    return whole if whole >= seconds - 1e-9 else whole + 1
