@@ -7,6 +7,7 @@ generation, and kept against the generation's plugin context; a reload builds a 
 
 from __future__ import annotations
 
+import time
 import weakref
 from typing import Any
 
@@ -84,7 +85,8 @@ def courtyard_response(ctx: PluginContext, request: Request, response: Response)
         headers = response.headers
         headers["X-RateLimit-Limit"] = str(limited.rule.limit)
         headers["X-RateLimit-Remaining"] = str(limited.remaining)
-        headers["X-RateLimit-Reset"] = str(max(0, _ceil(limited.reset)))
+        # A Unix timestamp, as seeds 002 and 004 document (when the bucket is full again).
+        headers["X-RateLimit-Reset"] = str(_ceil(time.time() + max(0.0, limited.reset)))
     gateway = _gateways.get(ctx)
     if gateway is None or not gateway.has_cors:
         return
