@@ -131,6 +131,11 @@ class Generation:
             return results[0] if results else None
         return results
 
+    def _implementation(self, rec: PluginRecord, hook: str) -> pluggy.HookImpl | None:
+        """`rec`'s implementation of `hook`, if it has one."""
+        impls = getattr(self.pm.hook, hook).get_hookimpls()
+        return next((impl for impl in impls if impl.plugin is rec.module), None)
+
     def fast_caller(self, rec: PluginRecord, hook: str) -> Callable[..., Any]:
         """A caller of `rec`'s implementation of `hook` for the per-request path.
 
@@ -140,9 +145,8 @@ class Generation:
         """
         if self.settings.trace_hooks:
             return functools.partial(self.call, rec, hook)
-        impl = next(
-            i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin is rec.module
-        )
+        impl = self._implementation(rec, hook)
+        assert impl is not None, f"{rec.name} does not implement {hook}"
         function, names, ctx = impl.function, impl.argnames, rec.ctx
 
         def call(**kwargs: Any) -> Any:
@@ -154,10 +158,7 @@ class Generation:
     async def call_lifecycle(self, rec: PluginRecord, hook: str) -> None:
         """Run a startup or shutdown hook within the startup timeout; a sync hook runs in
         a worker thread, so that it cannot stall the generation that is serving."""
-        impl = next(
-            (i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin is rec.module),
-            None,
-        )
+        impl = self._implementation(rec, hook)
         if impl is None:
             return
 
