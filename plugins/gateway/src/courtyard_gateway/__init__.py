@@ -3,6 +3,6 @@
 The hooks live in `courtyard_gateway.plugin`; the bucket store in `courtyard_gateway.store`.
 """
 
-from .store import BucketStore, MemoryBucketStore
+from .store import BucketStore, MemoryBucketStore, RedisBucketStore
 
-__all__ = ["BucketStore", "MemoryBucketStore"]
+__all__ = ["BucketStore", "MemoryBucketStore", "RedisBucketStore"]

@@ -411,11 +411,12 @@ class Gateway:
         return any(addr in net for net in self.trusted)
 
     def bucket_key(self, rule: RateRule, match: re.Match[str], request: Any) -> str:
-        """The store key of the request's bucket under `rule`."""
+        """The store key of the request's bucket under `rule`: `<rule index>:<kind>:<value>`
+        (`0:ip:192.0.2.1`, `2:header:abc`, `1:global`)."""
         kind = rule.key_kind
         value: str | None
         if kind == "global":
-            return f"{rule.index}|*"
+            return f"{rule.index}:global"
         if kind == "header":
             value = request.headers.get(rule.key_name)
         elif kind == "param":
@@ -431,10 +432,10 @@ class Gateway:
         if value:
             if len(value) > _LONG_KEY:
                 value = "#" + hashlib.blake2b(value.encode(), digest_size=16).hexdigest()
-            return f"{rule.index}|{kind}|{value}"
+            return f"{rule.index}:{kind}:{value}"
         # ip, and the fallback when the header or parameter is missing: the client's address
         ip = self.client_ip(request.remote_addr, request.headers.get("X-Forwarded-For"))
-        return f"{rule.index}|ip|{ip}"
+        return f"{rule.index}:ip:{ip}"
 
     # Hooks ----------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 The compiled configuration (`gateway.Gateway`) is built by `courtyard_startup`, one per
 generation, and kept against the generation's plugin context; a reload builds a fresh one
-(with fresh buckets).
+(with fresh buckets). With `redis_url` set, the buckets live in Redis instead (see
+`store.RedisBucketStore`): the generation opens its client at startup and closes it at
+shutdown.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from courtyard_sdk import PluginContext, Request, Response, hookimpl
 
 from .gateway import ConfigError, Gateway, Limited
+from .store import RedisBucketStore
 
 _gateways: weakref.WeakKeyDictionary[PluginContext, Gateway] = weakref.WeakKeyDictionary()
 _STATE = "_courtyard_gateway"  # the request attribute carrying `Limited` to the response
@@ -26,19 +29,26 @@ async def courtyard_startup(ctx: PluginContext) -> None:
         gateway = Gateway.from_settings(ctx.settings)
     except ConfigError as exc:
         raise ConfigError(f"invalid gateway configuration: {exc}") from None
+    url = ctx.settings.get("redis_url")
+    if url:
+        # Raises StoreUnavailable ("cannot reach Redis at ...") and fails the plugin.
+        gateway.store = await RedisBucketStore.connect(url, logger=ctx.logger)
     _gateways[ctx] = gateway
     ctx.logger.info(
-        "%d rate-limit rule(s), %d CORS rule(s), %d trusted proxy network(s)",
+        "%d rate-limit rule(s), %d CORS rule(s), %d trusted proxy network(s), buckets in %s",
         len(gateway.rules.rules),
         len(gateway.cors.rules),
         len(gateway.trusted),
+        "Redis" if url else "memory",
     )
 
 
 @hookimpl
 async def courtyard_shutdown(ctx: PluginContext) -> None:
-    """Forget the generation's gateway (and its buckets)."""
-    _gateways.pop(ctx, None)
+    """Forget the generation's gateway (and its buckets); close its Redis client."""
+    gateway = _gateways.pop(ctx, None)
+    if gateway is not None and isinstance(gateway.store, RedisBucketStore):
+        await gateway.store.aclose()
 
 
 @hookimpl
