@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,47 +11,7 @@ import pytest
 from courtyard_gateway.gateway import ConfigError, Gateway, compile_path
 from courtyard_gateway.store import BucketStore, MemoryBucketStore
 from courtyard_sdk.testing import ORIGIN, write_plugin
-
-GATEWAY = Path(__file__).resolve().parents[3] / "plugins" / "gateway" / "src" / "courtyard_gateway"
-
-ROUTES = """\
-from courtyard_sdk import Blueprint, hookimpl
-
-
-@hookimpl
-def courtyard_routes(ctx):
-    bp = Blueprint("svc", __name__, url_prefix="/svc")
-
-    @bp.route("/runners/<runner>/status", methods=["GET", "POST"])
-    async def status(runner):
-        return {"runner": runner}
-
-    @bp.post("/register")
-    async def register():
-        return {"ok": True}
-
-    @bp.get("/open")
-    async def open_():
-        return {"ok": True}
-
-    @bp.get("/items")
-    async def items():
-        return {"ok": True}
-
-    return bp
-"""
-
-
-@pytest.fixture
-def start(courtyard: Any, plugin_dir: Path) -> Any:
-    """Start a runtime with the gateway (as a directory plugin) and the `svc` routes."""
-    shutil.copytree(GATEWAY, plugin_dir / "gateway")
-    write_plugin(plugin_dir, "svc", code=ROUTES)
-
-    async def go(**gateway: Any) -> Any:
-        return await courtyard(entry_points=False, plugins={"gateway": gateway})
-
-    return go
+from gateway_kit import ROUTES
 
 
 def client_from(rt: Any, ip: str) -> httpx.AsyncClient:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,25 +12,9 @@ from typing import Any
 
 import pytest
 from courtyard_gateway.store import BucketStore, MemoryBucketStore, RedisBucketStore
-from courtyard_sdk.testing import free_port, write_plugin
+from courtyard_sdk.testing import free_port
 from redis.asyncio import Redis
 from redis_server import RedisServer, available, redis_server
-
-GATEWAY = Path(__file__).resolve().parents[3] / "plugins" / "gateway" / "src" / "courtyard_gateway"
-ROUTES = """\
-from courtyard_sdk import Blueprint, hookimpl
-
-
-@hookimpl
-def courtyard_routes(ctx):
-    bp = Blueprint("svc", __name__, url_prefix="/svc")
-
-    @bp.get("/items")
-    async def items():
-        return {"ok": True}
-
-    return bp
-"""
 
 needs_redis = pytest.mark.skipif(
     not available(), reason="redis-server is not installed (apt-get install -y redis-server)"
@@ -57,18 +40,6 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_url)
     yield client
     await client.aclose()
-
-
-@pytest.fixture
-def start(courtyard: Any, plugin_dir: Path) -> Any:
-    """Start a runtime with the gateway (as a directory plugin) and the `svc` routes."""
-    shutil.copytree(GATEWAY, plugin_dir / "gateway")
-    write_plugin(plugin_dir, "svc", code=ROUTES)
-
-    async def go(**gateway: Any) -> Any:
-        return await courtyard(entry_points=False, plugins={"gateway": gateway})
-
-    return go
 
 
 async def plugin_status(rt: Any) -> dict[str, Any]:

@@ -138,6 +138,20 @@ def _positive(value: Any, what: str, integer: bool = False) -> float:
     return value
 
 
+def _check_table(raw: Any, known: set[str], required: tuple[str, ...]) -> None:
+    """A rule is a table of known keys, with the required ones and a string `path`."""
+    if not isinstance(raw, Mapping):
+        raise ValueError("must be a table")
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} (expected {sorted(known)})")
+    missing = [key for key in required if key not in raw]
+    if missing:
+        raise ValueError(f"{missing[0]} is required")
+    if not isinstance(raw["path"], str):
+        raise ValueError("path must be a string")
+
+
 def parse_rate_rule(index: int, raw: Any) -> RateRule:
     """Check and compile `rules[index]`.
 
@@ -146,16 +160,7 @@ def parse_rate_rule(index: int, raw: Any) -> RateRule:
     path = raw.get("path") if isinstance(raw, Mapping) else None
     label = f'rules[{index}] (path "{path}")' if isinstance(path, str) else f"rules[{index}]"
     try:
-        if not isinstance(raw, Mapping):
-            raise ValueError("must be a table")
-        unknown = sorted(set(raw) - RATE_KEYS)
-        if unknown:
-            raise ValueError(f"unknown key {unknown[0]!r} (expected {sorted(RATE_KEYS)})")
-        for required in ("path", "limit", "per"):
-            if required not in raw:
-                raise ValueError(f"{required} is required")
-        if not isinstance(path, str):
-            raise ValueError("path must be a string")
+        _check_table(raw, RATE_KEYS, ("path", "limit", "per"))
         _, params = compile_path(path, "x")
         limit = int(_positive(raw["limit"], "limit", integer=True))
         per = float(_positive(raw["per"], "per"))
@@ -266,16 +271,7 @@ def parse_cors_rule(index: int, raw: Any) -> CorsRule:
     path = raw.get("path") if isinstance(raw, Mapping) else None
     label = f'cors[{index}] (path "{path}")' if isinstance(path, str) else f"cors[{index}]"
     try:
-        if not isinstance(raw, Mapping):
-            raise ValueError("must be a table")
-        unknown = sorted(set(raw) - CORS_KEYS)
-        if unknown:
-            raise ValueError(f"unknown key {unknown[0]!r} (expected {sorted(CORS_KEYS)})")
-        for required in ("path", "origins"):
-            if required not in raw:
-                raise ValueError(f"{required} is required")
-        if not isinstance(path, str):
-            raise ValueError("path must be a string")
+        _check_table(raw, CORS_KEYS, ("path", "origins"))
         compile_path(path, "x")
         origins = raw["origins"]
         any_origin = origins == "*"
