@@ -8,13 +8,14 @@ from typing import Any
 import click
 
 from .generation import LOADED, Generation
+from .services import Services
 from .settings import Settings
 
 log = logging.getLogger("courtyard.cli")
 
 
 def _prepared(settings: Settings) -> Generation:
-    generation = Generation(0, settings)
+    generation = Generation(0, settings, Services(settings))
     generation.prepare()
     return generation
 

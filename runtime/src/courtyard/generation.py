@@ -14,6 +14,7 @@ import time
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from quart import Quart
 
     from .host import Host
+    from .services import Services
 
 log = logging.getLogger("courtyard.generation")
 
@@ -69,11 +71,15 @@ class PluginRecord:
 class Generation:
     """A built, immutable set of plugins and the Quart app that serves them."""
 
-    def __init__(self, number: int, settings: Settings, *, first: bool = False) -> None:
-        """:param first: the runtime's first generation, where bad plugin settings are an
+    def __init__(
+        self, number: int, settings: Settings, services: Services, *, first: bool = False
+    ) -> None:
+        """:param services: the runtime's services, handed to each plugin's context.
+        :param first: the runtime's first generation, where bad plugin settings are an
         operator's mistake that refuses the start rather than excluding a plugin."""
         self.number = number
         self.settings = settings
+        self.services = services
         self.first = first
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
@@ -187,6 +193,8 @@ class Generation:
         await asyncio.to_thread(self._collect_routes)
         self._exclude_collisions(host)
         self._check_strict()
+        await self._migrate()
+        self._check_strict()
         await self._start()
         try:
             self._check_strict()
@@ -249,6 +257,7 @@ class Generation:
             _data_dir=data_dir,
             root=rec.candidate.root,
             _lookup=self._service,
+            db=self.services.database,
         )
 
     def _service(self, name: str) -> Any:
@@ -367,6 +376,25 @@ class Generation:
         failed = [r for r in self.records if r.status == FAILED]
         if self.settings.strict and failed:
             raise BuildError("strict mode: " + "; ".join(f"{r.name}: {r.error}" for r in failed))
+
+    async def _migrate(self) -> None:
+        """Bring each loaded plugin's tables to its newest revision, in dependency order
+        (a plugin's tables may refer to its dependencies')."""
+        for rec in self.loaded:
+            folder = self.migrations_of(rec)
+            if folder is None:
+                continue
+            try:
+                await self.services.database.upgrade(rec.name, folder)
+            except Exception as exc:
+                self._exclude(rec, f"migrations failed: {type(exc).__name__}: {exc}")
+
+    def migrations_of(self, rec: PluginRecord) -> Path | None:
+        """The folder of `rec`'s Alembic revisions, if its manifest names one."""
+        manifest = rec.candidate.manifest
+        if manifest is None or manifest.migrations is None:
+            return None
+        return rec.candidate.root / manifest.migrations
 
     async def _start(self) -> None:
         for rec in self.loaded:

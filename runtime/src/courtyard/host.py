@@ -23,6 +23,7 @@ from .asgi import Receive, Scope, Send, header, with_header
 from .generation import BuildError, Generation
 from .installs import clean_staging
 from .security import request_id_for
+from .services import Services
 from .settings import Settings
 
 log = logging.getLogger("courtyard.host")
@@ -46,6 +47,7 @@ class Host:
         self._retiring: set[asyncio.Task[None]] = set()
         self._boot: asyncio.Task[None] | None = None
         self.apps = AppRouter(AppRegistry(settings.app_folders), settings.data_dir / "run")
+        self.services = Services(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -91,6 +93,7 @@ class Host:
         gc.collect()
         gc.freeze()
         try:
+            await self.services.start()
             return await self.reload()
         except BaseException as exc:
             self.state, self.startup_error = "failed", exc
@@ -122,7 +125,9 @@ class Host:
             the old one serves on.
         """
         assert self._changes.locked(), "hold host.changing() around swap()"
-        generation = Generation(next(self._numbers), self.settings, first=self.current is None)
+        generation = Generation(
+            next(self._numbers), self.settings, self.services, first=self.current is None
+        )
         await generation.build(self)
         if accept is not None and (refusal := accept(generation)) is not None:
             await generation.shutdown()
@@ -173,6 +178,7 @@ class Host:
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         await self.apps.close()
+        await self.services.close()
 
     async def _boot_in_background(self) -> None:
         try:

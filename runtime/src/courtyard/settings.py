@@ -42,6 +42,22 @@ class Settings(BaseModel):
     upload_max_ratio: float = Field(default=100.0, gt=1)
     upload_max_path_length: int = Field(default=255, gt=0)
     upload_max_depth: int = Field(default=32, gt=0)
+    # Platform services (docs/security.md, docs/database.md, docs/events.md).
+    database_url: str | None = None
+    redis_url: str | None = None
+    event_bus: Literal["memory", "redis"] = "memory"
+    event_history: int = Field(default=1000, ge=0)
+    insecure: bool = False
+    jwt_secret: str | None = None
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_algorithms: tuple[str, ...] = ("HS256", "RS256", "ES256")
+    jwt_leeway: float = Field(default=30.0, ge=0)
+    audit: bool = True
+    audit_retention_days: int = Field(default=90, ge=0)
+    roles: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @property
@@ -52,6 +68,13 @@ class Settings(BaseModel):
         return self.plugin_dirs
 
     @property
+    def database(self) -> str:
+        """The database URL in force: `database_url`, else SQLite under the data dir."""
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'courtyard.db'}"
+
+    @property
     def app_folders(self) -> tuple[Path, ...]:
         """The app directories in force: configured ones, else `<data_dir>/apps`."""
         if self.app_dirs is None:
@@ -60,10 +83,11 @@ class Settings(BaseModel):
 
 
 _LIST_FIELDS = {"plugin_dirs", "app_dirs"}
-_NAME_LIST_FIELDS = {"only_plugins"}
-_PATH_FIELDS = {"data_dir", *_LIST_FIELDS}
-_BOOL_FIELDS = {"strict", "entry_points", "trace_hooks"}
-ENV_FIELDS = [name for name in Settings.model_fields if name != "plugins"]
+_NAME_LIST_FIELDS = {"only_plugins", "jwt_algorithms"}
+_PATH_FIELDS = {"data_dir", "jwks_file", *_LIST_FIELDS}
+_BOOL_FIELDS = {"strict", "entry_points", "trace_hooks", "insecure", "audit"}
+_FILE_ONLY = {"plugins", "roles"}
+ENV_FIELDS = [name for name in Settings.model_fields if name not in _FILE_ONLY]
 
 
 def env_name(field: str) -> str:
@@ -162,6 +186,7 @@ def _absolute_paths(settings: Settings) -> dict[str, Any]:
 
     return {
         "data_dir": settings.data_dir.expanduser().absolute(),
+        "jwks_file": settings.jwks_file and settings.jwks_file.expanduser().absolute(),
         "plugin_dirs": absolute(settings.plugin_dirs),
         "app_dirs": absolute(settings.app_dirs),
     }

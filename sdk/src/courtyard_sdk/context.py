@@ -9,6 +9,20 @@ from pathlib import Path
 from typing import Any
 
 from .manifest import Manifest
+from .services import AuditLog, Database, EventBus
+
+
+class _Missing:
+    """Stands in for a service in a context the runtime did not make (a bare unit test)."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(
+            f"this PluginContext has no {self._service}: only a running Courtyard provides "
+            "one (in tests, use the `courtyard` fixture of courtyard_sdk.testing)"
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -20,6 +34,9 @@ class PluginContext:
     :ivar settings: the plugin's validated settings (`[plugins."<name>"]` plus defaults).
     :ivar logger: a logger named `courtyard.plugin.<name>`.
     :ivar root: the folder holding `plugin.toml`.
+    :ivar db: the database (`async with ctx.db.session() as session:`).
+    :ivar events: the event bus (`await ctx.events.publish(topic, data)`).
+    :ivar audit: the audit log (`await ctx.audit.record(action, target=...)`).
     """
 
     name: str
@@ -29,6 +46,9 @@ class PluginContext:
     root: Path
     _data_dir: Path = field(repr=False)
     _lookup: Callable[[str], Any] = field(repr=False, default=lambda name: None)
+    db: Database = field(repr=False, default=_Missing("database"))  # type: ignore[assignment]
+    events: EventBus = field(repr=False, default=_Missing("event bus"))  # type: ignore[assignment]
+    audit: AuditLog = field(repr=False, default=_Missing("audit log"))  # type: ignore[assignment]
 
     @property
     def data_dir(self) -> Path:

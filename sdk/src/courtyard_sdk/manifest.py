@@ -122,12 +122,48 @@ class SettingSpec(_Strict):
         return Annotated[_PY_TYPES[self.type], Field(strict=True, **bounds)]
 
 
+PERMISSION_RE = re.compile(r"^(?:\*|[a-z0-9_.-]+:(?:\*|[a-z0-9_.-]+))\Z")
+
+
+class Credential(_Strict):
+    """A secret the plugin's clients present (`[[credentials]]` in `plugin.toml`), such as
+    the `RUNQY_API_KEY` a seed documents. The runtime's auth service accepts it as
+    `Authorization: Bearer <secret>` or `X-API-Key: <secret>` and gives its holder the
+    listed roles and permissions. The secret comes from the environment variable `env`,
+    else from the plugin setting `setting`; while neither is set the credential is off.
+    """
+
+    # pydantic's patterns are Rust regexes, where `$` is the very end (Python's `\Z`).
+    name: str = Field(pattern=r"^[a-z0-9_-]+$")
+    env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    setting: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]*$")
+    roles: tuple[str, ...] = ()
+    permissions: tuple[str, ...] = ()
+    tenant: str | None = None
+
+    @field_validator("permissions")
+    @classmethod
+    def _permissions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for permission in value:
+            if not PERMISSION_RE.match(permission):
+                raise ValueError(f"{permission!r} is not a permission such as 'queues:write'")
+        return value
+
+    @model_validator(mode="after")
+    def _source(self) -> Credential:
+        if self.env is None and self.setting is None:
+            raise ValueError("a credential needs `env` or `setting` (where its secret comes from)")
+        return self
+
+
 class Manifest(_Strict):
     """A plugin's `plugin.toml`.
 
     `base` defaults to `/<name without scope>`; `module` is the Python module holding the
     hook implementations (relative to the plugin folder for directory plugins); a plugin
-    without `module` contributes only what its manifest declares (menus).
+    without `module` contributes only what its manifest declares (menus). `migrations`
+    is the folder of the plugin's Alembic revisions; `credentials` are secrets its clients
+    may present (see `Credential`).
     """
 
     name: str
@@ -141,6 +177,8 @@ class Manifest(_Strict):
     requires: tuple[str, ...] = ()
     enabled: bool = True
     config: dict[str, SettingSpec] = Field(default_factory=dict)
+    migrations: str | None = None
+    credentials: tuple[Credential, ...] = ()
 
     @field_validator("name")
     @classmethod
@@ -194,6 +232,15 @@ class Manifest(_Strict):
                 raise ValueError("'enabled' is reserved: it switches the plugin on or off")
         return value
 
+    @field_validator("migrations")
+    @classmethod
+    def _migrations(cls, value: str | None) -> str | None:
+        if value is not None and (
+            not value or value.startswith("/") or ".." in value.replace("\\", "/").split("/")
+        ):
+            raise ValueError("must be a folder inside the plugin, such as 'migrations'")
+        return value
+
     @field_validator("requires")
     @classmethod
     def _requirements(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -210,6 +257,15 @@ class Manifest(_Strict):
             object.__setattr__(self, "base", "/" + self.name.rsplit("/", 1)[-1].replace(".", "-"))
         if self.name in self.dependencies:
             raise ValueError("a plugin cannot depend on itself")
+        names = [c.name for c in self.credentials]
+        if len(names) != len(set(names)):
+            raise ValueError("two [[credentials]] share a name")
+        for credential in self.credentials:
+            if credential.setting is not None and credential.setting not in self.config:
+                raise ValueError(
+                    f"credential {credential.name}: setting {credential.setting!r} "
+                    "is not declared under [config]"
+                )
         return self
 
     @property
