@@ -4,11 +4,13 @@ and for this project."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from servers import PostgresServer, RedisServer, create_database, postgres_server, redis_server
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -41,3 +43,36 @@ def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("PYTHONPATH", str(site))
     return site
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole run, on a free loopback port."""
+    with postgres_server() as server:
+        yield server
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> str:
+    """A fresh, empty PostgreSQL database for this test."""
+    return create_database(postgres, f"test_{next(_databases)}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Run the test once on SQLite and once on a fresh PostgreSQL database; pass it as
+    the runtime's `database_url` setting."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One Redis server for the whole run, on a free loopback port (tests that share it
+    use keys or databases of their own, or flush it)."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server

@@ -14,7 +14,7 @@ import pytest
 from courtyard_gateway.store import BucketStore, MemoryBucketStore, RedisBucketStore
 from courtyard_sdk.testing import free_port
 from redis.asyncio import Redis
-from redis_server import RedisServer, available, redis_server
+from servers import RedisServer, available, redis_server
 
 needs_redis = pytest.mark.skipif(
     not available(), reason="redis-server is not installed (apt-get install -y redis-server)"

@@ -1,0 +1,187 @@
+"""Throwaway servers for tests, on loopback and free ports only: `redis_server` and
+`postgres_server` (context managers; the session fixtures in conftest.py use them)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from courtyard_sdk.testing import free_port
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def available() -> bool:
+    """Whether a redis-server binary is installed."""
+    return Path(REDIS_SERVER).is_file()
+
+
+@dataclass
+class RedisServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    url: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextmanager
+def redis_server(folder: Path, timeout: float = 5.0) -> Iterator[RedisServer]:
+    """Run redis-server in `folder` on a free loopback port until the block ends."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = (folder / "redis.log").open("wb")
+    args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    args += ["--appendonly", "no", "--dir", str(folder)]
+    process = subprocess.Popen(
+        args,
+        cwd=folder,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    server = RedisServer(process, port, f"redis://127.0.0.1:{port}/0")
+    try:
+        deadline = time.monotonic() + timeout
+        while not _ping(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"redis-server did not start: {(folder / 'redis.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.02)
+        yield server
+    finally:
+        server.stop()
+        log.close()
+
+
+# PostgreSQL ----------------------------------------------------------------------------
+
+
+def postgres_bin(tool: str) -> str | None:
+    """The path of a PostgreSQL server tool (Debian keeps them out of PATH)."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{tool}"))
+    return found[-1] if found else shutil.which(tool)
+
+
+@dataclass
+class PostgresServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    folder: Path
+
+    def url(self, database: str = "postgres") -> str:
+        """A SQLAlchemy URL for `database` on this server (superuser, no password)."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # smart shutdown
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _as_postgres_user(args: list[str]) -> list[str]:
+    # initdb and postgres refuse to run as root: run them as Debian's `postgres` user.
+    if os.geteuid() != 0:
+        return args
+    return ["runuser", "-u", "postgres", "--", *args]
+
+
+def _ready(port: int) -> bool:
+    ready = postgres_bin("pg_isready")
+    command = [str(ready), "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+    return subprocess.run(command, check=False).returncode == 0
+
+
+def create_database(server: PostgresServer, name: str) -> str:
+    """Create database `name` on `server` and return its URL."""
+    psql = postgres_bin("psql") or "psql"
+    subprocess.run(
+        [
+            psql,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(server.port),
+            "-U",
+            "postgres",
+            "-q",
+            "-c",
+            f'CREATE DATABASE "{name}"',
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return server.url(name)
+
+
+@contextmanager
+def postgres_server(timeout: float = 30.0) -> Iterator[PostgresServer]:
+    """Run a fresh PostgreSQL cluster on a free loopback port until the block ends.
+
+    The cluster lives in its own folder under the system's temporary directory (the
+    `postgres` user cannot enter pytest's, which is private to root) and is removed after.
+    """
+    initdb, postgres = postgres_bin("initdb"), postgres_bin("postgres")
+    if initdb is None or postgres is None:
+        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+    folder = Path(tempfile.mkdtemp(prefix="courtyard-pg-"))
+    data = folder / "data"
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+    subprocess.run(
+        _as_postgres_user(
+            [initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    log = (folder / "postgres.log").open("wb")
+    args = [postgres, "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1"]
+    args += ["-c", "unix_socket_directories=", "-c", "fsync=off", "-c", "max_connections=200"]
+    process = subprocess.Popen(_as_postgres_user(args), stdout=log, stderr=subprocess.STDOUT)
+    server = PostgresServer(process, port, folder)
+    try:
+        deadline = time.monotonic() + timeout
+        while not _ready(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"postgres did not start: {(folder / 'postgres.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.05)
+        yield server
+    finally:
+        server.stop()
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
