@@ -9,6 +9,7 @@ through `Host.services`.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from ..settings import Settings
 from .database import Database
@@ -22,9 +23,13 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.database = Database(settings.database)
+        # (owner, folder of Alembic revisions) of each service that owns tables, in order.
+        self.migrations: list[tuple[str, Path]] = []
 
     async def start(self) -> None:
         """Connect and bring the runtime's own tables up to date."""
+        for owner, folder in self.migrations:
+            await self.database.upgrade(owner, folder)
 
     async def close(self) -> None:
         """Release connections, in the reverse order of `start`."""
