@@ -4,48 +4,89 @@ SQLite under the data directory by default (WAL, foreign keys on), PostgreSQL (a
 when `database_url` says so. Every owner of tables (a runtime service such as the API
 keys, or a plugin) has its own Alembic revisions and its own version table,
 `alembic_version_<owner>`, so each can be installed on an existing database and upgraded
-on its own.
+on its own. See docs/database.md.
 """
 
 from __future__ import annotations
 
-import logging
-import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic.config import Config
-from alembic.runtime.environment import EnvironmentContext
-from alembic.script import ScriptDirectory
-from courtyard_sdk.db import TenantScoped
-from courtyard_sdk.names import slug
-from sqlalchemy import Connection, event, text
-from sqlalchemy.engine import make_url
+from courtyard_sdk import SettingsError, StartupError
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.orm import Session, with_loader_criteria
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-log = logging.getLogger("courtyard.database")
+from . import revisions
+from .revisions import MigrationError, MigrationStatus, version_table
+from .tenancy import TenantViolation, scope_to_tenant
+
 _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
-
-
-class TenantViolation(Exception):
-    """A tenant-scoped session was asked to write another tenant's row."""
+_CONNECT_TIMEOUT = 10.0  # seconds; asyncpg's own default (60 s) stalls a start too long
 
 
 def async_url(url: str) -> str:
-    """`url` with the async driver Courtyard uses for its dialect (`postgresql://` ->
-    `postgresql+asyncpg://`); other drivers are refused."""
-    parsed = make_url(url)
+    """`url` with the async driver Courtyard uses for its dialect, a relative SQLite path
+    made absolute (against the working directory, once, as SQLAlchemy would read it), and
+    `postgres://` and libpq's `sslmode` accepted.
+
+    :raises SettingsError: for a URL that cannot be parsed, another database or driver,
+        or an in-memory SQLite database.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise SettingsError(
+            f"database_url {_redacted(url)!r} is not a database URL: use "
+            "sqlite:///path/to/file.db or postgresql://user:password@host/database"
+        ) from None
     dialect = parsed.get_backend_name()
+    if dialect == "postgres":  # Heroku's and libpq's spelling
+        dialect, parsed = "postgresql", parsed.set(drivername="postgresql")
     if dialect not in _DRIVERS:
-        raise ValueError(f"unsupported database {dialect!r}: use sqlite or postgresql")
+        raise SettingsError(
+            f"database_url {_redacted(url)!r}: unsupported database {dialect!r}: "
+            "use sqlite or postgresql"
+        )
     driver = _DRIVERS[dialect]
     if parsed.drivername not in (dialect, driver):
-        raise ValueError(f"database driver {parsed.drivername!r}: use {driver}")
-    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+        raise SettingsError(
+            f"database_url {_redacted(url)!r}: driver {parsed.drivername!r} is not "
+            f"supported: write {dialect}:// (Courtyard uses {driver})"
+        )
+    parsed = parsed.set(drivername=driver)
+    if dialect == "sqlite":
+        parsed = _sqlite_file(parsed, url)
+    elif "sslmode" in parsed.query and "ssl" not in parsed.query:
+        # asyncpg takes libpq's sslmode values under the name `ssl`.
+        query = dict(parsed.query)
+        query["ssl"] = query.pop("sslmode")
+        parsed = parsed.set(query=query)
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_file(parsed: URL, url: str) -> URL:
+    database = parsed.database or ""
+    memory = database in ("", ":memory:") or parsed.query.get("mode") == "memory"
+    if memory:
+        raise SettingsError(
+            f"database_url {url!r}: an in-memory SQLite database vanishes with the process "
+            "and each connection gets its own: give a file, sqlite:///path/to/file.db"
+        )
+    if parsed.query.get("uri") in ("true", "1") or database.startswith("file:"):
+        return parsed  # an SQLite URI names its file itself
+    return parsed.set(database=str(Path(database).expanduser().absolute()))
+
+
+def _redacted(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url if "@" not in url else "<unparseable URL with credentials>"
 
 
 class Database:
@@ -56,6 +97,7 @@ class Database:
     """
 
     def __init__(self, url: str) -> None:
+        """:raises SettingsError: when `url` is not a URL Courtyard can use."""
         self.url = async_url(url)
         self._engine: AsyncEngine | None = None
 
@@ -65,6 +107,11 @@ class Database:
         return make_url(self.url).get_backend_name()
 
     @property
+    def safe_url(self) -> str:
+        """The URL with its password hidden, for messages and logs."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    @property
     def engine(self) -> AsyncEngine:
         """The async engine, made on first use."""
         if self._engine is None:
@@ -72,12 +119,13 @@ class Database:
         return self._engine
 
     def _make_engine(self) -> AsyncEngine:
+        url = make_url(self.url)
         if self.dialect != "sqlite":
-            return create_async_engine(self.url, pool_pre_ping=True)
-        database = make_url(self.url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(self.url, connect_args={"timeout": 30})
+            connect_args = {} if "timeout" in url.query else {"timeout": _CONNECT_TIMEOUT}
+            return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        if url.database and not url.database.startswith("file:"):
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -91,67 +139,64 @@ class Database:
 
         return engine
 
+    async def start(self) -> None:
+        """Connect once, so that a database that cannot be reached refuses the start with
+        a clear message instead of failing every request later.
+
+        :raises StartupError: naming the database (password hidden) and the cause.
+        """
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception as exc:
+            raise StartupError(
+                f"cannot connect to the database {self.safe_url}: {revisions.cause(exc)}"
+            ) from None
+
     @asynccontextmanager
     async def session(self, *, tenant: str | None = None) -> AsyncIterator[AsyncSession]:
         """A new session; with `tenant`, one that sees and writes only that tenant's rows
-        of `TenantScoped` models (see `courtyard_sdk.services.Database.session`)."""
+        of `TenantScoped` models (see `courtyard_sdk.services.Database.session`).
+
+        :raises TenantViolation: (on flush or execute) when a tenant's session is asked to
+            write another tenant's row.
+        """
         async with AsyncSession(self.engine, expire_on_commit=False) as session:
             if tenant is not None:
-                _scope_to_tenant(session.sync_session, tenant)
+                scope_to_tenant(session.sync_session, tenant)
             yield session
 
     async def upgrade(self, owner: str, folder: Path) -> list[str]:
-        """Apply `owner`'s Alembic revisions in `folder` up to its head.
+        """Apply `owner`'s Alembic revisions in `folder` up to its head, all of them in one
+        transaction, holding a lock that other instances upgrading `owner` wait for.
 
         :return: the revisions applied, oldest first (empty when already current).
+        :raises MigrationError: naming the revision that failed and why; no revision of
+            this call is kept.
         """
-        async with self.engine.begin() as connection:
-            return await connection.run_sync(self._upgrade, owner, folder)
+        try:
+            async with revisions.process_lock(), self.engine.connect() as connection:
+                return await connection.run_sync(revisions.upgrade, owner, folder)
+        except MigrationError:
+            raise
+        except Exception as exc:  # a lock or commit that failed
+            raise MigrationError(f"{owner}: {revisions.cause(exc)}") from exc
+
+    async def status(self, owner: str, folder: Path) -> MigrationStatus:
+        """Where `owner` stands: its revision, the head, and the revisions to apply.
+
+        :raises MigrationError: when `folder` cannot be read as Alembic revisions.
+        """
+        async with self.engine.connect() as connection:
+            return await connection.run_sync(revisions.status, owner, folder)
 
     async def current(self, owner: str, folder: Path) -> tuple[str | None, str | None]:
-        """`owner`'s revision in the database and the head revision in `folder`."""
-        async with self.engine.connect() as connection:
-            return await connection.run_sync(self._current, owner, folder)
+        """`owner`'s revision in the database and the head revision in `folder`.
 
-    def _environment(self, owner: str, folder: Path, fn: Any) -> tuple[EnvironmentContext, Any]:
-        config = Config()
-        config.set_main_option("script_location", str(folder))
-        script = ScriptDirectory(str(folder), version_locations=[str(folder)])
-        return EnvironmentContext(config, script, fn=fn), script
-
-    def _upgrade(self, connection: Connection, owner: str, folder: Path) -> list[str]:
-        if self.dialect == "postgresql":
-            # Two instances starting together must not both run the same revisions.
-            key = zlib.crc32(owner.encode()) & 0x7FFFFFFF
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-        applied: list[str] = []
-
-        def upgrade(revision: Any, _context: Any) -> Any:
-            return script._upgrade_revs("heads", revision)
-
-        environment, script = self._environment(owner, folder, upgrade)
-        with environment:
-            environment.configure(
-                connection=connection,
-                version_table=version_table(owner),
-                on_version_apply=lambda *, step, **_: applied.append(step.up_revision_id),
-                render_as_batch=self.dialect == "sqlite",
-            )
-            environment.run_migrations()
-        if applied:
-            log.info("%s: applied migration(s) %s", owner, ", ".join(applied))
-        return applied
-
-    def _current(
-        self, connection: Connection, owner: str, folder: Path
-    ) -> tuple[str | None, str | None]:
-        from alembic.runtime.migration import MigrationContext
-
-        context = MigrationContext.configure(
-            connection, opts={"version_table": version_table(owner)}
-        )
-        script = ScriptDirectory(str(folder), version_locations=[str(folder)])
-        return context.get_current_revision(), script.get_current_head()
+        :raises MigrationError: when `folder` cannot be read as Alembic revisions.
+        """
+        found = await self.status(owner, folder)
+        return found.current, found.head
 
     async def close(self) -> None:
         """Close every pooled connection."""
@@ -160,31 +205,11 @@ class Database:
             self._engine = None
 
 
-def version_table(owner: str) -> str:
-    """The table recording `owner`'s revision: `alembic_version_<owner>`."""
-    return f"alembic_version_{slug(owner)}"
-
-
-def _scope_to_tenant(session: Session, tenant: str) -> None:
-    @event.listens_for(session, "do_orm_execute")
-    def _only_this_tenant(state: Any) -> None:
-        if not (state.is_select or state.is_update or state.is_delete):
-            return
-        for mapper in state.all_mappers:
-            model = mapper.class_
-            if issubclass(model, TenantScoped):
-                state.statement = state.statement.options(
-                    with_loader_criteria(model, model.tenant_id == tenant, include_aliases=True)
-                )
-
-    @event.listens_for(session, "before_flush")
-    def _stamp_new_rows(session: Session, _context: Any, _instances: Any) -> None:
-        for row in (*session.new, *session.dirty):
-            if not isinstance(row, TenantScoped):
-                continue
-            if row.tenant_id is None and row in session.new:
-                row.tenant_id = tenant
-            elif row.tenant_id != tenant:
-                raise TenantViolation(
-                    f"a session of tenant {tenant!r} cannot write a row of {row.tenant_id!r}"
-                )
+__all__ = [
+    "Database",
+    "MigrationError",
+    "MigrationStatus",
+    "TenantViolation",
+    "async_url",
+    "version_table",
+]
