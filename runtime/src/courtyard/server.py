@@ -12,6 +12,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
 from .host import Host
+from .services.exposure import check_before_bind
 from .settings import Settings
 
 log = logging.getLogger("courtyard.server")
@@ -50,9 +51,11 @@ async def serve(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT: stop accepting, finish in-flight requests, run
     shutdown hooks.
 
-    :raises StartupError: when the first generation cannot be built.
+    :raises StartupError: when the first generation cannot be built, or when the server
+        would listen beyond loopback without authentication (nor `insecure`).
     """
     keep_environment_private()
+    await check_before_bind(settings)  # never listen beyond loopback while open
     host = Host(settings)
     stop = asyncio.Event()
 

@@ -12,8 +12,9 @@ finds it. Routes declare what they need with `require`::
         tenant = current_identity().tenant_id
         ...
 
-Permissions are `area:action` strings. A held permission `*` grants everything and
-`area:*` grants every action of `area`. While no key or token issuer is configured the
+Permissions are `area:action` strings. A held permission `*` grants everything,
+`area:*` grants every action of `area` and `*:action` grants `action` in every area
+(the built-in roles use `*:read` and `*:write`). While no key or token issuer is configured the
 runtime is open: every request gets `OPEN`, which holds `*` (the server then refuses
 to listen on anything but loopback unless started with `--insecure`).
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -34,12 +36,21 @@ IdentityKind = Literal["anonymous", "open", "key", "token", "credential"]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 G_ATTRIBUTE = "courtyard_identity"
 PERMISSIONS_ATTRIBUTE = "__courtyard_permissions__"
+_PERMISSION = re.compile(r"(?:\*|(?:\*|[a-z0-9_.-]+):(?:\*|[a-z0-9_.-]+))")
+
+
+def is_permission(text: str) -> bool:
+    """Whether `text` is a permission: `*`, or `area:action` where either part may be `*`
+    and each is made of lowercase letters, digits, `_`, `.` and `-`."""
+    return _PERMISSION.fullmatch(text) is not None
 
 
 def grants(held: Iterable[str], wanted: str) -> bool:
-    """Whether the permissions `held` include `wanted` (`*` and `area:*` are wildcards)."""
-    area = wanted.split(":", 1)[0]
-    return any(permission in ("*", wanted, f"{area}:*") for permission in held)
+    """Whether the permissions `held` include `wanted` (`*`, `area:*` and `*:action` are
+    wildcards)."""
+    area, _, action = wanted.partition(":")
+    accepted = ("*", wanted, f"{area}:*", f"*:{action}")
+    return any(permission in accepted for permission in held)
 
 
 @dataclass(frozen=True)
@@ -154,6 +165,7 @@ __all__ = [
     "check",
     "current_identity",
     "grants",
+    "is_permission",
     "require",
     "require_tenant",
 ]

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from .errors import ManifestError, SettingsError
+from .identity import is_permission
 from .names import is_valid_name
 
 MANIFEST_FILE = "plugin.toml"
@@ -122,9 +123,6 @@ class SettingSpec(_Strict):
         return Annotated[_PY_TYPES[self.type], Field(strict=True, **bounds)]
 
 
-PERMISSION_RE = re.compile(r"^(?:\*|[a-z0-9_.-]+:(?:\*|[a-z0-9_.-]+))\Z")
-
-
 class Credential(_Strict):
     """A secret the plugin's clients present (`[[credentials]]` in `plugin.toml`), such as
     the `RUNQY_API_KEY` a seed documents. The runtime's auth service accepts it as
@@ -145,7 +143,7 @@ class Credential(_Strict):
     @classmethod
     def _permissions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for permission in value:
-            if not PERMISSION_RE.match(permission):
+            if not is_permission(permission):
                 raise ValueError(f"{permission!r} is not a permission such as 'queues:write'")
         return value
 

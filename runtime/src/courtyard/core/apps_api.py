@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from courtyard_sdk import ApiError, is_valid_name
+from courtyard_sdk.identity import require
 from pydantic import BaseModel
 from quart import Blueprint, request
 from quart_schema import document_response, hide, tag
@@ -53,6 +54,7 @@ class Success(BaseModel):
 @blueprint.get("/")
 @tag(["apps"])
 @document_response(list[InstalledApp])
+@require("apps:read")
 async def list_apps() -> list[dict[str, Any]]:
     """Apps installed in the app directories (`workerDirs`), with their versions."""
     registry = current_host().apps.registry
@@ -66,6 +68,7 @@ async def list_apps() -> list[dict[str, Any]]:
 @blueprint.post("/upload")
 @tag(["apps"])
 @document_response(AppUploadResult)
+@require("apps:install")
 async def upload_app() -> dict[str, Any]:
     """Install an app version from a .tgz, .tar.gz or .zip (form field `file`).
 
@@ -130,6 +133,7 @@ def _app_folder(scope: str, name: str) -> tuple[str, Path]:
 @blueprint.delete("/<scope>/<name>")
 @tag(["apps"])
 @document_response(Success)
+@require("apps:remove")
 async def delete_app(scope: str, name: str) -> dict[str, bool]:
     """Remove an app and all its versions (`_` as scope for an unscoped app)."""
     host = current_host()
@@ -148,6 +152,7 @@ async def delete_app(scope: str, name: str) -> dict[str, bool]:
 @blueprint.delete("/<scope>/<name>/<version>")
 @tag(["apps"])
 @document_response(Success)
+@require("apps:remove")
 async def delete_version(scope: str, name: str, version: str) -> dict[str, bool]:
     """Remove one version of an app; its workers stop once their requests are done."""
     host = current_host()
@@ -170,6 +175,7 @@ async def delete_version(scope: str, name: str, version: str) -> dict[str, bool]
 @blueprint.delete("/")
 @blueprint.delete("/<path:rest>")
 @hide  # not an operation: the answer to a malformed path
+@require("apps:remove")
 async def delete_without_params(rest: str = "") -> None:
     """Answer `400 MISSING_PARAMS`: scope and name (and version) belong in the path."""
     raise ApiError(400, "MISSING_PARAMS", "Scope and name are required: /api/apps/:scope/:name")

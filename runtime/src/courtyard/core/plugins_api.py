@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from courtyard_sdk import ApiError, Manifest, ManifestError, Menu, is_valid_name, read_manifest
+from courtyard_sdk.identity import require
 from courtyard_sdk.manifest import MANIFEST_FILE
 from pydantic import BaseModel
 from quart import Blueprint, request
@@ -85,6 +86,7 @@ class Success(BaseModel):
 @blueprint.get("/")
 @tag(["plugins"])
 @document_response(list[InstalledPlugin])
+@require("plugins:read")
 async def list_plugins() -> list[dict[str, Any]]:
     """Plugins found in the plugin directories and installed distributions.
 
@@ -165,6 +167,7 @@ def _reload_result(generation: Generation) -> dict[str, Any]:
 @blueprint.post("/reload")
 @tag(["plugins"])
 @document_response(ReloadResult)
+@require("plugins:reload")
 async def reload_plugins() -> dict[str, Any]:
     """Re-scan the plugin directories and swap in a new generation.
 
@@ -215,6 +218,7 @@ def _uploaded_manifest(content: Path) -> Manifest:
 @blueprint.post("/upload")
 @tag(["plugins"])
 @document_response(UploadResult)
+@require("plugins:install")
 async def upload_plugin() -> dict[str, Any]:
     """Install a plugin from a .tgz, .tar.gz or .zip (form field `file`), then reload.
 
@@ -263,6 +267,7 @@ async def upload_plugin() -> dict[str, Any]:
 
 @blueprint.delete("/")
 @tag(["plugins"])
+@require("plugins:remove")
 async def delete_without_name() -> None:
     """Answer `400 MISSING_NAME`: the plugin's name belongs in the path."""
     raise ApiError(400, "MISSING_NAME", "Plugin name is required")
@@ -271,6 +276,7 @@ async def delete_without_name() -> None:
 @blueprint.delete("/<path:name>")
 @tag(["plugins"])
 @document_response(Success)
+@require("plugins:remove")
 async def delete_plugin(name: str) -> dict[str, bool]:
     """Remove a directory plugin's files, then reload without it.
 

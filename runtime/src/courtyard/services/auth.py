@@ -1,0 +1,363 @@
+"""The auth service: who is calling, and what they may do (docs/security.md).
+
+Credentials, presented as `Authorization: Bearer <secret>` or `X-API-Key: <secret>`:
+
+- API keys (keys.py), made with `courtyard keys create` or `POST /api/keys/`;
+- JWT bearer tokens (tokens.py), when `jwt_secret`, `jwks_file` or `jwks_url` is set;
+- plugin credentials (credentials.py), the secrets plugins declare in `[[credentials]]`.
+
+Auth is **enabled** once any of them exists: an active key in the database, a token
+issuer, or an active plugin credential. Until then the runtime is open: every caller is
+`OPEN`, which holds every permission, and `courtyard serve` refuses to listen on anything
+but loopback unless `--insecure`. A runtime that listens beyond loopback never falls back
+to open mode, even when its last key is revoked.
+
+Keys may be made out of band (the CLI on the same database, another instance), so
+whether one exists is read from the database, at most once a second, and taken as "yes"
+when it cannot be read (fail closed). A key itself is looked up on every request that
+presents one: revoking it takes effect at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from courtyard_sdk import ApiError, Manifest
+from courtyard_sdk.identity import ANONYMOUS, OPEN, Identity, grants
+
+from . import credentials as plugin_credentials
+from . import tokens
+from .credentials import NO_CREDENTIALS, CredentialSet, PluginCredential
+from .keys import KeyInfo, KeyStore, is_key_id, looks_like_key, now
+from .roles import Roles
+from .tokens import TokenVerifier, is_loopback_host
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from .database import Database
+
+log = logging.getLogger("courtyard.auth")
+
+FLAG_TTL = 1.0  # seconds a read of "is there an active key?" is trusted
+INVALID_KEY = "Invalid or missing API key"  # seed 001's wording
+_DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_LIFETIME = timedelta(days=3650)
+LIFETIME_RULE = "a key lives 1 second to 10 years"
+_TENANT = re.compile(r"[^\s]{1,128}")
+
+
+def parse_duration(text: str | int) -> timedelta:
+    """`90`, `90s`, `15m`, `12h`, `30d` or `2w` (or a number of seconds) as a key's
+    lifetime: above zero, ten years at most.
+
+    :raises ApiError: 400 `INVALID_EXPIRY`.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        seconds = text
+    else:
+        match = _DURATION.fullmatch(text.strip().lower()) if isinstance(text, str) else None
+        if match is None:
+            raise ApiError(
+                400, "INVALID_EXPIRY", f"{text!r} is not a duration such as 3600, 90m, 12h or 30d"
+            )
+        seconds = int(match[1]) * _UNITS[match[2]]
+    if not 0 < seconds <= MAX_LIFETIME.total_seconds():
+        raise ApiError(400, "INVALID_EXPIRY", LIFETIME_RULE)
+    return timedelta(seconds=seconds)
+
+
+def presented_secret(headers: Mapping[str, str]) -> str | None:
+    """The credential a request presents: `Authorization: Bearer <secret>` or
+    `X-API-Key: <secret>` (other `Authorization` schemes are not Courtyard's).
+
+    :raises ApiError: 401 `INVALID_CREDENTIALS` when the two headers disagree.
+    """
+    authorization = api_key = None
+    # One pass, no lookups: a missing header costs werkzeug an exception per lookup, and
+    # this runs for every request.
+    for name, value in headers.items():
+        if len(name) == 13 and name.lower() == "authorization":
+            authorization = value
+        elif len(name) == 9 and name.lower() == "x-api-key":
+            api_key = value
+    if authorization is None and api_key is None:
+        return None
+    bearer = None
+    if authorization:
+        scheme, _, rest = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            bearer = rest.strip() or None
+    api_key = (api_key or "").strip() or None
+    if bearer and api_key and bearer != api_key:
+        raise ApiError(
+            401, "INVALID_CREDENTIALS", "Authorization and X-API-Key carry different credentials"
+        )
+    return bearer or api_key
+
+
+class Auth:
+    """The runtime's auth service; see the module docstring."""
+
+    def __init__(self, settings: Settings, database: Database) -> None:
+        """Check the auth settings and make the parts (no I/O).
+
+        :raises SettingsError: for bad roles or JWT settings.
+        """
+        self.settings = settings
+        self.roles = Roles(settings.roles)
+        self.keys = KeyStore(database)
+        self.tokens = TokenVerifier(settings) if tokens.configured(settings) else None
+        # Listening beyond loopback without --insecure: never open, whatever happens.
+        self.exposed = not is_loopback_host(settings.host) and not settings.insecure
+        self._keys_active = True  # fail closed until the table has been read
+        self._fresh_until = -math.inf
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Read the JWKS and whether keys exist (the tables are up to date by now)."""
+        if self.tokens is not None:
+            await self.tokens.start()
+        await self._refresh_flag()
+
+    async def close(self) -> None:
+        """Finish background writes and close the JWKS client."""
+        await self.keys.close()
+        if self.tokens is not None:
+            await self.tokens.close()
+
+    # Enabled -----------------------------------------------------------------------------
+
+    async def enabled(self, credentials: CredentialSet = NO_CREDENTIALS) -> bool:
+        """Whether callers must authenticate (see the module docstring).
+
+        :param credentials: the serving generation's plugin credentials.
+        """
+        if self.exposed or self.tokens is not None or credentials:
+            return True
+        if time.monotonic() < self._fresh_until:
+            return self._keys_active
+        return await self._refresh_flag()
+
+    async def _refresh_flag(self) -> bool:
+        async with self._lock:  # one read at a time; the others use its answer
+            if time.monotonic() < self._fresh_until:
+                return self._keys_active
+            try:
+                active = await self.keys.any_active()
+            except Exception as exc:
+                log.error("cannot read the API keys (%s): requiring authentication", exc)
+                active = True
+            self._keys_active = active
+            self._fresh_until = time.monotonic() + FLAG_TTL
+            return active
+
+    def keys_changed(self) -> None:
+        """Forget what is known of the keys (after this process made or revoked one)."""
+        self._fresh_until = -math.inf
+
+    # Identifying -------------------------------------------------------------------------
+
+    async def identify(
+        self, headers: Mapping[str, str], credentials: CredentialSet = NO_CREDENTIALS
+    ) -> Identity:
+        """The identity of a request with `headers`.
+
+        No credential: `ANONYMOUS` while auth is enabled, else `OPEN`. A valid credential:
+        its identity. A bad one: refused while auth is enabled; ignored (`OPEN`) while the
+        runtime is open.
+
+        :raises ApiError: 401 (`INVALID_CREDENTIALS`, `INVALID_API_KEY`,
+            `API_KEY_REVOKED`, `API_KEY_EXPIRED`, `INVALID_TOKEN`, `TOKEN_EXPIRED`) or 503
+            `AUTH_UNAVAILABLE`.
+        """
+        try:
+            secret = presented_secret(headers)
+            if secret is None:
+                return ANONYMOUS if await self.enabled(credentials) else OPEN
+            return await self.verify(secret, credentials)
+        except ApiError:
+            if await self.enabled(credentials):
+                raise
+            return OPEN
+
+    async def verify(self, secret: str, credentials: CredentialSet = NO_CREDENTIALS) -> Identity:
+        """The identity of a presented secret.
+
+        :raises ApiError: see `identify`.
+        """
+        if (identity := credentials.match(secret)) is not None:
+            return identity
+        if looks_like_key(secret):
+            return await self._verify_key(secret)
+        if secret.count(".") == 2:
+            if self.tokens is None:
+                raise ApiError(
+                    401, "INVALID_TOKEN", "JWT bearer tokens are not accepted: no issuer is set"
+                )
+            caller = await self.tokens.verify(secret)
+            return Identity(
+                subject=caller.subject,
+                kind="token",
+                tenant_id=caller.tenant,
+                roles=frozenset(caller.roles),
+                permissions=self.roles.expand(caller.roles, caller.permissions),
+                claims=caller.claims,
+            )
+        raise ApiError(401, "INVALID_API_KEY", INVALID_KEY)
+
+    async def _verify_key(self, secret: str) -> Identity:
+        info = await self.keys.find(secret)
+        if info is None:
+            raise ApiError(401, "INVALID_API_KEY", INVALID_KEY)
+        status = info.status()
+        if status == "revoked":
+            raise ApiError(401, "API_KEY_REVOKED", f"API key {info.id} has been revoked")
+        if status == "expired":
+            raise ApiError(401, "API_KEY_EXPIRED", f"API key {info.id} has expired")
+        return self.key_identity(info)
+
+    def key_identity(self, info: KeyInfo) -> Identity:
+        """The identity of a key's holder."""
+        return Identity(
+            subject=info.id,
+            kind="key",
+            tenant_id=info.tenant,
+            roles=frozenset(info.roles),
+            permissions=self.roles.expand(info.roles, info.permissions),
+        )
+
+    # Managing keys -----------------------------------------------------------------------
+
+    async def create_key(
+        self,
+        *,
+        name: str,
+        roles: tuple[str, ...] = (),
+        permissions: tuple[str, ...] = (),
+        tenant: str | None = None,
+        expires_in: timedelta | None = None,
+        by: Identity | None = None,
+    ) -> tuple[KeyInfo, str]:
+        """Make a key and return it with its secret, which is never shown again.
+
+        :param by: the caller making it over the API, who can grant only permissions
+            they hold, and only for their own tenant; None for the operator (the CLI).
+        :raises ApiError: 400 `INVALID_KEY_NAME`, `INVALID_TENANT`, `UNKNOWN_ROLE`,
+            `INVALID_PERMISSION`, `INVALID_EXPIRY`, `NO_PERMISSIONS`; 403
+            `AUTHORIZATION_FAILED`.
+        """
+        name = name.strip()
+        if not name or len(name) > 128 or not name.isprintable():
+            raise ApiError(400, "INVALID_KEY_NAME", "a key name is 1 to 128 printable characters")
+        roles, permissions = tuple(dict.fromkeys(roles)), tuple(dict.fromkeys(permissions))
+        if not roles and not permissions:
+            raise ApiError(400, "NO_PERMISSIONS", "give the key at least one role or permission")
+        self.roles.check(roles, permissions)
+        if tenant is not None and not _TENANT.fullmatch(tenant):
+            raise ApiError(400, "INVALID_TENANT", "a tenant is 1 to 128 characters, no spaces")
+        if by is not None:
+            tenant = self._tenant_for(by, tenant)
+            self._may_hold(by, self.roles.expand(roles, permissions), "grant")
+        expires_at = None
+        if expires_in is not None:
+            if not timedelta(0) < expires_in <= MAX_LIFETIME:
+                raise ApiError(400, "INVALID_EXPIRY", LIFETIME_RULE)
+            expires_at = now() + expires_in
+        info, secret = await self.keys.create(
+            name=name,
+            roles=roles,
+            permissions=permissions,
+            tenant=tenant,
+            expires_at=expires_at,
+            created_by=by.subject if by is not None else "cli",
+        )
+        self.keys_changed()
+        log.info("created API key %s (%s) for %s", info.id, name, ", ".join(roles + permissions))
+        return info, secret
+
+    async def list_keys(self, by: Identity | None = None) -> list[KeyInfo]:
+        """Every key, or only the caller's tenant's when the caller has one."""
+        return await self.keys.list_keys(tenant=by.tenant_id if by is not None else None)
+
+    async def revoke_key(self, key_id: str, by: Identity | None = None) -> KeyInfo:
+        """Revoke a key at once (again: no change).
+
+        :raises ApiError: 404 `KEY_NOT_FOUND` (also for another tenant's key), 403
+            `AUTHORIZATION_FAILED` for a key holding permissions the caller does not.
+        """
+        info = await self.keys.get(key_id) if is_key_id(key_id) else None
+        if info is None or (by is not None and by.tenant_id not in (None, info.tenant)):
+            raise ApiError(404, "KEY_NOT_FOUND", f"API key {key_id} not found")
+        if by is not None:
+            self._may_hold(by, self.roles.expand(info.roles, info.permissions), "revoke")
+        revoked = await self.keys.revoke(key_id)
+        assert revoked is not None  # keys are never deleted
+        self.keys_changed()
+        log.info("revoked API key %s (%s)", key_id, info.name)
+        return revoked
+
+    @staticmethod
+    def _tenant_for(by: Identity, tenant: str | None) -> str | None:
+        if by.tenant_id is None:
+            return tenant
+        if tenant not in (None, by.tenant_id):
+            raise ApiError(403, "AUTHORIZATION_FAILED", "cannot make keys for another tenant")
+        return by.tenant_id
+
+    @staticmethod
+    def _may_hold(by: Identity, permissions: frozenset[str], verb: str) -> None:
+        missing = sorted(p for p in permissions if not grants(by.permissions, p))
+        if missing:
+            raise ApiError(
+                403,
+                "AUTHORIZATION_FAILED",
+                f"cannot {verb} a key holding permissions you lack: {', '.join(missing)}",
+            )
+
+    # Plugin credentials and exposure -----------------------------------------------------
+
+    def plugin_credentials(
+        self,
+        plugin: str,
+        manifest: Manifest,
+        operator_settings: Mapping[str, object],
+        environ: Mapping[str, str] | None = None,
+    ) -> list[PluginCredential]:
+        """The active `[[credentials]]` of a plugin (see credentials.py).
+
+        :raises SettingsError: for an unknown role or a setting that is no string.
+        """
+        return plugin_credentials.collect(
+            plugin,
+            manifest,
+            operator_settings,
+            self.roles,
+            os.environ if environ is None else environ,
+        )
+
+    def exposure_refusal(self, credentials: CredentialSet) -> str | None:
+        """Why the runtime must not serve on its address (None when it may): listening
+        beyond loopback, without `--insecure`, with no credential that could be checked.
+        Uses what `start` read of the keys."""
+        if not self.exposed or self.tokens is not None or credentials or self._keys_active:
+            return None
+        return exposure_message(self.settings.host)
+
+
+def exposure_message(host: str) -> str:
+    """The refusal to serve openly on `host`."""
+    return (
+        f"refusing to serve on {host} without authentication: anyone who can reach it "
+        "could install plugins. Create an API key first (courtyard keys create --name "
+        "admin --role admin), configure JWT (jwt_secret, jwks_file or jwks_url), or pass "
+        "--insecure (COURTYARD_INSECURE=1) to serve openly anyway"
+    )
