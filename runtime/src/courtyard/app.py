@@ -1,7 +1,7 @@
 """The request path. Each generation's Quart app is assembled here.
 
 Hypercorn -> Host (host.py: picks the serving generation) -> this app:
-    request id and CSRF -> plugin `courtyard_request` hooks      (_install_request_path)
+    request id, identity, CSRF -> plugin `courtyard_request` hooks (_install_request_path)
     core routes (courtyard/core/) and plugin blueprints
     plugin `courtyard_response` hooks -> X-Request-Id            (_install_request_path)
 Errors anywhere become `{"error": {"code", "message"}}` (errors.py).
@@ -9,19 +9,22 @@ Errors anywhere become `{"error": {"code", "message"}}` (errors.py).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from courtyard_sdk.events import RETIRING
+from courtyard_sdk.identity import G_ATTRIBUTE
 from courtyard_sdk.names import slug
 from pydantic import BaseModel
-from quart import Quart, Request, Response, request
+from quart import Quart, Request, Response, g, request, websocket
 from quart_schema import QuartSchema
 from werkzeug.routing import Rule
 
 from . import __version__, errors, security
-from .core import apps_api, health, meta, plugins_api, uploads
+from .core import apps_api, audit_api, events_api, health, keys_api, meta, plugins_api, uploads
 from .core.meta import CourtyardOpenAPIProvider
 from .logs import request_id
 
@@ -34,6 +37,9 @@ RESERVED_PREFIXES = (
     "/api/health",
     "/api/plugins",
     "/api/apps",
+    "/api/keys",
+    "/api/audit",
+    "/api/stream",
     "/api/openapi.json",
     "/api/docs",
     "/.well-known",
@@ -66,6 +72,7 @@ def create_app(host: Host, generation: Generation) -> Quart:
             if r.blueprints and r.candidate.manifest is not None
         ],
         openapi_provider_class=CourtyardOpenAPIProvider,
+        security_schemes=meta.SECURITY_SCHEMES,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the seed's key order
     _skip_conversion_of_plain_values(app)
@@ -74,6 +81,11 @@ def create_app(host: Host, generation: Generation) -> Quart:
     errors.install(app)
     for blueprint in (health.blueprint, plugins_api.blueprint, apps_api.blueprint, meta.blueprint):
         app.register_blueprint(blueprint)
+    app.register_blueprint(audit_api.blueprint)
+    app.register_blueprint(keys_api.blueprint)
+    app.register_blueprint(events_api.blueprint)
+    # Set when this generation retires or the server stops: event streams end then.
+    app.extensions[RETIRING] = asyncio.Event()
 
     owners: dict[str, str] = {}
     for index, rec in enumerate(generation.loaded):
@@ -177,8 +189,9 @@ def _skip_conversion_of_plain_values(app: Quart) -> None:
 
 def _install_request_path(app: Quart, generation: Generation) -> None:
     """One before- and one after-request function (Quart pays for each one per request):
-    request id and CSRF, then plugins' `courtyard_request` hooks; plugins'
-    `courtyard_response` hooks, then the request id on whatever response goes out."""
+    request id, identity (services/auth.py) and CSRF, then plugins' `courtyard_request`
+    hooks; plugins' `courtyard_response` hooks, then the request id on whatever response
+    goes out."""
 
     def callers(hook: str) -> list[Callable[..., Any]]:
         names = {impl.plugin_name for impl in getattr(generation.pm.hook, hook).get_hookimpls()}
@@ -186,11 +199,17 @@ def _install_request_path(app: Quart, generation: Generation) -> None:
 
     on_request = callers("courtyard_request")
     on_response = list(reversed(callers("courtyard_response")))
+    audit = generation.services.audit.install(app)  # None while the audit log is off
+    auth, credentials = generation.services.auth, generation.credentials
 
     async def before() -> Any:
         # Set in the request's own task: its after-request function sees it too.
         request_id.set(security.request_id_for(request.headers.get("X-Request-Id")))
-        security.check_csrf()
+        # A bad credential is refused here (401), before anything else looks at it.
+        identity = await auth.identify(request.headers, credentials)
+        setattr(g, G_ATTRIBUTE, identity)
+        if not identity.authenticated:  # a verified credential is no browser's cookie
+            security.check_csrf()
         for call in on_request:
             result = call(request=request)
             if inspect.isawaitable(result):
@@ -207,7 +226,13 @@ def _install_request_path(app: Quart, generation: Generation) -> None:
             if result is not None:
                 response = await app.make_response(result)
         response.headers["X-Request-Id"] = request_id.get()
+        if audit is not None and request.method in security.STATE_CHANGING:
+            await audit.after(response.status_code)  # queued: no database write here
         return response
+
+    async def before_websocket() -> None:
+        setattr(g, G_ATTRIBUTE, await auth.identify(websocket.headers, credentials))
 
     app.before_request(before)
     app.after_request(after)
+    app.before_websocket(before_websocket)

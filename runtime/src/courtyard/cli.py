@@ -13,6 +13,8 @@ import click
 from courtyard_sdk import CourtyardError
 
 from . import __version__
+from .cli_audit import audit
+from .cli_keys import keys
 from .remote import add_remote_commands, remote_options
 from .scaffold import new
 from .settings import Settings, load_settings
@@ -88,6 +90,12 @@ def main() -> None:
 @click.option("--port", type=int, help="Port to bind [default: 8000].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error", "critical"]))
 @click.option("--log-format", type=click.Choice(["text", "json"]))
+@click.option(
+    "--insecure",
+    is_flag=True,
+    default=None,
+    help="Serve beyond loopback even without API keys or JWT (anyone may then do anything).",
+)
 def serve(config: str | None, **flags: Any) -> None:
     """Serve the runtime with every plugin found."""
     from .logs import configure_logging
@@ -151,3 +159,8 @@ def list_plugins(
 
 add_remote_commands(plugins, main)
 main.add_command(new)
+main.add_command(keys)
+main.add_command(audit)
+from .cli_db import db  # noqa: E402 (it uses the settings options above)
+
+main.add_command(db)

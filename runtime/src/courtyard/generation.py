@@ -25,6 +25,8 @@ from werkzeug.exceptions import HTTPException, NotFound
 from . import loading, tracing
 from .discovery import Candidate, scan
 from .ordering import dependency_order, dependents_of
+from .services.credentials import NO_CREDENTIALS, CredentialSet
+from .services.database import MigrationError
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -91,6 +93,8 @@ class Generation:
         self.idle = asyncio.Event()
         self.idle.set()
         self._callers: dict[tuple[str, str], Any] = {}
+        # The loaded plugins' active `[[credentials]]`, accepted by the auth service.
+        self.credentials: CredentialSet = NO_CREDENTIALS
 
     @property
     def loaded(self) -> list[PluginRecord]:
@@ -194,10 +198,12 @@ class Generation:
         self._exclude_collisions(host)
         self._check_strict()
         await self._migrate()
+        self._collect_credentials()
         self._check_strict()
         await self._start()
         try:
             self._check_strict()
+            self.credentials = self.credentials.only(r.name for r in self.loaded)
             self.app = create_app(host, self)
             await self.app.startup()
         except Exception as exc:
@@ -258,6 +264,8 @@ class Generation:
             root=rec.candidate.root,
             _lookup=self._service,
             db=self.services.database,
+            events=self.services.events,
+            audit=self.services.audit.for_plugin(rec.name),
         )
 
     def _service(self, name: str) -> Any:
@@ -377,17 +385,39 @@ class Generation:
         if self.settings.strict and failed:
             raise BuildError("strict mode: " + "; ".join(f"{r.name}: {r.error}" for r in failed))
 
-    async def _migrate(self) -> None:
+    async def _migrate(self) -> dict[str, list[str]]:
         """Bring each loaded plugin's tables to its newest revision, in dependency order
-        (a plugin's tables may refer to its dependencies')."""
+        (a plugin's tables may refer to its dependencies'). A plugin whose migrations fail
+        is excluded with its dependents, whose migrations are then not run.
+
+        :return: the revisions applied, by plugin (`courtyard db upgrade` prints them).
+        """
+        applied: dict[str, list[str]] = {}
         for rec in self.loaded:
             folder = self.migrations_of(rec)
-            if folder is None:
+            if folder is None or rec.status != LOADED:  # excluded with a dependency
                 continue
             try:
-                await self.services.database.upgrade(rec.name, folder)
+                applied[rec.name] = await self.services.database.upgrade(rec.name, folder)
             except Exception as exc:
-                self._exclude(rec, f"migrations failed: {type(exc).__name__}: {exc}")
+                cause = exc if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}"
+                self._exclude(rec, f"migrations failed: {cause}")
+        return applied
+
+    def _collect_credentials(self) -> None:
+        """Gather the loaded plugins' credentials; a plugin whose credentials name an
+        unknown role is excluded before it starts."""
+        found = []
+        for rec in self.loaded:
+            if rec.status != LOADED:  # excluded with a dependency meanwhile
+                continue
+            try:
+                found += self.services.auth.plugin_credentials(
+                    rec.name, rec.candidate.manifest, self.settings.plugins.get(rec.name, {})
+                )
+            except SettingsError as exc:
+                self._exclude(rec, str(exc))
+        self.credentials = CredentialSet(found).only(r.name for r in self.loaded)
 
     def migrations_of(self, rec: PluginRecord) -> Path | None:
         """The folder of `rec`'s Alembic revisions, if its manifest names one."""

@@ -24,6 +24,7 @@ from .generation import BuildError, Generation
 from .installs import clean_staging
 from .security import request_id_for
 from .services import Services
+from .services.events import announce, announce_generation, end_streams
 from .settings import Settings
 
 log = logging.getLogger("courtyard.host")
@@ -79,7 +80,9 @@ class Host:
     async def start(self) -> Generation:
         """Build and serve the first generation.
 
-        :raises BuildError: when it cannot be built (in strict mode: any plugin failure).
+        :raises BuildError: when it cannot be built (in strict mode: any plugin failure),
+            or when it would serve beyond loopback with no way to authenticate (see
+            services/exposure.py).
         """
         for folder in self.settings.plugin_folders:
             clean_staging(folder)
@@ -94,7 +97,11 @@ class Host:
         gc.freeze()
         try:
             await self.services.start()
-            return await self.reload()
+            async with self._changes:
+                # Checked before the generation serves: an open runtime never answers here.
+                return await self.swap(
+                    accept=lambda g: self.services.auth.exposure_refusal(g.credentials)
+                )
         except BaseException as exc:
             self.state, self.startup_error = "failed", exc
             raise
@@ -128,10 +135,15 @@ class Host:
         generation = Generation(
             next(self._numbers), self.settings, self.services, first=self.current is None
         )
-        await generation.build(self)
-        if accept is not None and (refusal := accept(generation)) is not None:
-            await generation.shutdown()
-            raise BuildError(refusal)
+        try:
+            await generation.build(self)
+            if accept is not None and (refusal := accept(generation)) is not None:
+                await generation.shutdown()
+                raise BuildError(refusal)
+        except BuildError as exc:
+            failure = {"generation": generation.number, "error": str(exc)}
+            await announce(self.services.events, "courtyard.generation.failed", failure)
+            raise
         old, self.current = self.current, generation
         if self.state == "starting":
             self.state = "ready"
@@ -141,7 +153,9 @@ class Host:
             len(generation.loaded),
             "" if old is None else f", generation {old.number} retiring",
         )
+        await announce_generation(self.services.events, generation)
         if old is not None:
+            end_streams(old.app)  # their clients reconnect, to this generation
             # A fresh context: a copy of the reload request's would keep that request, its
             # app and so the old generation alive.
             task = asyncio.create_task(self._retire(old), context=contextvars.Context())
@@ -165,6 +179,8 @@ class Host:
         """Mark the runtime as stopping, so readiness probes answer 503 at once."""
         if self.state != "failed":
             self.state = "stopping"
+        if self.current is not None:
+            end_streams(self.current.app)  # else open event streams would hold the shutdown
 
     async def close(self) -> None:
         """Stop: finish booting, retire every generation, run every shutdown hook once."""

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from courtyard_sdk import SettingsError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 CONFIG_FILE = "courtyard.toml"
 ENV_PREFIX = "COURTYARD_"
@@ -59,6 +66,24 @@ class Settings(BaseModel):
     audit_retention_days: int = Field(default=90, ge=0)
     roles: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        # Checked when settings are read, so that every command reports a bad URL cleanly.
+        if value is not None:
+            from .services.database import async_url  # the services import this module
+
+            async_url(value)  # raises SettingsError naming the problem
+        return value
+
+    @model_validator(mode="after")
+    def _event_bus(self) -> Settings:
+        # Checked when settings are read, so that every command reports it cleanly.
+        from .services.events import check_event_bus  # the services import this module
+
+        check_event_bus(self)  # raises SettingsError naming the problem
+        return self
 
     @property
     def plugin_folders(self) -> tuple[Path, ...]:

@@ -32,8 +32,10 @@ from .errors import (
     SettingsError,
     StartupError,
 )
+from .events import sse_response, stream_to_websocket
 from .manifest import Manifest, Menu, SettingSpec, parse_manifest, read_manifest
 from .names import is_valid_name
+from .services import Event
 
 try:
     __version__ = version("courtyard-sdk")
@@ -47,6 +49,7 @@ __all__ = [
     "ApiError",
     "Blueprint",
     "CourtyardError",
+    "Event",
     "Manifest",
     "ManifestError",
     "Menu",
@@ -64,4 +67,6 @@ __all__ = [
     "parse_manifest",
     "read_manifest",
     "request",
+    "sse_response",
+    "stream_to_websocket",
 ]

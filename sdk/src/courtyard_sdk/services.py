@@ -64,40 +64,115 @@ class Database(Protocol):
 class Event:
     """One published event.
 
-    :ivar id: unique and increasing within its bus; what SSE clients send back as
-        `Last-Event-ID` to resume.
+    :ivar id: `<milliseconds>-<sequence>`, unique and increasing within its bus (across
+        topics); what SSE clients send back as `Last-Event-ID` to resume.
     :ivar topic: dotted name such as `queues.task.completed`.
-    :ivar data: a JSON-serialisable value.
+    :ivar data: the published value, as JSON gives it back (tuples become lists): every
+        subscriber, local or on another instance, sees the same value. Treat it as
+        read-only: subscribers of one process share it.
     :ivar time: Unix time of publication.
+    :ivar tenant: the tenant the event belongs to, if it was published for one.
     """
 
     id: str
     topic: str
     data: Any
     time: float
+    tenant: str | None = None
+
+
+class EventError(ValueError):
+    """The bus refused a topic, a pattern, an event id or data that is not JSON (or too
+    large); the message says which and why."""
+
+
+class EventBusUnavailable(RuntimeError):
+    """The bus cannot publish or replay right now: Redis does not answer, or the bus is
+    closed. Nothing was published."""
+
+
+class SubscriptionLagged(Exception):
+    """Raised by a subscription's iterator, after the events it still held, when it fell
+    behind: its subscriber did not keep up (its queue of pending events is bounded), or
+    the Redis bus lost events it had not read. Subscribe again with `last_event_id` to
+    continue where it stopped (`Subscription.gap` then says whether events are missing).
+
+    :ivar last_event_id: the id of the last event delivered (or the subscription's
+        starting point, if none was).
+    """
+
+    def __init__(self, last_event_id: str, reason: str) -> None:
+        super().__init__(f"subscription lagged ({reason}); resume from {last_event_id}")
+        self.last_event_id = last_event_id
+        self.reason = reason
+
+
+class Subscription(Protocol):
+    """An open subscription: an async iterator of the matching events, in id order.
+
+    Iteration ends when the subscription or the bus closes, and raises
+    `SubscriptionLagged` when the subscriber fell behind.
+    """
+
+    @property
+    def gap(self) -> bool:
+        """True when it was opened with a `last_event_id` from which the bus could not
+        replay every later event (they left the history, or came before a restart): some
+        events were missed. The events the bus still holds are replayed anyway."""
+        ...
+
+    @property
+    def last_event_id(self) -> str:
+        """Where this subscription stands: the id of the last event it delivered, or of
+        the point it started from. A new subscription from here misses nothing the bus
+        still holds."""
+        ...
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        """The subscription itself."""
+        ...
+
+    async def __anext__(self) -> Event:
+        """The next matching event; waits for one."""
+        ...
 
 
 class EventBus(Protocol):
     """Publish/subscribe between plugins and out to clients.
 
     In-process by default; through Redis (`COURTYARD_EVENT_BUS=redis`) when several
-    runtime instances must see each other's events.
+    runtime instances must see each other's events. `courtyard_sdk.events` streams a
+    subscription to clients (Server-Sent Events, WebSockets).
     """
 
-    async def publish(self, topic: str, data: Any) -> Event:
-        """Publish `data` (JSON-serialisable) on `topic` and return the event."""
+    async def publish(self, topic: str, data: Any, *, tenant: str | None = None) -> Event:
+        """Publish `data` (JSON-serialisable, at most 1 MiB as JSON) on `topic` and return
+        the event.
+
+        :param topic: dot-separated words of letters, digits, `_`, `-` and `:`
+            (`notes.added`), at most 200 characters; `courtyard.` is the runtime's.
+        :param tenant: the tenant the event belongs to: a subscription for one tenant
+            sees only its events.
+        :raises EventError: a bad topic, or data that is not JSON or too large.
+        :raises EventBusUnavailable: Redis does not answer, or the bus is closed.
+        """
         ...
 
     def subscribe(
-        self, *patterns: str, last_event_id: str | None = None
-    ) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
-        """Receive events whose topic matches one of `patterns` (`*` matches any run of
-        characters: `queues.*`), from now on, or from just after `last_event_id` while the
-        bus still holds it::
+        self, *patterns: str, last_event_id: str | None = None, tenant: str | None = None
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """Receive the events whose topic matches one of `patterns` (`*` matches any run
+        of characters, dots included: `queues.*`; `?` one character), from now on, or
+        from just after `last_event_id`::
 
             async with ctx.events.subscribe("queues.*") as events:
                 async for event in events:
                     ...
+
+        :param tenant: only the events published for this tenant (None: every event).
+        :raises EventError: no pattern, a bad pattern, or a malformed `last_event_id`.
+        :raises EventBusUnavailable: the bus is closed, or (with `last_event_id`, on
+            Redis) cannot replay.
         """
         ...
 
@@ -118,4 +193,13 @@ class AuditLog(Protocol):
         ...
 
 
-__all__ = ["AuditLog", "Database", "Event", "EventBus"]
+__all__ = [
+    "AuditLog",
+    "Database",
+    "Event",
+    "EventBus",
+    "EventBusUnavailable",
+    "EventError",
+    "Subscription",
+    "SubscriptionLagged",
+]

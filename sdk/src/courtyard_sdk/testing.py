@@ -8,6 +8,11 @@ Fixtures:
 - `courtyard_server`: starts `courtyard serve` in a subprocess on a free loopback port,
   `courtyard_server(**settings)`, and stops it with SIGTERM after the test.
 
+Identities: `await rt.client_as(roles=["viewer"], tenant="t1")` (and `server.client_as(...)`)
+gives a client carrying a fresh API key with those roles, permissions and tenant. The
+first key switches the runtime out of open mode: from then on `rt.client`, which carries
+no credential, is an anonymous caller.
+
 Settings are those of `courtyard.toml` (`plugin_dirs`, `plugins`, `strict`, ...). By
 default the runtime loads the plugin directory and installed entry-point plugins, and keeps
 its data under the test's temporary folder.
@@ -15,6 +20,7 @@ its data under the test's temporary folder.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -22,7 +28,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,10 +81,51 @@ class Runtime:
 
     host: Host
     client: httpx.AsyncClient
+    clients: list[httpx.AsyncClient] = field(default_factory=list)  # closed after the test
 
     async def reload(self) -> httpx.Response:
         """POST /api/plugins/reload and return the answer."""
         return await self.client.post("/api/plugins/reload")
+
+    async def create_key(
+        self,
+        *,
+        roles: Iterable[str] = (),
+        permissions: Iterable[str] = (),
+        tenant: str | None = None,
+        name: str = "test",
+    ) -> str:
+        """Create an API key in the runtime's database and return its secret.
+
+        :raises ApiError: `UNKNOWN_ROLE`, `INVALID_PERMISSION`, `NO_PERMISSIONS`, ...
+        """
+        _, secret = await self.host.services.auth.create_key(
+            name=name, roles=tuple(roles), permissions=tuple(permissions), tenant=tenant
+        )
+        return secret
+
+    async def client_as(
+        self,
+        *,
+        roles: Iterable[str] = (),
+        permissions: Iterable[str] = (),
+        tenant: str | None = None,
+        name: str = "test",
+    ) -> httpx.AsyncClient:
+        """A client acting as a new key's holder: `Authorization: Bearer <key>` on every
+        request (and the matching `Origin`). Closed after the test."""
+        import httpx
+
+        secret = await self.create_key(
+            roles=roles, permissions=permissions, tenant=tenant, name=name
+        )
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.host),  # type: ignore[arg-type]
+            base_url=ORIGIN,
+            headers={"Origin": ORIGIN, "Authorization": f"Bearer {secret}"},
+        )
+        self.clients.append(client)
+        return client
 
 
 @pytest.fixture
@@ -110,7 +157,11 @@ async def courtyard(tmp_path: Path, plugin_dir: Path) -> AsyncIterator[Callable[
     async def start(**overrides: Any) -> Runtime:
         settings = Settings.model_validate(_settings(tmp_path, plugin_dir, overrides))
         host = Host(settings)
-        await host.start()
+        try:
+            await host.start()
+        except BaseException:
+            await host.close()  # its services had started (database, audit writer, ...)
+            raise
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=host),  # type: ignore[arg-type]
             base_url=ORIGIN,
@@ -122,7 +173,8 @@ async def courtyard(tmp_path: Path, plugin_dir: Path) -> AsyncIterator[Callable[
 
     yield start
     for runtime in started:
-        await runtime.client.aclose()
+        for client in (runtime.client, *runtime.clients):
+            await client.aclose()
         await runtime.host.close()
 
 
@@ -134,6 +186,9 @@ class Server:
     url: str
     log_path: Path
     stopped: bool = field(default=False)
+    config_path: Path | None = None
+    env: dict[str, str] | None = None
+    clients: list[httpx.Client] = field(default_factory=list)  # closed by stop()
 
     @property
     def log(self) -> str:
@@ -142,6 +197,8 @@ class Server:
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM the server, wait for it, and return its exit code."""
+        for client in self.clients:
+            client.close()
         if not self.stopped:
             self.stopped = True
             if self.process.poll() is None:
@@ -152,6 +209,50 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         return int(self.process.returncode)
+
+    def create_key(
+        self,
+        *,
+        roles: Iterable[str] = (),
+        permissions: Iterable[str] = (),
+        tenant: str | None = None,
+        name: str = "test",
+    ) -> str:
+        """Create an API key with `courtyard keys create` on the server's database and
+        return its secret (the server accepts it at once).
+
+        :raises RuntimeError: with the command's output when it fails.
+        """
+        command = [sys.executable, "-m", "courtyard", "keys", "create", "--json", "--name", name]
+        if self.config_path is not None:
+            command += ["--config", str(self.config_path)]
+        command += [arg for role in roles for arg in ("--role", role)]
+        command += [arg for permission in permissions for arg in ("--permission", permission)]
+        if tenant is not None:
+            command += ["--tenant", tenant]
+        done = subprocess.run(
+            command, capture_output=True, text=True, env={**os.environ, **(self.env or {})}
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"courtyard keys create failed:\n{done.stdout}{done.stderr}")
+        return str(json.loads(done.stdout)["secret"])
+
+    def client_as(
+        self,
+        *,
+        roles: Iterable[str] = (),
+        permissions: Iterable[str] = (),
+        tenant: str | None = None,
+        name: str = "test",
+    ) -> httpx.Client:
+        """An httpx client on the server carrying a new key (`Authorization: Bearer`).
+        Closed when the server stops."""
+        import httpx
+
+        secret = self.create_key(roles=roles, permissions=permissions, tenant=tenant, name=name)
+        client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {secret}"})
+        self.clients.append(client)
+        return client
 
 
 def _wait_ready(server: Server, timeout: float) -> None:
@@ -202,7 +303,7 @@ def courtyard_server(tmp_path: Path, plugin_dir: Path) -> Iterator[Callable[...,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **(env or {})},
             )
-        server = Server(process, f"http://127.0.0.1:{port}", log_path)
+        server = Server(process, f"http://127.0.0.1:{port}", log_path, config_path=config, env=env)
         servers.append(server)
         _wait_ready(server, ready_timeout)
         return server

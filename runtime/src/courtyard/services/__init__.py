@@ -12,7 +12,10 @@ import logging
 from pathlib import Path
 
 from ..settings import Settings
+from . import audit, keys
+from .auth import Auth
 from .database import Database
+from .events import make_event_bus
 
 log = logging.getLogger("courtyard.services")
 
@@ -25,12 +28,25 @@ class Services:
         self.database = Database(settings.database)
         # (owner, folder of Alembic revisions) of each service that owns tables, in order.
         self.migrations: list[tuple[str, Path]] = []
+        self.audit = audit.AuditLog(settings, self.database)
+        self.migrations.append((audit.OWNER, audit.MIGRATIONS))
+        self.auth = Auth(settings, self.database)
+        self.migrations.append((keys.OWNER, keys.MIGRATIONS))
+        # The event bus (services/events.py); a bad event_bus setting refuses here.
+        self.events = make_event_bus(settings)
 
     async def start(self) -> None:
         """Connect and bring the runtime's own tables up to date."""
+        await self.database.start()  # an unreachable database refuses the start, clearly
         for owner, folder in self.migrations:
             await self.database.upgrade(owner, folder)
+        await self.audit.start()
+        await self.auth.start()
+        await self.events.start()  # an unreachable Redis refuses the start
 
     async def close(self) -> None:
         """Release connections, in the reverse order of `start`."""
+        await self.events.close()
+        await self.auth.close()
+        await self.audit.close()  # writes what is queued: before the database closes
         await self.database.close()
