@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from courtyard_sdk.testing import write_plugin
-from gateway_kit import GATEWAY, ROUTES
+from gateway_kit import GATEWAY, IDENTITY_STUB, ROUTES
 
 
 @pytest.fixture
@@ -17,7 +17,15 @@ def start(courtyard: Any, plugin_dir: Path) -> Any:
     shutil.copytree(GATEWAY, plugin_dir / "gateway")
     write_plugin(plugin_dir, "svc", code=ROUTES)
 
-    async def go(**gateway: Any) -> Any:
-        return await courtyard(entry_points=False, plugins={"gateway": gateway})
+    async def go(runtime: dict[str, Any] | None = None, **gateway: Any) -> Any:
+        """`gateway`: the plugin's settings; `runtime`: more runtime settings."""
+        return await courtyard(entry_points=False, plugins={"gateway": gateway}, **(runtime or {}))
 
     return go
+
+
+@pytest.fixture
+def identified(start: Any, plugin_dir: Path) -> Any:
+    """`start`, with a plugin that sets the identity from `gateway_kit.as_identity()`."""
+    write_plugin(plugin_dir, "auth-stub", code=IDENTITY_STUB)
+    return start

@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
-from courtyard_gateway.gateway import ConfigError, Gateway, compile_path
+from courtyard_gateway.gateway import Gateway
+from courtyard_gateway.rules import ConfigError, compile_path
 from courtyard_gateway.store import BucketStore, MemoryBucketStore
 from courtyard_sdk.testing import ORIGIN, write_plugin
 from gateway_kit import ROUTES
@@ -41,10 +42,11 @@ async def test_limit_holds_exactly_with_decreasing_headers(start):
     refused = answers[-1]
     assert refused.headers["Retry-After"] == "20"
     assert refused.json() == {
+        "success": False,
         "error": {
             "code": "RATE_LIMIT_EXCEEDED",
             "message": "rate limit of 3 requests per 60 s exceeded; retry in 20 s",
-        }
+        },
     }
     assert refused.headers["X-Request-Id"]
     assert "Retry-After" not in answers[0].headers
@@ -172,6 +174,25 @@ async def test_trusted_proxies_honour_x_forwarded_for(start):
             fake = {"X-Forwarded-For": f"203.0.113.{100 + i}"}
             answer = await stranger.get("/svc/items", headers=fake)
             assert answer.status_code == (200 if i == 0 else 429)
+
+
+def test_client_addresses_are_parsed_once_and_remembered_within_bounds():
+    from types import SimpleNamespace
+
+    gateway = Gateway.from_settings({"trusted_proxies": ["10.0.0.0/8"]})
+
+    def peer(addr: str, xff: str | None = None) -> SimpleNamespace:
+        return SimpleNamespace(remote_addr=addr, headers={"X-Forwarded-For": xff} if xff else {})
+
+    assert gateway.client_ip(peer("192.0.2.1:5000")) == "192.0.2.1"
+    assert gateway.client_ip(peer("[2001:db8::1]:443")) == "2001:db8::1"
+    assert gateway.client_ip(peer("not an address")) == "not an address"
+    assert gateway.client_ip(peer("192.0.2.1", "203.0.113.9")) == "192.0.2.1"  # untrusted
+    assert gateway.client_ip(peer("10.0.0.1", "203.0.113.9, 10.0.0.2")) == "203.0.113.9"
+    assert gateway.client_ip(peer("10.0.0.1", "203.0.113.9, junk")) == "10.0.0.1"
+    for i in range(10_000):
+        gateway.client_ip(peer(f"198.51.{i // 256}.{i % 256}"))
+    assert len(gateway._peers) <= 4096
 
 
 async def test_bucket_eviction_bounds_memory(start):

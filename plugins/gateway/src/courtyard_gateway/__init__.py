@@ -1,8 +1,10 @@
-"""courtyard-gateway: per-route rate limits (token buckets) and CORS for Courtyard.
+"""courtyard-gateway: per-route rate limits (token buckets, tiers) and CORS for Courtyard.
 
-The hooks live in `courtyard_gateway.plugin`; the bucket store in `courtyard_gateway.store`.
+The hooks live in `courtyard_gateway.plugin`; rules in `rules` and `cors`, their per-request
+work in `gateway`, and the bucket stores in `store`. Documented in docs/gateway.md.
 """
 
+from .rules import ConfigError
 from .store import BucketStore, MemoryBucketStore, RedisBucketStore
 
-__all__ = ["BucketStore", "MemoryBucketStore", "RedisBucketStore"]
+__all__ = ["BucketStore", "ConfigError", "MemoryBucketStore", "RedisBucketStore"]

@@ -15,7 +15,8 @@ from typing import Any
 
 from courtyard_sdk import PluginContext, Request, Response, hookimpl
 
-from .gateway import ConfigError, Gateway, Limited
+from .gateway import Gateway, Limited
+from .rules import ConfigError
 from .store import RedisBucketStore
 
 _gateways: weakref.WeakKeyDictionary[PluginContext, Gateway] = weakref.WeakKeyDictionary()
@@ -65,7 +66,8 @@ async def courtyard_request(ctx: PluginContext, request: Request) -> Any:
         found = gateway.cors_rule(request)
         if found is not None and found[1] is not None:
             rule, origin = found
-            headers = gateway.preflight_headers(rule, origin, request)
+            requested = request.headers.get("Access-Control-Request-Headers")
+            headers = rule.preflight_headers(origin, requested)
             headers["Vary"] = (
                 "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
             )
@@ -77,12 +79,11 @@ async def courtyard_request(ctx: PluginContext, request: Request) -> Any:
         return None
     setattr(request, _STATE, limited)
     if limited.retry_after is not None:
-        rule = limited.rule
         message = (
-            f"rate limit of {rule.limit} requests per {rule.per:g} s exceeded; "
-            f"retry in {limited.retry_after} s"
+            f"rate limit of {limited.budget.describe()} exceeded; retry in {limited.retry_after} s"
         )
-        body = {"error": {"code": "RATE_LIMIT_EXCEEDED", "message": message}}
+        # The core envelope, plus the `success: false` that seed 002's and 004's clients read.
+        body = {"success": False, "error": {"code": "RATE_LIMIT_EXCEEDED", "message": message}}
         return body, 429, {"Retry-After": str(limited.retry_after)}
     return None
 
@@ -93,7 +94,7 @@ def courtyard_response(ctx: PluginContext, request: Request, response: Response)
     limited: Limited | None = getattr(request, _STATE, None)
     if limited is not None:
         headers = response.headers
-        headers["X-RateLimit-Limit"] = str(limited.rule.limit)
+        headers["X-RateLimit-Limit"] = str(limited.budget.limit)
         headers["X-RateLimit-Remaining"] = str(limited.remaining)
         # A Unix timestamp, as seeds 002 and 004 document (when the bucket is full again).
         headers["X-RateLimit-Reset"] = str(_ceil(time.time() + max(0.0, limited.reset)))
@@ -109,7 +110,7 @@ def courtyard_response(ctx: PluginContext, request: Request, response: Response)
     if not (rule.any_origin and not rule.credentials):
         response.vary.add("Origin")
     if origin is not None:
-        response.headers.update(gateway.cors_headers(rule, origin))
+        response.headers.update(rule.headers(origin))
 
 
 def _ceil(seconds: float) -> int:
