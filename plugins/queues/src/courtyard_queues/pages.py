@@ -1,0 +1,179 @@
+"""Pages for people: the queues and workers at the plugin's base (`/queues/`), and
+Swagger UI at `/swagger/index.html` (seed 001's address) over the runtime's own OpenAPI
+document, `/api/openapi.json`. Everything shown is escaped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from courtyard_sdk import Blueprint, Response
+from courtyard_sdk.identity import require
+from quart import abort, redirect, send_file
+from quart_schema import hide
+
+from . import formats
+from .service import QueueService
+
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2rem;color:#1b1f24}
+h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem}
+table{border-collapse:collapse;min-width:40rem}
+th,td{border-bottom:1px solid #d0d7de;padding:.35rem .7rem;text-align:left}
+th{background:#f6f8fa}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.paused,.stale{color:#9a6700;font-weight:600}.empty{color:#57606a}
+"""
+
+
+def _cells(values: list[Any], numeric: set[int]) -> str:
+    return "".join(
+        f'<td class="n">{escape(str(v))}</td>' if i in numeric else f"<td>{escape(str(v))}</td>"
+        for i, v in enumerate(values)
+    )
+
+
+def _table(headers: list[str], rows: list[str], empty: str) -> str:
+    if not rows:
+        return f'<p class="empty">{escape(empty)}</p>'
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+async def overview(service: QueueService) -> str:
+    """The page: every queue with its counts and state, every worker."""
+    entries = await service.registry.entries()
+    owners = {full: e for e in entries.values() for full in e.config.full_names}
+    names = sorted(owners.keys() | set(await service.store.queues()))
+    stats = await service.store.stats(names)
+    queue_rows = []
+    for name in names:
+        item = formats.queue(stats[name], owners.get(name))
+        state = '<span class="paused">paused</span>' if item["paused"] else "running"
+        counts = [
+            item[k] for k in ("pending", "active", "scheduled", "retry", "archived", "completed")
+        ]
+        queue_rows.append(
+            f"<tr><td>{escape(name)}</td><td>{escape(str(item.get('priority', '-')))}</td>"
+            f"<td>{state}</td>{_cells([*counts, item['processed']], set(range(7)))}</tr>"
+        )
+    now = await service.store.now()
+    worker_rows = []
+    for worker in await service.store.workers():
+        item = formats.worker(worker, now, service.options.stale_after)
+        status = escape(item["status"])
+        if item["is_stale"]:
+            status += ' <span class="stale">(stale)</span>'
+        beat = formats.timestamp(worker.last_beat) or "-"
+        worker_rows.append(
+            f"<tr><td>{escape(item['worker_id'])}</td><td>{escape(item['queues'])}</td>"
+            f"<td>{status}</td><td>{escape(beat)}</td>"
+            f"{_cells([len(item['active_tasks'])], {0})}</tr>"
+        )
+    queues_table = _table(
+        [
+            "Queue",
+            "Priority",
+            "State",
+            "Pending",
+            "Active",
+            "Scheduled",
+            "Retry",
+            "Archived",
+            "Completed",
+            "Processed",
+        ],
+        queue_rows,
+        "No queues are configured yet.",
+    )
+    workers_table = _table(
+        ["Worker", "Queue", "Status", "Last heartbeat", "Active tasks"],
+        worker_rows,
+        "No worker has registered lately.",
+    )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        "<title>Queues</title>"
+        f"<style>{STYLE}</style></head><body><h1>Queues</h1>{queues_table}"
+        f"<h2>Workers</h2>{workers_table}</body></html>"
+    )
+
+
+def swagger_page(script: str, css: str) -> str:
+    """Swagger UI over the runtime's OpenAPI document."""
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        "<title>Courtyard API - Swagger UI</title>"
+        f'<link rel="stylesheet" href="{escape(css, quote=True)}"></head><body>'
+        '<div id="swagger-ui"></div>'
+        f'<script src="{escape(script, quote=True)}"></script>'
+        "<script>window.ui = SwaggerUIBundle({url: '/api/openapi.json', "
+        "dom_id: '#swagger-ui'});</script></body></html>"
+    )
+
+
+def page_routes(service: Callable[[], QueueService]) -> Blueprint:
+    """The overview at the plugin's base."""
+    bp = Blueprint("pages", __name__)
+
+    @bp.get("/")
+    @require("queues:read")
+    async def index() -> Response:
+        """The queues, their counts and state, and the workers."""
+        return Response(await overview(service()), content_type="text/html; charset=utf-8")
+
+    return bp
+
+
+LOCAL_FILES = {"script": "swagger-ui-bundle.js", "css": "swagger-ui.css"}
+
+
+def _local(value: str) -> Path | None:
+    """The file a setting names, when it is a path rather than a URL."""
+    if value.startswith(("http://", "https://", "/")) and not Path(value).is_file():
+        return None
+    path = Path(value).expanduser().absolute()
+    if not path.is_file():
+        raise FileNotFoundError(f"plugin queues: swagger file {path} does not exist")
+    return path
+
+
+def swagger_routes(script: str, css: str) -> Blueprint:
+    """`/swagger/index.html`, and `/swagger` sending there. `script` and `css` are URLs,
+    or files served from `/swagger/` (for installs without Internet access).
+
+    :raises FileNotFoundError: for a file that does not exist.
+    """
+    bp = Blueprint("swagger", __name__, url_prefix="/swagger")
+    files = {
+        LOCAL_FILES[kind]: path
+        for kind, value in (("script", script), ("css", css))
+        if (path := _local(value)) is not None
+    }
+    html = swagger_page(
+        f"/swagger/{LOCAL_FILES['script']}" if LOCAL_FILES["script"] in files else script,
+        f"/swagger/{LOCAL_FILES['css']}" if LOCAL_FILES["css"] in files else css,
+    )
+
+    @bp.get("/<any('swagger-ui-bundle.js', 'swagger-ui.css'):name>")
+    @hide
+    async def swagger_file(name: str) -> Any:
+        """A Swagger UI file configured as a local path."""
+        if name not in files:
+            abort(404)
+        return await send_file(files[name])
+
+    @bp.get("/index.html")
+    @hide
+    async def swagger() -> Response:
+        """Swagger UI."""
+        return Response(html, content_type="text/html; charset=utf-8")
+
+    @bp.get("/")
+    @hide
+    async def swagger_root() -> Any:
+        """To the Swagger UI page."""
+        return redirect("/swagger/index.html")
+
+    return bp

@@ -1,0 +1,226 @@
+"""The worker's side of the worker protocol: HTTP calls to the queues server.
+
+Every call retries on what a restart or a network blip causes (a refused or reset
+connection, a timeout, 502/503/504) with exponential backoff and jitter, up to a deadline
+the caller chooses; an answer that retrying cannot change (401, 404, a validation error)
+raises at once. `409 LEASE_LOST` becomes `LeaseLost`: the task went to someone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+from importlib import metadata
+from typing import Any
+
+from .http import Answer, HttpClient, TransportError
+from .messages import Assignment, Registration
+
+log = logging.getLogger("courtyard.worker")
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+CONNECT_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 30.0
+
+
+class ServerError(Exception):
+    """The server refused a request: its error `code`, `message` and HTTP `status`."""
+
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class Unreachable(ServerError):
+    """The server could not be reached (or kept failing) until the deadline."""
+
+
+class LeaseLost(ServerError):
+    """The task's lease expired and the task is no longer this worker's."""
+
+
+class Backoff:
+    """Exponential delays with full jitter: `first`, doubling up to `cap` seconds."""
+
+    def __init__(self, first: float = 0.25, cap: float = 10.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        """The delay before the next attempt (jittered between half and all of it)."""
+        delay = min(self.cap, self.first * (2**self.attempt))
+        self.attempt += 1
+        return delay / 2 + random.random() * delay / 2
+
+    def reset(self) -> None:
+        """Start again from `first` (after a success)."""
+        self.attempt = 0
+
+
+def _version() -> str:
+    try:
+        return metadata.version("courtyard-queues")
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def _error_of(answer: Answer) -> ServerError:
+    """The error an answer carries: `{"error": {"code", "message"}}` or runqy's
+    `{"error": "message"}`, else one named after the status."""
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("code"), str):
+        code, message = error["code"], str(error.get("message", ""))
+    elif isinstance(error, str):
+        code, message = f"HTTP_{answer.status}", error
+    else:
+        text = " ".join(answer.text.split())[:200]
+        code, message = f"HTTP_{answer.status}", text or answer.reason
+    cls = LeaseLost if answer.status == 409 and code == "LEASE_LOST" else ServerError
+    return cls(code, message, answer.status)
+
+
+class WorkerClient:
+    """The worker protocol's calls, for one worker id, on one keep-alive connection pool."""
+
+    def __init__(self, server: str, api_key: str | None, worker_id: str) -> None:
+        headers = {
+            "Accept": "application/json",
+            "User-Agent": f"courtyard-worker/{_version() or 'dev'}",
+            "X-Courtyard-Internal": "true",
+        }
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self.server = server.rstrip("/")
+        self.worker_id = worker_id
+        self.about = {"hostname": socket.gethostname()[:255], "version": _version()}
+        self._http = HttpClient(self.server, headers, connect_timeout=CONNECT_TIMEOUT)
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._http.close()
+
+    async def call(
+        self,
+        path: str,
+        body: dict[str, Any],
+        *,
+        deadline: float | None,
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> Answer:
+        """POST `body` to `path`; retry transient failures until `deadline` (monotonic
+        seconds, None: forever). :raises ServerError: a refusal; Unreachable at the
+        deadline."""
+        backoff = Backoff()
+        while True:
+            try:
+                answer = await self._http.post(path, body, timeout=timeout)
+            except TransportError as exc:
+                problem = Unreachable("CONNECTION_FAILED", f"{self.server}{path}: {exc}")
+            else:
+                if answer.status not in RETRY_STATUSES:
+                    if answer.ok:
+                        return answer
+                    raise _error_of(answer)
+                refusal = _error_of(answer)
+                problem = Unreachable(refusal.code, refusal.message, refusal.status)
+            delay = backoff.next()
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise problem
+            log.warning("%s; retrying in %.1f s", problem, delay)
+            await asyncio.sleep(delay)
+
+    def _json(self, answer: Answer, path: str) -> Any:
+        try:
+            return answer.json()
+        except ValueError:
+            raise ServerError(
+                "BAD_RESPONSE", f"{self.server}{path} answered {answer.status} without JSON"
+            ) from None
+
+    async def register(
+        self, queue: str, concurrency: int, *, deadline: float | None
+    ) -> Registration:
+        """`POST /worker/register`: this worker's queue, deployment and vault values."""
+        body = {"worker_id": self.worker_id, "queue": queue, "concurrency": concurrency}
+        answer = await self.call("/worker/register", {**body, **self.about}, deadline=deadline)
+        return Registration.parse(self._json(answer, "/worker/register"))
+
+    async def dequeue(
+        self, queue: str, wait: float, *, deadline: float | None
+    ) -> Assignment | None:
+        """`POST /worker/dequeue`: a leased task, or None when none came within `wait`."""
+        answer = await self.call(
+            "/worker/dequeue",
+            {"worker_id": self.worker_id, "queue": queue, "wait": wait},
+            deadline=deadline,
+            timeout=wait + REQUEST_TIMEOUT,
+        )
+        if answer.status == 204:
+            return None
+        body = self._json(answer, "/worker/dequeue")
+        return Assignment.parse(body.get("task") if isinstance(body, dict) else None)
+
+    async def renew(self, task_id: str, *, deadline: float | None) -> bool:
+        """Extend the task's lease; True when the server asks to cancel the task.
+
+        :raises LeaseLost: the task is no longer this worker's.
+        """
+        answer = await self.call(
+            f"/worker/tasks/{task_id}/renew", {"worker_id": self.worker_id}, deadline=deadline
+        )
+        body = self._json(answer, f"/worker/tasks/{task_id}/renew")
+        return isinstance(body, dict) and body.get("cancel") is True
+
+    async def complete(self, task_id: str, result: Any, *, deadline: float | None) -> None:
+        """Report success with the task's result."""
+        await self.call(
+            f"/worker/tasks/{task_id}/complete",
+            {"worker_id": self.worker_id, "result": result},
+            deadline=deadline,
+        )
+
+    async def fail(self, task_id: str, error: str, retry: bool, *, deadline: float | None) -> str:
+        """Report failure; returns the task's new state (`retry` or `archived`)."""
+        answer = await self.call(
+            f"/worker/tasks/{task_id}/fail",
+            {"worker_id": self.worker_id, "error": error, "retry": retry},
+            deadline=deadline,
+        )
+        body = self._json(answer, f"/worker/tasks/{task_id}/fail")
+        return str(body.get("state", "")) if isinstance(body, dict) else ""
+
+    async def release(self, task_id: str, *, deadline: float | None) -> None:
+        """Hand the task back untouched (pending again, its retry count unchanged)."""
+        await self.call(
+            f"/worker/tasks/{task_id}/release", {"worker_id": self.worker_id}, deadline=deadline
+        )
+
+    async def heartbeat(
+        self,
+        queue: str,
+        status: str,
+        active: list[str],
+        concurrency: int,
+        *,
+        deadline: float | None,
+    ) -> None:
+        """Tell the server this worker is alive, its status and the tasks it runs."""
+        body = {
+            "worker_id": self.worker_id,
+            "queue": queue,
+            "status": status,
+            "active_tasks": active,
+            "concurrency": concurrency,
+            **self.about,
+        }
+        await self.call("/worker/heartbeat", body, deadline=deadline)

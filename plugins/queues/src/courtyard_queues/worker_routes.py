@@ -1,0 +1,187 @@
+"""The worker protocol over HTTP (`/worker/...`, permission `queues:work`).
+
+`POST /worker/register` answers exactly what seed 001 documents (the Redis address only
+for the Redis backend: Courtyard's workers never talk to Redis themselves) plus a
+`courtyard` block with the lease, heartbeat and poll intervals. The rest is Courtyard's
+own: a long-polling dequeue that leases a task, lease renewal (which also tells the
+worker when its task was cancelled), and the task's outcome: complete, fail or release.
+See docs/queues.md, "The worker protocol".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from courtyard_sdk import ApiError, Blueprint, Response
+from courtyard_sdk.events import retiring_signal
+from courtyard_sdk.identity import require
+from quart_schema import document_request
+
+from . import bodies, formats
+from .registry import Entry
+from .service import QueueService
+from .store import Worker
+
+VaultValues = Callable[[list[str]], Awaitable[dict[str, str]]]
+
+
+def redis_block(url: str | None) -> dict[str, Any]:
+    """The seed's `redis` object for a Redis URL; empty values without one."""
+    if not url:
+        return {"addr": "", "password": "", "db": 0}
+    parts = urlsplit(url)
+    path = parts.path.strip("/")
+    return {
+        "addr": f"{parts.hostname or 'localhost'}:{parts.port or 6379}",
+        "password": parts.password or "",
+        "db": int(path) if path.isdigit() else 0,
+    }
+
+
+def deployment_block(entry: Entry) -> dict[str, Any]:
+    """The seed's `deployment` object (plus `code_path` when set, and `mode`)."""
+    deployment = entry.config.deployment
+    out: dict[str, Any] = {
+        "git_url": deployment.git_url,
+        "branch": deployment.branch,
+        "startup_cmd": deployment.startup_cmd,
+        "startup_timeout_secs": deployment.startup_timeout_secs,
+        "requirements_file": deployment.requirements_file,
+        "vaults": list(deployment.vaults),
+        "mode": entry.config.effective_mode,
+    }
+    if deployment.code_path:
+        out["code_path"] = deployment.code_path
+    return out
+
+
+def worker_routes(
+    service: Callable[[], QueueService],
+    vault_values: Callable[[], VaultValues | None],
+    redis_url: str | None,
+) -> Blueprint:
+    """Every `/worker/...` route."""
+    bp = Blueprint("worker", __name__, url_prefix="/worker")
+
+    @bp.post("/register")
+    @document_request(bodies.Register)
+    @require("queues:work")
+    async def register() -> dict[str, Any]:
+        """Register a worker for a queue (a parent queue: all its sub-queues) and get its
+        configuration, with the decrypted values of the vaults its deployment names."""
+        body = await bodies.body(bodies.Register)
+        svc = service()
+        queues, entry = await svc.worker_queues(body.queue)
+        names = list(entry.config.deployment.vaults)
+        values: dict[str, str] = {}
+        if names:
+            resolve = vault_values()
+            if resolve is None:
+                raise ApiError(
+                    500,
+                    "VAULTS_UNAVAILABLE",
+                    f"vaults {names} requested for queue {body.queue} but the vaults plugin "
+                    "is not loaded",
+                )
+            try:
+                values = await resolve(names)
+            except ApiError as exc:
+                raise ApiError(
+                    500, "VAULTS_UNAVAILABLE", f"failed to resolve vaults {names}: {exc.message}"
+                ) from None
+        await svc.save_worker(
+            Worker(
+                worker_id=body.worker_id,
+                queue=body.queue,
+                status="registered",
+                concurrency=body.concurrency,
+                hostname=body.hostname,
+                version=body.version,
+            )
+        )
+        config = entry.config
+        priority = config.priority_of(queues[0]) if len(queues) == 1 else config.top_priority
+        options = svc.options
+        return {
+            "redis": redis_block(redis_url),
+            "queue": {"name": body.queue, "priority": priority, "mode": config.effective_mode},
+            "deployment": deployment_block(entry),
+            "vaults": values,
+            "courtyard": {
+                "lease_seconds": options.lease_seconds,
+                "heartbeat_seconds": options.heartbeat_seconds,
+                "poll_seconds": options.poll_seconds,
+                "sub_queues": [{"name": q, "priority": config.priority_of(q)} for q in queues],
+            },
+        }
+
+    @bp.post("/dequeue")
+    @document_request(bodies.Dequeue)
+    @require("queues:work")
+    async def dequeue() -> Any:
+        """Lease the next task, waiting up to `wait` seconds for one (204: none came)."""
+        body = await bodies.body(bodies.Dequeue)
+        task = await service().dequeue(body.worker_id, body.queue, body.wait, retiring_signal())
+        if task is None:
+            return Response(status=204)
+        return {"task": formats.leased(task)}
+
+    @bp.post("/tasks/<task_id>/renew")
+    @document_request(bodies.WorkerOnly)
+    @require("queues:work")
+    async def renew(task_id: str) -> dict[str, Any]:
+        """Extend the lease; `cancel: true` tells the worker to stop the task."""
+        body = await bodies.body(bodies.WorkerOnly)
+        renewal = await service().renew(task_id, body.worker_id)
+        return {"lease_expires_at": renewal.lease_expires_at, "cancel": renewal.cancel}
+
+    @bp.post("/tasks/<task_id>/complete")
+    @document_request(bodies.Complete)
+    @require("queues:work")
+    async def complete(task_id: str) -> dict[str, Any]:
+        """Record the task's result."""
+        body = await bodies.body(bodies.Complete)
+        task = await service().complete(task_id, body.worker_id, body.result)
+        return {"state": task.state}
+
+    @bp.post("/tasks/<task_id>/fail")
+    @document_request(bodies.Fail)
+    @require("queues:work")
+    async def fail(task_id: str) -> dict[str, Any]:
+        """Record a failed run: `retry` after a backoff while retries remain, else
+        `archived` (at once with `retry: false`)."""
+        body = await bodies.body(bodies.Fail)
+        task = await service().fail(task_id, body.worker_id, body.error, body.retry)
+        return {"state": task.state}
+
+    @bp.post("/tasks/<task_id>/release")
+    @document_request(bodies.WorkerOnly)
+    @require("queues:work")
+    async def release(task_id: str) -> dict[str, Any]:
+        """Hand the task back unrun (a worker stopping): pending again, first in line."""
+        body = await bodies.body(bodies.WorkerOnly)
+        task = await service().release(task_id, body.worker_id)
+        return {"state": task.state}
+
+    @bp.post("/heartbeat")
+    @document_request(bodies.Heartbeat)
+    @require("queues:work")
+    async def heartbeat() -> dict[str, Any]:
+        """Keep the worker listed, with its status and the tasks it runs."""
+        body = await bodies.body(bodies.Heartbeat)
+        saved = await service().save_worker(
+            Worker(
+                worker_id=body.worker_id,
+                queue=body.queue,
+                status=body.status,
+                concurrency=body.concurrency,
+                active_tasks=body.active_tasks,
+                hostname=body.hostname,
+                version=body.version,
+            )
+        )
+        return {"worker_id": saved.worker_id, "last_beat": int(saved.last_beat)}
+
+    return bp
