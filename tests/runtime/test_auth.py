@@ -39,6 +39,7 @@ async def test_plugin_routes_see_the_identity_and_enforce_require(courtyard, plu
     # Plugin routes outside /api need no Origin: the credential is what counts.
     anonymous = await rt.client.post("/who/notes")
     assert anonymous.status_code == 401
+    assert anonymous.headers["WWW-Authenticate"] == 'Bearer realm="courtyard"'
     assert anonymous.json()["error"] == {
         "code": "AUTHENTICATION_REQUIRED",
         "message": "Authentication token required",

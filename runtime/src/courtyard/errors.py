@@ -29,7 +29,10 @@ def install(app: Quart) -> None:
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.code, exc.message)
+        response = error_response(exc.status, exc.code, exc.message)
+        if exc.status == 401:  # RFC 9110: a 401 names the scheme to authenticate with
+            response.headers["WWW-Authenticate"] = 'Bearer realm="courtyard"'
+        return response
 
     @app.errorhandler(RequestSchemaValidationError)
     async def validation_error(exc: RequestSchemaValidationError) -> Response:

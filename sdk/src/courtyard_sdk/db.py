@@ -22,6 +22,8 @@ from __future__ import annotations
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
+from .errors import CourtyardError
+
 
 def model_base() -> type[SQLModel]:
     """A new SQLModel base class with a registry and `MetaData` of its own."""
@@ -42,4 +44,9 @@ class TenantScoped(SQLModel):
     tenant_id: str = Field(index=True, max_length=128)
 
 
-__all__ = ["TenantScoped", "model_base"]
+class TenantViolation(CourtyardError):
+    """A tenant-scoped session was asked to read or write another tenant's row in a way
+    it cannot filter (raised on flush or execute)."""
+
+
+__all__ = ["TenantScoped", "TenantViolation", "model_base"]

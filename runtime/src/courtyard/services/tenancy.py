@@ -11,16 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from courtyard_sdk import CourtyardError
-from courtyard_sdk.db import TenantScoped
+from courtyard_sdk.db import TenantScoped, TenantViolation
 from sqlalchemy import BindParameter, event, literal_column
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 from sqlalchemy.orm.exc import ObjectDeletedError
-
-
-class TenantViolation(CourtyardError):
-    """A tenant-scoped session was asked to write another tenant's row."""
 
 
 def scope_to_tenant(session: Session, tenant: str) -> None:
