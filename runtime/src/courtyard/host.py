@@ -90,13 +90,14 @@ class Host:
             clean_staging(folder)  # upload staging
             for _, app_folder in app_folders(folder):
                 clean_staging(app_folder)  # backups of versions being overwritten
-        # Everything loaded so far (the libraries) lives as long as the process: spare the
-        # garbage collector from scanning it again and again (Instagram's gc.freeze trick).
-        # Generations come later, so retired ones stay collectable.
-        gc.collect()
-        gc.freeze()
         try:
             await self.services.start()
+            # Everything loaded so far (the libraries, the services and their connections)
+            # lives as long as the process: spare the garbage collector from scanning it
+            # again and again (Instagram's gc.freeze trick). Generations come later, so
+            # retired ones stay collectable.
+            gc.collect()
+            gc.freeze()
             async with self._changes:
                 # Checked before the generation serves: an open runtime never answers here.
                 return await self.swap(

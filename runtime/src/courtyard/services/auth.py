@@ -13,7 +13,8 @@ but loopback unless `--insecure`. A runtime that listens beyond loopback never f
 to open mode, even when its last key is revoked.
 
 Keys may be made out of band (the CLI on the same database, another instance), so
-whether one exists is read from the database, at most once a second, and taken as "yes"
+whether one exists is read from the database once a second, in the background (no
+request waits for it; a change this process makes is read at once), and taken as "yes"
 when it cannot be read (fail closed). A key itself is looked up on every request that
 presents one: revoking it takes effect at once.
 """
@@ -121,6 +122,7 @@ class Auth:
         self._keys_active = True  # fail closed until the table has been read
         self._fresh_until = -math.inf
         self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Task[bool] | None = None
 
     async def start(self) -> None:
         """Read the JWKS and whether keys exist (the tables are up to date by now)."""
@@ -129,7 +131,9 @@ class Auth:
         await self._refresh_flag()
 
     async def close(self) -> None:
-        """Finish background writes and close the JWKS client."""
+        """Finish background reads and writes and close the JWKS client."""
+        if self._refreshing is not None:
+            await asyncio.gather(self._refreshing, return_exceptions=True)
         await self.keys.close()
         if self.tokens is not None:
             await self.tokens.close()
@@ -143,9 +147,19 @@ class Auth:
         """
         if self.exposed or self.tokens is not None or credentials:
             return True
-        if time.monotonic() < self._fresh_until:
-            return self._keys_active
-        return await self._refresh_flag()
+        if self._fresh_until == -math.inf:  # this process changed the keys: read them now
+            return await self._refresh_flag()
+        if time.monotonic() >= self._fresh_until and self._refreshing is None:
+            # Out-of-band changes (the CLI, another instance) are read in the background:
+            # under load a read in the request path stalled every request in flight.
+            self._refreshing = asyncio.create_task(self._refresh_flag())
+            self._refreshing.add_done_callback(self._refreshed)
+        return self._keys_active
+
+    def _refreshed(self, task: asyncio.Task[bool]) -> None:
+        self._refreshing = None
+        if not task.cancelled():
+            task.exception()  # _refresh_flag logs its own failures and fails closed
 
     async def _refresh_flag(self) -> bool:
         async with self._lock:  # one read at a time; the others use its answer
