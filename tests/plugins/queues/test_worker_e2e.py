@@ -270,6 +270,29 @@ def test_sigterm_lets_tasks_in_flight_finish(setup: Setup) -> None:
         worker.kill()
 
 
+def test_a_busy_worker_takes_its_next_tasks_with_its_completions_and_stops_cleanly(
+    setup: Setup,
+) -> None:
+    # Queued before the worker starts, so that each completion asks for (and gets) the
+    # next task (test_complete_next.py checks that mechanism). SIGTERM during the third:
+    # it finishes, and the rest stay pending and unrun (none leased and left active).
+    ids = [setup.enqueue("jobs", {"id": f"b{n}", "sleep": 0.4}) for n in range(8)]
+    worker = setup.worker("jobs")
+    try:
+        setup.wait_state(ids[2], "active")
+        worker.terminate()
+        assert worker.wait(30) == 0
+    finally:
+        worker.kill()
+    states = [setup.info(task_id)["state"] for task_id in ids]
+    assert states[:3] == ["completed"] * 3
+    assert "active" not in states and states.count("pending") >= 4
+    for n, (task_id, state) in enumerate(zip(ids, states, strict=True)):
+        assert len(setup.runs_of(f"b{n}")) == (1 if state == "completed" else 0)
+        if state == "pending":
+            assert setup.info(task_id)["retried"] == 0
+
+
 def test_sigterm_hands_back_what_does_not_finish_in_time(setup: Setup) -> None:
     worker = setup.worker("jobs", "--shutdown-timeout", "0.5")
     try:

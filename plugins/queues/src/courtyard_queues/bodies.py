@@ -122,9 +122,11 @@ class WorkerOnly(BaseModel):
 
 
 class Complete(WorkerOnly):
-    """`POST /worker/tasks/{id}/complete`."""
+    """`POST /worker/tasks/{id}/complete`: with `next_queue`, the answer also leases the
+    next task of that queue (`next`, null when none is ready): one request per task."""
 
     result: Any = None
+    next_queue: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class Fail(WorkerOnly):

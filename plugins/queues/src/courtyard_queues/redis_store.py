@@ -55,8 +55,9 @@ def _float(value: Any) -> float | None:
     return None if value in (None, "") else float(value)
 
 
-def _pairs(flat: list[Any]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
+def _fields(text: str) -> dict[str, str]:
+    """A task's hash, as the scripts return it (`task_hash` in common.lua: JSON)."""
+    return dict(json.loads(text))
 
 
 def _task(task_id: str, data: dict[str, str]) -> Task:
@@ -211,13 +212,13 @@ class RedisTaskStore:
         answer = await self._run("dequeue", worker_id, lease, *queues)
         if not answer:
             return None
-        return _task(answer[0], _pairs(answer[1]))
+        return _task(answer[0], _fields(answer[1]))
 
     async def _with_hash(self, name: str, task_id: str, *args: Any) -> Task:
         answer = await self._run(name, task_id, *args)
         if answer[0] != "ok":
             self._raise(answer[0], task_id)
-        return _task(task_id, _pairs(answer[1]))
+        return _task(task_id, _fields(answer[1]))
 
     async def renew(self, task_id: str, worker_id: str, lease: float) -> Renewal:
         """See `TaskStore.renew`."""
@@ -258,7 +259,7 @@ class RedisTaskStore:
             raise TaskNotFound(task_id)
         if answer[0] == "finished":
             raise TaskFinished(answer[1])
-        return _task(task_id, _pairs(answer[1]))
+        return _task(task_id, _fields(answer[1]))
 
     async def delete(self, queue: str, task_id: str) -> None:
         """See `TaskStore.delete`."""

@@ -141,10 +141,18 @@ def worker_routes(
     @document_request(bodies.Complete)
     @require("queues:work")
     async def complete(task_id: str) -> dict[str, Any]:
-        """Record the task's result."""
+        """Record the task's result; with `next_queue`, lease the next task of that queue
+        without waiting (`next`: the task as `/worker/dequeue` gives it, or null)."""
         body = await bodies.body(bodies.Complete)
-        task = await service().complete(task_id, body.worker_id, body.result)
-        return {"state": task.state}
+        svc = service()
+        task = await svc.complete(task_id, body.worker_id, body.result)
+        if body.next_queue is None:
+            return {"state": task.state}
+        try:
+            leased = await svc.dequeue(body.worker_id, body.next_queue, 0.0)
+        except ApiError:  # the queue went away: the completion stands, the worker polls
+            leased = None
+        return {"state": task.state, "next": None if leased is None else formats.leased(leased)}
 
     @bp.post("/tasks/<task_id>/fail")
     @document_request(bodies.Fail)

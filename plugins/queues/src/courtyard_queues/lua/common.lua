@@ -25,8 +25,13 @@ local function num(value)
   return tonumber(value)
 end
 
+-- The task's hash as one JSON object (of strings): a single reply for the client to read,
+-- rather than two per field (its RESP parser is pure Python unless hiredis is installed).
 local function task_hash(id)
-  return redis.call('HGETALL', tkey(id))
+  local flat = redis.call('HGETALL', tkey(id))
+  local fields = {}
+  for i = 1, #flat, 2 do fields[flat[i]] = flat[i + 1] end
+  return cjson.encode(fields)
 end
 
 -- Take a task out of every index of a state that is not final.

@@ -181,13 +181,21 @@ class WorkerClient:
         body = self._json(answer, f"/worker/tasks/{task_id}/renew")
         return isinstance(body, dict) and body.get("cancel") is True
 
-    async def complete(self, task_id: str, result: Any, *, deadline: float | None) -> None:
-        """Report success with the task's result."""
-        await self.call(
-            f"/worker/tasks/{task_id}/complete",
-            {"worker_id": self.worker_id, "result": result},
-            deadline=deadline,
-        )
+    async def complete(
+        self, task_id: str, result: Any, *, deadline: float | None, next_queue: str | None = None
+    ) -> Assignment | None:
+        """Report success with the task's result; with `next_queue`, the next task of that
+        queue comes leased in the same answer (None when none was ready)."""
+        path = f"/worker/tasks/{task_id}/complete"
+        body: dict[str, Any] = {"worker_id": self.worker_id, "result": result}
+        if next_queue is not None:
+            body["next_queue"] = next_queue
+        answer = await self.call(path, body, deadline=deadline)
+        if next_queue is None:
+            return None
+        data = self._json(answer, path)
+        leased = data.get("next") if isinstance(data, dict) else None
+        return None if leased is None else Assignment.parse(leased)
 
     async def fail(self, task_id: str, error: str, retry: bool, *, deadline: float | None) -> str:
         """Report failure; returns the task's new state (`retry` or `archived`)."""

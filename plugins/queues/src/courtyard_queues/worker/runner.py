@@ -4,7 +4,9 @@
 2. Prepare the deployment and start the task process (`long_running`) while the
    heartbeat says `bootstrapping`; then `running`.
 3. `concurrency` slots each long-poll `POST /worker/dequeue` for a task, run it, and
-   report it (`complete`, or `fail` with `retry`). While a task runs its lease is renewed
+   report it (`complete`, or `fail` with `retry`). A completion also asks for the next
+   task (`next_queue`), so that a busy queue costs one request per task; the slot goes
+   back to the long poll when none was ready. While a task runs its lease is renewed
    every third of the lease; a renewal that says `cancel` stops the task, one that says
    `LEASE_LOST` abandons it (another worker has it now). A task that outlives its
    `timeout` is stopped and failed for retry.
@@ -266,27 +268,31 @@ class Worker:
         """Dequeue, run and report tasks, one at a time, until the worker stops."""
         assert self.executor is not None and self.registration is not None
         backoff = Backoff(first=0.5, cap=15.0)
+        assignment: Assignment | None = None  # leased with the last completion
         while not self._stopping.is_set():
-            await self._until_stopped(self.executor.wait_ready())
-            if self._stopping.is_set():
-                break
-            try:
-                assignment = await self._dequeue()
-            except (ServerError, ProtocolError) as exc:
-                delay = backoff.next()
-                log.error("dequeue failed: %s; trying again in %.1f s", exc, delay)
-                await self._sleep_unless_stopping(delay)
-                continue
-            backoff.reset()
             if assignment is None:
-                continue
-            if self._stopping.is_set():  # leased while the stop began: give it back untouched
-                await self._report(assignment, "release")
-                break
+                await self._until_stopped(self.executor.wait_ready())
+                if self._stopping.is_set():
+                    break
+                try:
+                    assignment = await self._dequeue()
+                except (ServerError, ProtocolError) as exc:
+                    delay = backoff.next()
+                    log.error("dequeue failed: %s; trying again in %.1f s", exc, delay)
+                    await self._sleep_unless_stopping(delay)
+                    continue
+                backoff.reset()
+                if assignment is None:
+                    continue
+                if self._stopping.is_set():
+                    break
+            current, assignment = assignment, None
             try:
-                await self._handle(assignment)
+                assignment = await self._handle(current)
             except Exception:  # a bug must not end the slot: the lease brings the task back
-                log.exception("slot %d: task %s could not be handled", number, assignment.task_id)
+                log.exception("slot %d: task %s could not be handled", number, current.task_id)
+        if assignment is not None:  # leased while the stop began: give it back untouched
+            await self._report(assignment, "release")
 
     async def _dequeue(self) -> Assignment | None:
         """Long-poll for a task; None at once when the worker begins to stop.
@@ -312,7 +318,8 @@ class Worker:
     async def _sleep_unless_stopping(self, delay: float) -> None:
         await _wait(self._stopping, delay)
 
-    async def _handle(self, assignment: Assignment) -> None:
+    async def _handle(self, assignment: Assignment) -> Assignment | None:
+        """Run a task and report it; the next task when its completion brought one."""
         assert self.executor is not None
         task_id = assignment.task_id
         active = Active(assignment)
@@ -340,8 +347,9 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
             self.active.pop(task_id, None)
-        if outcome is not None:
-            await self._report(assignment, "outcome", outcome)
+        if outcome is None:
+            return None
+        return await self._report(assignment, "outcome", outcome)
 
     async def _outcome(self, active: Active, runner: asyncio.Task[Outcome]) -> Outcome | None:
         """What to report for a task whose run ended: None when there is nothing to say
@@ -394,17 +402,24 @@ class Worker:
 
     async def _report(
         self, assignment: Assignment, kind: str, outcome: Outcome | None = None
-    ) -> None:
-        """Send a task's outcome (or its release) to the server, retrying for a while."""
+    ) -> Assignment | None:
+        """Send a task's outcome (or its release) to the server, retrying for a while.
+
+        :return: the next task, leased with a completion (asked for unless stopping).
+        """
         task_id = assignment.task_id
         deadline = time.monotonic() + REPORT_WINDOW
         try:
             if kind == "release":
                 await self.client.release(task_id, deadline=deadline)
             elif outcome is not None and outcome.ok:
-                await self.client.complete(task_id, outcome.result, deadline=deadline)
+                following = None if self._stopping.is_set() else self.options.queue
+                leased = await self.client.complete(
+                    task_id, outcome.result, deadline=deadline, next_queue=following
+                )
                 self.completed += 1
                 log.info("task %s completed", task_id)
+                return leased
             elif outcome is not None:
                 assert outcome.error is not None
                 error = outcome.error
@@ -420,6 +435,10 @@ class Worker:
             log.error("task %s: the %s could not be sent: %s", task_id, kind, exc)
         except ServerError as exc:
             log.error("task %s: the server refused the %s: %s", task_id, kind, exc)
+        except ProtocolError as exc:  # recorded, but the next task came malformed
+            self.completed += 1
+            log.error("task %s completed; the next task it brought is unreadable: %s", task_id, exc)
+        return None
 
     # -- stopping ----------------------------------------------------------------------
 
