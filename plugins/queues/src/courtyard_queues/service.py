@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -319,51 +320,36 @@ class QueueService:
 
     async def renew(self, task_id: str, worker_id: str) -> Renewal:
         """Extend a lease. :raises ApiError: 404, 409 LEASE_LOST."""
-        try:
+        with _leased(task_id):
             return await self.store.renew(task_id, worker_id, self.options.lease_seconds)
-        except TaskNotFound:
-            raise errors.task_not_found(task_id) from None
-        except LeaseLost:
-            raise errors.lease_lost(task_id) from None
 
     async def complete(self, task_id: str, worker_id: str, result: Any) -> Task:
         """Record a result. :raises ApiError: 404, 409 LEASE_LOST."""
-        try:
+        with _leased(task_id):
             task = await self.store.complete(task_id, worker_id, result)
-        except TaskNotFound:
-            raise errors.task_not_found(task_id) from None
-        except LeaseLost:
-            raise errors.lease_lost(task_id) from None
         await self._finished(task)
         return task
 
     async def fail(self, task_id: str, worker_id: str, error: str, retry: bool) -> Task:
         """Record a failed run. :raises ApiError: 404, 409 LEASE_LOST."""
-        try:
+        with _leased(task_id):
             task = await self.store.fail(task_id, worker_id, error, retry, self.options.backoff)
-        except TaskNotFound:
-            raise errors.task_not_found(task_id) from None
-        except LeaseLost:
-            raise errors.lease_lost(task_id) from None
-        if task.state == ARCHIVED:
-            await self._finished(task)
-        else:
-            self.notifier.ready(task.queue)
+        await self._settled(task)
         return task
 
     async def release(self, task_id: str, worker_id: str) -> Task:
         """Hand a task back unrun. :raises ApiError: 404, 409 LEASE_LOST."""
-        try:
+        with _leased(task_id):
             task = await self.store.release(task_id, worker_id)
-        except TaskNotFound:
-            raise errors.task_not_found(task_id) from None
-        except LeaseLost:
-            raise errors.lease_lost(task_id) from None
+        await self._settled(task)
+        return task
+
+    async def _settled(self, task: Task) -> None:
+        """After a run ended without a result: archived, or ready again for a worker."""
         if task.state == ARCHIVED:
             await self._finished(task)
         else:
             self.notifier.ready(task.queue)
-        return task
 
     async def save_worker(self, worker: Worker) -> Worker:
         """Record a registration or a heartbeat, stamped with the store's clock (a
@@ -438,3 +424,15 @@ async def _wait(event: asyncio.Event, stop: asyncio.Event | None, seconds: float
     finally:
         for waiting in waits:
             waiting.cancel()
+
+
+@contextlib.contextmanager
+def _leased(task_id: str) -> Iterator[None]:
+    """Answer a worker's call on a task it leased: 404 for an unknown task, 409
+    LEASE_LOST for one whose lease went to someone else."""
+    try:
+        yield
+    except TaskNotFound:
+        raise errors.task_not_found(task_id) from None
+    except LeaseLost:
+        raise errors.lease_lost(task_id) from None
