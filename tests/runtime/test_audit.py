@@ -281,7 +281,7 @@ async def test_a_request_whose_client_went_away_is_recorded_as_499(courtyard, da
         "raw_path": b"/notes/slow",
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"courtyard.test"), (b"x-request-id", b"gone-1")],
+        "headers": [(b"host", b"localhost"), (b"x-request-id", b"gone-1")],
         "client": ("127.0.0.1", 1234),
         "server": ("127.0.0.1", 80),
     }
@@ -353,7 +353,7 @@ async def test_plugins_record_domain_events_from_a_websocket(courtyard, database
         "raw_path": b"/notes/live",
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"courtyard.test")],
+        "headers": [(b"host", b"localhost")],
         "client": ("127.0.0.1", 1234),
         "server": ("127.0.0.1", 80),
         "subprotocols": [],

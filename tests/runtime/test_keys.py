@@ -19,7 +19,7 @@ from courtyard.services.database import Database
 from courtyard.settings import Settings
 from sqlalchemy.ext.asyncio import create_async_engine
 
-ORIGIN = "http://courtyard.test"
+ORIGIN = "http://localhost"
 # (method, path, permission): every guarded core route.
 GUARDED = [
     ("GET", "/api/plugins/", "plugins:read"),

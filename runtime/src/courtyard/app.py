@@ -16,8 +16,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from courtyard_sdk.events import RETIRING
-from courtyard_sdk.identity import G_ATTRIBUTE
+from courtyard_sdk.identity import G_ATTRIBUTE, PERMISSIONS_ATTRIBUTE, check
 from courtyard_sdk.names import slug
+from courtyard_sdk.origin import allows_without_origin
 from pydantic import BaseModel
 from quart import Quart, Request, Response, g, request, websocket
 from quart_schema import QuartSchema
@@ -208,8 +209,15 @@ def _install_request_path(app: Quart, generation: Generation) -> None:
         # A bad credential is refused here (401), before anything else looks at it.
         identity = await auth.identify(request.headers, credentials)
         setattr(g, G_ATTRIBUTE, identity)
-        if not identity.authenticated:  # a verified credential is no browser's cookie
-            security.check_csrf()
+        # A verified credential is no browser's cookie: only requests without one are
+        # checked for their origin.
+        if request.method in security.STATE_CHANGING and not identity.authenticated:
+            view = app.view_functions.get(request.url_rule.endpoint) if request.url_rule else None
+            # A route's own 401 comes before any 403: a client answers it with a key.
+            check(*getattr(view, PERMISSIONS_ATTRIBUTE, ()))
+            security.check_origin(
+                request.scheme, request.host, request.headers, may_omit=allows_without_origin(view)
+            )
         for call in on_request:
             result = call(request=request)
             if inspect.isawaitable(result):
@@ -231,7 +239,12 @@ def _install_request_path(app: Quart, generation: Generation) -> None:
         return response
 
     async def before_websocket() -> None:
-        setattr(g, G_ATTRIBUTE, await auth.identify(websocket.headers, credentials))
+        identity = await auth.identify(websocket.headers, credentials)
+        setattr(g, G_ATTRIBUTE, identity)
+        if not identity.authenticated:  # a handshake without Origin is a program's
+            security.check_origin(
+                websocket.scheme, websocket.host, websocket.headers, may_omit=True
+            )
 
     app.before_request(before)
     app.after_request(after)

@@ -16,13 +16,23 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from courtyard_sdk import ApiError
+from werkzeug.datastructures import Headers
+
 from . import __version__
 from .apps.registry import AppRegistry, app_folders
 from .apps.router import AppRouter
 from .asgi import Receive, Scope, Send, header, with_header
 from .generation import BuildError, Generation
 from .installs import clean_staging
-from .security import request_id_for
+from .security import (
+    STATE_CHANGING,
+    HostAllowList,
+    check_origin,
+    misdirected,
+    refuse,
+    request_id_for,
+)
 from .services import Services
 from .services.events import announce, announce_generation, end_streams
 from .settings import Settings
@@ -47,6 +57,7 @@ class Host:
         self._changes = asyncio.Lock()  # one reload (and its file changes) at a time
         self._retiring: set[asyncio.Task[None]] = set()
         self._boot: asyncio.Task[None] | None = None
+        self.hosts = HostAllowList(settings.host, settings.allowed_hosts)
         self.apps = AppRouter(AppRegistry(settings.app_folders), settings.data_dir / "run")
         self.services = Services(settings)
 
@@ -55,16 +66,18 @@ class Host:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
+        host = header(scope, b"host")
+        if not self.hosts.allows(host):  # before anything runs: DNS rebinding
+            rid = request_id_for(header(scope, b"x-request-id"))
+            await refuse(scope, send, misdirected(host), rid)
+            return
         generation = self.current
         if generation is None:
             await self._unavailable(scope, send)
             return
         routed = self.apps.match(scope["path"])
         if routed is not None and not generation.serves(scope["path"], scope.get("method")):
-            rid = request_id_for(header(scope, b"x-request-id"))
-            await self.apps.serve(
-                routed, scope, receive, with_header(send, b"x-request-id", rid.encode())
-            )
+            await self._serve_app(routed, scope, receive, send)
             return
         generation.active += 1
         generation.idle.clear()
@@ -74,6 +87,25 @@ class Host:
             generation.active -= 1
             if generation.active == 0:
                 generation.idle.set()
+
+    async def _serve_app(self, routed: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        """Hand a request to its app, once it passes the Origin check (apps see no
+        runtime credential, so every state change and handshake is checked)."""
+        rid = request_id_for(header(scope, b"x-request-id"))
+        if scope["type"] == "websocket" or scope["method"] in STATE_CHANGING:
+            headers = Headers(
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
+            )
+            scheme = scope.get("scheme", "http")
+            try:
+                # Apps answer programs too: a request without Origin is not a browser's.
+                check_origin(scheme, headers.get("Host", ""), headers, may_omit=True)
+            except ApiError as refusal:
+                await refuse(scope, send, refusal, rid)
+                return
+        await self.apps.serve(
+            routed, scope, receive, with_header(send, b"x-request-id", rid.encode())
+        )
 
     # Lifecycle ---------------------------------------------------------------------------
 

@@ -49,6 +49,15 @@ class Settings(BaseModel):
     upload_max_ratio: float = Field(default=100.0, gt=1)
     upload_max_path_length: int = Field(default=255, gt=0)
     upload_max_depth: int = Field(default=32, gt=0)
+    # Request limits (docs/security.md): every body in flight together, and how long a
+    # client may go without sending anything.
+    bodies_max_total_bytes: int = Field(default=256 * 1024**2, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)
+    # Who may reach the server: Host names besides loopback and the bound address.
+    allowed_hosts: tuple[str, ...] = ()
+    # App workers (docs/apps.md): sandboxed with bubblewrap; without it they do not start.
+    apps_allow_unsandboxed: bool = False
+    apps_sandbox_user: str = "nobody"
     # Platform services (docs/security.md, docs/database.md, docs/events.md).
     database_url: str | None = None
     redis_url: str | None = None
@@ -62,6 +71,8 @@ class Settings(BaseModel):
     jwt_audience: str | None = None
     jwt_algorithms: tuple[str, ...] = ("HS256", "RS256", "ES256")
     jwt_leeway: float = Field(default=30.0, ge=0)
+    # Failed authentications per client address and minute before 429.
+    auth_failures_per_minute: int = Field(default=30, gt=0)
     audit: bool = True
     audit_retention_days: int = Field(default=90, ge=0)
     roles: dict[str, tuple[str, ...]] = Field(default_factory=dict)
@@ -108,9 +119,16 @@ class Settings(BaseModel):
 
 
 _LIST_FIELDS = {"plugin_dirs", "app_dirs"}
-_NAME_LIST_FIELDS = {"only_plugins", "jwt_algorithms"}
+_NAME_LIST_FIELDS = {"only_plugins", "jwt_algorithms", "allowed_hosts"}
 _PATH_FIELDS = {"data_dir", "jwks_file", *_LIST_FIELDS}
-_BOOL_FIELDS = {"strict", "entry_points", "trace_hooks", "insecure", "audit"}
+_BOOL_FIELDS = {
+    "strict",
+    "entry_points",
+    "trace_hooks",
+    "insecure",
+    "audit",
+    "apps_allow_unsandboxed",
+}
 _FILE_ONLY = {"plugins", "roles"}
 ENV_FIELDS = [name for name in Settings.model_fields if name not in _FILE_ONLY]
 

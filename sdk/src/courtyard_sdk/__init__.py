@@ -35,6 +35,7 @@ from .errors import (
 from .events import sse_response, stream_to_websocket
 from .manifest import Manifest, Menu, SettingSpec, parse_manifest, read_manifest
 from .names import is_valid_name
+from .origin import allow_without_origin
 from .services import Event
 
 try:
@@ -60,6 +61,7 @@ __all__ = [
     "SettingsError",
     "StartupError",
     "__version__",
+    "allow_without_origin",
     "hookimpl",
     "hookspecs",
     "is_valid_name",

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     import httpx
     from courtyard.host import Host
 
-ORIGIN = "http://courtyard.test"
+ORIGIN = "http://localhost"
 
 
 def write_plugin(plugin_dir: Path, name: str, manifest: str = "", code: str | None = None) -> Path:

@@ -353,6 +353,24 @@ async def test_bad_cors_and_proxies_are_named():
         Gateway.from_settings({"cors": [{"path": "/a", "origins": 3}]})
     with pytest.raises(ConfigError, match=r"trusted_proxies\[1\] \('nope'\)"):
         Gateway.from_settings({"trusted_proxies": ["10.0.0.1", "nope"]})
+    with pytest.raises(ConfigError, match=r"cors\[0\] .*headers may not list X-Courtyard"):
+        Gateway.from_settings(
+            {"cors": [{"path": "/a", "origins": "*", "headers": ["x-buntime-internal"]}]}
+        )
+
+
+async def test_cors_never_allows_the_internal_headers(start):
+    rt = await start(cors=CORS)
+    pre = await rt.client.options(
+        "/svc/open",
+        headers={
+            "Origin": "https://else.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "x-custom, X-Courtyard-Internal,x-buntime-internal",
+        },
+    )
+    assert pre.status_code == 204
+    assert pre.headers["Access-Control-Allow-Headers"] == "x-custom"
 
 
 def test_path_patterns():

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from courtyard_sdk.origin import INTERNAL_HEADERS
+
 from .rules import ConfigError, check_table, parse_methods, parse_paths, rule_label
 
 CORS_KEYS = {
@@ -18,6 +20,8 @@ CORS_KEYS = {
 }
 DEFAULT_CORS_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After")
+# Never allowed cross-site: they would let a page on another site pass as a program.
+_NEVER_ALLOWED = frozenset(h.lower() for h in INTERNAL_HEADERS)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -54,11 +58,18 @@ class CorsRule:
         headers = self.headers(origin, expose=False)
         headers["Access-Control-Allow-Methods"] = self.allow_methods
         allow = self.allow_headers if self.allow_headers is not None else requested_headers
+        allow = allowed_headers(allow)
         if allow:
             headers["Access-Control-Allow-Headers"] = allow
         if self.max_age is not None:
             headers["Access-Control-Max-Age"] = str(self.max_age)
         return headers
+
+
+def allowed_headers(listed: str | None) -> str:
+    """`listed` (a comma-separated list of header names) without the internal headers."""
+    names = (n.strip() for n in (listed or "").split(","))
+    return ", ".join(n for n in names if n and n.lower() not in _NEVER_ALLOWED)
 
 
 def _string_list(value: Any, what: str) -> list[str]:
@@ -86,6 +97,8 @@ def parse_cors_rule(index: int, raw: Any) -> CorsRule:
         headers = raw.get("headers", "*")
         if headers != "*":
             headers = ", ".join(_string_list(headers, 'headers (or "*")'))
+            if any(h.strip().lower() in _NEVER_ALLOWED for h in headers.split(",")):
+                raise ValueError(f"headers may not list {' or '.join(INTERNAL_HEADERS)}")
         expose = raw.get("expose_headers", list(RATE_HEADERS))
         expose = ", ".join(_string_list(expose, "expose_headers")) if expose else ""
         max_age = raw.get("max_age")

@@ -16,7 +16,6 @@ required and must match when `jwt_issuer` and `jwt_audience` are set; all with
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import math
@@ -38,6 +37,8 @@ from joserfc.errors import (
 )
 from joserfc.jwk import Key, KeySet, OctKey
 from joserfc.jws import JWSRegistry
+
+from ..security import is_loopback_host
 
 if TYPE_CHECKING:
     import httpx
@@ -62,17 +63,6 @@ FETCH_TIMEOUT = 5.0
 def invalid(message: str) -> ApiError:
     """A 401 `INVALID_TOKEN` answer."""
     return ApiError(401, "INVALID_TOKEN", message)
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether `host` (a name or an address) is this machine's loopback."""
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def configured(settings: Settings) -> bool:
