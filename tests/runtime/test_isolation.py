@@ -135,6 +135,12 @@ async def test_strict_mode_shuts_down_what_it_started(courtyard, plugin_dir, add
     assert events.split() == ["startup", "shutdown"]
 
 
+async def test_a_failure_assembling_the_app_is_a_build_error(courtyard, tmp_path):
+    missing = tmp_path / "no-such-scalar.js"
+    with pytest.raises(BuildError, match="no-such-scalar.js"):
+        await courtyard(entry_points=False, docs_script=str(missing))
+
+
 async def test_bad_manifest_is_reported_with_the_key(courtyard, plugin_dir):
     write_plugin(plugin_dir, "bad-base", 'base = "/Not Valid"\n')
     (plugin_dir / "not-toml").mkdir()

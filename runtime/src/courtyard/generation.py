@@ -192,16 +192,18 @@ class Generation:
         """
         from .app import create_app  # app.py imports this module
 
-        # Plugin imports and hook calls may be slow: keep them off the serving loop.
-        await asyncio.to_thread(self.prepare)
-        await asyncio.to_thread(self._collect_routes)
-        self._exclude_collisions(host)
-        self._check_strict()
-        await self._migrate()
-        self._collect_credentials()
-        self._check_strict()
-        await self._start()
+        # One containment for every phase, app assembly included (a missing docs script
+        # is a build error like a failing plugin, never a crash of the start).
         try:
+            # Plugin imports and hook calls may be slow: keep them off the serving loop.
+            await asyncio.to_thread(self.prepare)
+            await asyncio.to_thread(self._collect_routes)
+            self._exclude_collisions(host)
+            self._check_strict()
+            await self._migrate()
+            self._collect_credentials()
+            self._check_strict()
+            await self._start()
             self._check_strict()
             self.credentials = self.credentials.only(r.name for r in self.loaded)
             self.app = create_app(host, self)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from typing import Any
 
 from courtyard_sdk import ApiError, is_valid_name
 from courtyard_sdk.identity import require
+from packaging.version import InvalidVersion
 from pydantic import BaseModel
 from quart import Blueprint, request
 from quart_schema import document_response, hide, tag
 
-from ..apps.registry import AppManifestError, InvalidAppName, read_app_manifest
+from ..apps.registry import App, AppManifestError, InvalidAppName, read_app_manifest
 from ..installs import install_tree, remove_path, remove_tree
 from . import current_generation, current_host, uploads
 
@@ -116,18 +116,24 @@ async def upload_app() -> dict[str, Any]:
     }
 
 
-def _app_folder(scope: str, name: str) -> tuple[str, Path]:
-    """The full name and folder `DELETE /api/apps/:scope/:name` means."""
+def _installed_app(scope: str, name: str, missing: ApiError) -> tuple[str, App]:
+    """The app `DELETE /api/apps/:scope/:name[/:version]` means.
+
+    :param missing: the route's documented answer for an app that is not installed (a
+        scope without `@` or an invalid name can name none).
+    :raises ApiError: `missing`; 400 `PATH_TRAVERSAL` for an app folder that resolves
+        outside the app directories (a link).
+    """
     full = name if scope == "_" else f"{scope}/{name}"
-    if not (scope == "_" or scope.startswith("@")) or not is_valid_name(full):
-        raise ApiError(400, "PATH_TRAVERSAL", f"Invalid app name: {full!r}")
-    app = current_host().apps.registry.get(full)
-    settings = current_generation().settings
+    app = None
+    if (scope == "_" or scope.startswith("@")) and is_valid_name(full):
+        app = current_host().apps.registry.get(full)
     if app is None:
-        raise ApiError(404, "APP_NOT_FOUND", f"App {full} not found")
+        raise missing
+    settings = current_generation().settings
     if not any(d.resolve() in app.path.resolve().parents for d in settings.app_folders):
         raise ApiError(400, "PATH_TRAVERSAL", f"{app.path} is outside the app directories")
-    return full, app.path
+    return full, app
 
 
 @blueprint.delete("/<scope>/<name>")
@@ -139,10 +145,10 @@ async def delete_app(scope: str, name: str) -> dict[str, bool]:
     host = current_host()
     async with _changes:
         host.apps.registry.invalidate()
-        full, folder = _app_folder(scope, name)
-        app = host.apps.registry.get(full)
-        keys = [v.key for v in app.versions.values()] if app else []
-        await asyncio.to_thread(remove_tree, folder)
+        missing = ApiError(404, "APP_NOT_FOUND", f"App {scope}/{name} not found")
+        full, app = _installed_app(scope, name, missing)
+        keys = [v.key for v in app.versions.values()]
+        await asyncio.to_thread(remove_tree, app.path)
         host.apps.registry.invalidate()
         await host.apps.stop_keys(keys)
     log.info("removed app %s", full)
@@ -158,14 +164,19 @@ async def delete_version(scope: str, name: str, version: str) -> dict[str, bool]
     host = current_host()
     async with _changes:
         host.apps.registry.invalidate()
-        full, folder = _app_folder(scope, name)
-        app = host.apps.registry.get(full)
-        version = (app.equal_version(version) if app else None) or version
-        if app is None or version not in app.versions:
-            raise ApiError(404, "VERSION_NOT_FOUND", f"App {full} has no version {version}")
+        missing = ApiError(
+            404, "VERSION_NOT_FOUND", f"App {scope}/{name} has no version {version[:100]!r}"
+        )
+        full, app = _installed_app(scope, name, missing)
+        try:
+            version = app.equal_version(version) or version
+        except InvalidVersion:
+            raise missing from None
+        if version not in app.versions:
+            raise missing
         await asyncio.to_thread(remove_tree, app.versions[version].root)
-        if not any(p for p in folder.iterdir() if not p.name.startswith(".")):
-            await asyncio.to_thread(remove_tree, folder)
+        if not any(p for p in app.path.iterdir() if not p.name.startswith(".")):
+            await asyncio.to_thread(remove_tree, app.path)
         host.apps.registry.invalidate()
         await host.apps.stop_keys([f"{full}@{version}"])
     log.info("removed app %s %s", full, version)
