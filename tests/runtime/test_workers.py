@@ -3,6 +3,10 @@
 Simple cases drive the pool in-process with httpx's ASGITransport; streaming, WebSocket
 and broken-connection cases go through a real Hypercorn on a loopback port, because
 ASGITransport buffers whole bodies.
+
+Workers run sandboxed when bwrap is installed (as in CI), unsandboxed otherwise. The
+apps' own `pid` is an id unique to their process (in a sandbox each is PID 1); the process
+ids the runtime sees come from the pool (`spawned`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -21,7 +26,14 @@ from typing import Any
 import httpx
 import pytest
 import wsproto.events as ws_events
-from courtyard.apps.workers import ENV_ALLOW_LIST, AppSettings, WorkerApp, WorkerPool
+from courtyard.apps.workers import (
+    APP_DATA_ENV,
+    ENV_ALLOW_LIST,
+    START_FAILED,
+    AppSettings,
+    WorkerApp,
+    WorkerPool,
+)
 from courtyard_sdk.testing import free_port
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -62,16 +74,44 @@ async def make_pool(tmp_path: Path) -> AsyncIterator[Callable[..., WorkerPool]]:
 
     def make(**options: Any) -> WorkerPool:
         options.setdefault("grace", 1.0)
+        # Sandboxed wherever bwrap is installed; test_sandbox.py covers its absence.
+        options.setdefault("allow_unsandboxed", shutil.which("bwrap") is None)
         pool = WorkerPool(tmp_path / "run", **options)
+        record: list[Any] = []
+        start = pool._spawn
+
+        def spawn(app: WorkerApp) -> Any:
+            worker = start(app)
+            record.append(worker)
+            return worker
+
+        pool._spawn = spawn  # type: ignore[method-assign]
+        pool.spawned = record  # type: ignore[attr-defined]
         pools.append(pool)
         return pool
 
     yield make
     for pool in pools:
-        pids = [s["pid"] for s in pool.stats() if s["pid"]]
         await pool.close()
         assert pool.stats() == []
+        pids = spawned(pool)
         assert not [pid for pid in pids if alive(pid)]
+
+
+def spawned(pool: WorkerPool, key: str | None = None) -> list[int]:
+    """The process ids (as the runtime sees them) of every worker the pool started."""
+    workers = pool.spawned  # type: ignore[attr-defined]
+    return [w.pid for w in workers if w.pid and (key is None or w.app.key == key)]
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid`'s live child processes, their children, and so on."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                found += [int(child), *descendants(int(child))]
+    return found
 
 
 def client(pool: WorkerPool, app: WorkerApp, root_path: str = "") -> httpx.AsyncClient:
@@ -145,7 +185,7 @@ async def test_app_sees_its_root_path_path_query_and_forwarded_headers(apps, mak
     assert not [name for name in headers if name.startswith("x-courtyard")]
     assert "transfer-encoding" not in headers and "content-length" not in headers
     assert seen["cwd"] == str(echo.root) == seen["sys_path0"]
-    assert seen["pid"] != os.getpid()
+    assert spawned(pool) and os.getpid() not in spawned(pool)
 
 
 async def test_a_caller_that_strips_the_prefix_is_passed_through_as_given(apps, make_pool):
@@ -196,10 +236,12 @@ async def test_the_app_sees_only_its_own_environment(apps, make_pool, monkeypatc
     assert "COURTYARD_DATABASE_URL" not in env
     assert "SECRET_TOKEN" not in env
     assert not [value for value in env.values() if "secret" in value]
-    allowed = {*ENV_ALLOW_LIST, "PYTHONUNBUFFERED", "PYTHONPATH", "ECHO_GREETING", "DATABASE_URL"}
-    assert set(env) <= allowed
+    assert env[APP_DATA_ENV] == env["HOME"]
+    allowed = {*ENV_ALLOW_LIST, "PYTHONUNBUFFERED", "PYTHONPATH", APP_DATA_ENV}
+    assert set(env) <= {*allowed, "ECHO_GREETING", "DATABASE_URL"}
     # The process's initial environment, as the kernel holds it, is as clean.
-    environ = Path(f"/proc/{seen['pid']}/environ").read_bytes()
+    (pid,) = spawned(pool)
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
     assert b"secret" not in environ
 
 
@@ -209,7 +251,7 @@ async def test_a_worker_refuses_requests_without_the_pools_secret(apps, make_poo
     echo = make_app(apps, "echo")
     async with client(pool, echo) as http:
         await http.get("/")
-    (path,) = Path(pool._socket_dir or "").glob("*.sock")
+    (path,) = Path(pool._socket_dir or "").glob("*/*.sock")
     transport = httpx.AsyncHTTPTransport(uds=str(path))
     async with httpx.AsyncClient(transport=transport, base_url="http://worker") as direct:
         answer = await direct.get("/", headers={"X-Courtyard-Token": "guess"})
@@ -221,15 +263,18 @@ async def test_sockets_left_by_a_dead_runtime_are_removed(tmp_path, apps, make_p
     run.mkdir()
     dead = await asyncio.create_subprocess_exec("true")
     await dead.wait()
-    stale = run / f"w{dead.pid}-1.sock"
-    stale.touch()
-    mine = run / f"w{os.getpid()}-999999.sock"
-    mine.touch()
+    stale = run / f"w{dead.pid}-1"
+    (stale / "nested").mkdir(parents=True)
+    (stale / "worker.sock").touch()
+    old_style = run / f"w{dead.pid}-2.sock"
+    old_style.touch()
+    mine = run / f"w{os.getpid()}-999999"
+    mine.mkdir()
     pool = make_pool()
     async with client(pool, make_app(apps, "echo")) as http:
         await http.get("/")
     if pool._socket_dir == run:  # else the path was too long and a short folder was used
-        assert not stale.exists()
+        assert not stale.exists() and not old_style.exists()
         assert mine.exists()
 
 
@@ -243,7 +288,7 @@ async def test_a_worker_is_reused_and_reported(apps, make_pool):
     assert len(pids) == 1
     (stats,) = pool.stats()
     assert stats["key"] == "echo@1.0.0"
-    assert stats["pid"] in pids
+    assert [stats["pid"]] == spawned(pool)
     assert stats["requests"] == 6
     assert stats["active"] == 0
     assert stats["age"] >= stats["idle"] >= 0
@@ -263,7 +308,7 @@ async def test_a_crash_answers_502_and_the_next_request_gets_a_new_worker(apps, 
         assert "code 1" in crashed.json()["error"]["message"]
         second = (await http.get("/pid")).json()["pid"]
     assert second != first
-    assert not alive(first)
+    assert not alive(spawned(pool)[0])
 
 
 async def test_a_worker_that_died_while_idle_is_replaced_without_an_error(apps, make_pool):
@@ -271,7 +316,7 @@ async def test_a_worker_that_died_while_idle_is_replaced_without_an_error(apps, 
     echo = make_app(apps, "echo")
     async with client(pool, echo) as http:
         first = (await http.get("/")).json()["pid"]
-        os.kill(first, signal.SIGKILL)  # say, the kernel's OOM killer
+        os.kill(spawned(pool)[0], signal.SIGKILL)  # say, the kernel's OOM killer
         await until(lambda: pool.stats() == [])
         answer = await http.get("/")
     assert answer.status_code == 200
@@ -289,7 +334,7 @@ async def test_a_request_past_its_timeout_answers_504_and_the_worker_is_replaced
         assert blocked.status_code == 504
         assert error_code(blocked) == "APP_TIMEOUT"
         assert 0.9 < took < 3
-        await until(lambda: not alive(first))
+        await until(lambda: not alive(spawned(pool)[0]))
         after = await http.get("/pid")
     assert after.status_code == 200
     assert after.json()["pid"] != first
@@ -310,7 +355,8 @@ async def test_an_app_over_its_memory_limit_dies_alone(apps, make_pool):
     assert rss() - before < 50 * MIB  # the runtime's own memory did not follow
 
 
-async def test_an_app_that_cannot_be_imported_answers_502_app_start_failed(apps, make_pool):
+async def test_an_app_that_cannot_be_imported_answers_502_app_start_failed(apps, make_pool, caplog):
+    caplog.set_level(logging.INFO, "courtyard.apps.workers")
     pool = make_pool()
     broken = make_app(apps, "broken")
     async with client(pool, broken) as http:
@@ -318,9 +364,11 @@ async def test_an_app_that_cannot_be_imported_answers_502_app_start_failed(apps,
         again = await http.get("/")  # from memory for a moment: no restart storm
     assert answer.status_code == 502
     error = answer.json()["error"]
-    assert error["code"] == "APP_START_FAILED"
-    assert "No module named 'courtyard_missing_dependency'" in error["message"]
-    assert len(error["message"]) <= 1000
+    # The client learns nothing of the app: what it printed (a password here) is logged.
+    assert error == {"code": "APP_START_FAILED", "message": START_FAILED}
+    assert "s3cret" not in answer.text
+    assert "No module named 'courtyard_missing_dependency'" in caplog.text
+    assert "s3cret-db-password" in caplog.text
     assert again.json() == answer.json()
     assert pool.stats() == []
 
@@ -331,8 +379,7 @@ async def test_a_bad_entry_answers_502_app_start_failed(apps, make_pool):
     async with client(pool, wrong) as http:
         answer = await http.get("/")
     assert answer.status_code == 502
-    assert error_code(answer) == "APP_START_FAILED"
-    assert "missing" in answer.json()["error"]["message"]
+    assert answer.json()["error"] == {"code": "APP_START_FAILED", "message": START_FAILED}
 
 
 async def test_a_body_over_the_limit_answers_413(apps, make_pool):
@@ -373,8 +420,9 @@ async def test_a_worker_is_recycled_after_max_requests_without_a_pause(apps, mak
     assert pids == sorted(pids, key=[first, second, third].index)  # never back to an old one
     # The successor starts while the worn-out worker serves on: no request waits for it.
     assert slowest < 0.1
-    await until(lambda: [s["pid"] for s in pool.stats()] == [third])
-    assert not alive(first) and not alive(second)
+    old, newest = spawned(pool)[:2], spawned(pool)[2]
+    await until(lambda: [s["pid"] for s in pool.stats()] == [newest])
+    assert not any(alive(pid) for pid in old)
 
 
 async def test_ttl_zero_runs_every_request_in_a_fresh_process(apps, make_pool):
@@ -385,7 +433,7 @@ async def test_ttl_zero_runs_every_request_in_a_fresh_process(apps, make_pool):
         pids = [answer.json()["pid"] for answer in answers]
         pids.append((await http.get("/")).json()["pid"])
     assert len(set(pids)) == 4
-    await until(lambda: pool.stats() == [] and not any(alive(pid) for pid in pids))
+    await until(lambda: pool.stats() == [] and not any(alive(pid) for pid in spawned(pool)))
 
 
 async def test_a_worker_older_than_its_ttl_is_recycled(apps, make_pool):
@@ -396,14 +444,15 @@ async def test_a_worker_older_than_its_ttl_is_recycled(apps, make_pool):
         await asyncio.sleep(0.6)
         second = (await http.get("/")).json()["pid"]
     assert second != first
-    await until(lambda: not alive(first))
+    await until(lambda: not alive(spawned(pool)[0]))
 
 
 async def test_an_idle_worker_is_stopped(apps, make_pool):
     pool = make_pool()
     echo = make_app(apps, "echo", idle_timeout=0.3)
     async with client(pool, echo) as http:
-        pid = (await http.get("/")).json()["pid"]
+        await http.get("/")
+    (pid,) = spawned(pool)
     await until(lambda: pool.stats() == [] and not alive(pid), timeout=3)
 
 
@@ -418,7 +467,7 @@ async def test_stop_app_lets_in_flight_requests_finish(apps, make_pool):
         answer = await pending
     assert answer.status_code == 200
     assert answer.json()["pid"] == pid
-    assert not alive(pid)
+    assert not any(alive(pid) for pid in spawned(pool))
 
 
 # -- the pool-wide cap -------------------------------------------------------------------
@@ -427,13 +476,12 @@ async def test_stop_app_lets_in_flight_requests_finish(apps, make_pool):
 async def test_max_workers_evicts_the_least_recently_used_idle_worker(apps, make_pool):
     pool = make_pool(max_workers=2)
     a, b, c = (make_app(apps, "echo", key=f"echo-{n}@1.0.0") for n in "abc")
-    pids = {}
     for app in (a, b, a, c):
         async with client(pool, app) as http:
-            pids[app.key] = (await http.get("/")).json()["pid"]
+            await http.get("/")
     await until(lambda: sorted(s["key"] for s in pool.stats()) == [a.key, c.key])
-    assert not alive(pids[b.key])
-    assert alive(pids[a.key]) and alive(pids[c.key])
+    assert not alive(*spawned(pool, b.key))
+    assert alive(*spawned(pool, a.key)) and alive(*spawned(pool, c.key))
 
 
 async def test_when_every_worker_is_busy_a_request_waits_then_gets_503(apps, make_pool):
@@ -462,17 +510,20 @@ async def test_close_leaves_no_process_alive(apps, make_pool):
     echo = make_app(apps, "echo")
     faulty = make_app(apps, "faulty")
     async with client(pool, echo) as http:
-        echo_pid = (await http.get("/")).json()["pid"]
+        await http.get("/")
     async with client(pool, faulty) as http:
-        spawned = (await http.get("/spawn")).json()
+        (await http.get("/spawn")).json()
         blocked = asyncio.create_task(http.get("/block"))  # ignores SIGTERM: needs SIGKILL
         await asyncio.sleep(0.3)
+        (faulty_pid,) = spawned(pool, faulty.key)
+        children = descendants(faulty_pid)
+        assert children  # the `sleep` it started
         started = time.monotonic()
         await pool.close()
         assert time.monotonic() - started < 3
         answer = await blocked
     assert answer.status_code == 502
-    for pid in (echo_pid, spawned["pid"], spawned["child"]):
+    for pid in (*spawned(pool), *children):
         await until(lambda pid=pid: not alive(pid), timeout=2)
     assert pool.stats() == []
     async with client(pool, echo) as http:

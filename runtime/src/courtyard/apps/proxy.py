@@ -49,6 +49,12 @@ REPLACED = frozenset(
         ROOT_PATH_HEADER,
     }
 )
+# The caller's credentials for the runtime, and the runtime's internal markers: an app gets
+# them only if its `forward_credentials` setting asks (a key or a session cookie in an
+# app's hands would let it act as the caller on the runtime's own API).
+CREDENTIALS = frozenset(
+    {b"authorization", b"cookie", b"x-api-key", b"x-courtyard-internal", b"x-buntime-internal"}
+)
 WS_HANDSHAKE = frozenset(
     {
         b"host",
@@ -410,8 +416,10 @@ def content_length(scope: Scope) -> int | None:
 
 
 def request_headers(scope: Scope, worker: _Worker) -> list[tuple[bytes, bytes]]:
-    """The caller's headers minus hop-by-hop ones, plus forwarding and private headers."""
+    """The caller's headers minus hop-by-hop ones (and, unless the app asks for them, its
+    credentials), plus forwarding and private headers."""
     headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+    withheld = frozenset() if worker.app.settings.forward_credentials else CREDENTIALS
     named_in_connection = {
         token.strip().lower().encode("latin-1")
         for name, value in headers
@@ -422,7 +430,10 @@ def request_headers(scope: Scope, worker: _Worker) -> list[tuple[bytes, bytes]]:
     out = [
         (name, value)
         for name, value in headers
-        if name not in HOP_BY_HOP and name not in REPLACED and name not in named_in_connection
+        if name not in HOP_BY_HOP
+        and name not in REPLACED
+        and name not in named_in_connection
+        and name not in withheld
     ]
     if not any(name == b"host" for name, _ in out):
         server = scope.get("server")

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from courtyard_sdk import is_valid_name
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError, field_validator
 
+from .config import AppSettings
 from .versions import sort_versions
 
 log = logging.getLogger("courtyard.apps")
-ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A name the runtime's own paths start with: such an app would answer unmatched /api/...
 RESERVED_APP_NAMES = frozenset({"api"})
 VERSION_RE = re.compile(r"[0-9][0-9A-Za-z.+_-]*")
@@ -33,47 +33,22 @@ class InvalidAppName(AppManifestError):
     """The manifest's name is not a valid `[@scope/]name` (a path-traversal attempt)."""
 
 
-class AppConfig(BaseModel):
+class AppConfig(AppSettings):
     """How an app is served: `app.toml` at the top level, or `courtyard` in package.json.
 
-    An app with `entry` is an ASGI application run in worker processes; without it, a
-    static site whose `index` file must exist.
+    An app with `entry` is an ASGI application run in worker processes, with the settings
+    of `AppSettings`; without it, a static site whose `index` file must exist.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     entry: str | None = None
     index: str = "index.html"
     spa: bool = False
-    timeout: float = Field(default=30.0, gt=0)
-    idle_timeout: float = Field(default=300.0, gt=0)
-    ttl: float = Field(default=3600.0, ge=0)
-    max_requests: int = Field(default=1000, ge=1)
-    max_body_size: int = Field(default=10 * 1024**2, ge=0)
-    max_memory_mb: int = Field(default=1024, ge=0)  # 0: no limit
-    env: dict[str, str] = Field(default_factory=dict)
-    public_routes: tuple[str, ...] = ()
 
     @field_validator("entry")
     @classmethod
     def _entry(cls, value: str | None) -> str | None:
         if value is not None and not ENTRY_RE.match(value):
             raise ValueError("must be 'module:attribute', for example 'app:app'")
-        return value
-
-    @field_validator("max_memory_mb")
-    @classmethod
-    def _memory(cls, value: int) -> int:
-        if 0 < value < 16:
-            raise ValueError("must be 0 (no limit) or at least 16")
-        return value
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, text in value.items():
-            if not ENV_NAME_RE.fullmatch(name) or "\0" in text:
-                raise ValueError(f"{name!r} is not a valid environment variable")
         return value
 
     @field_validator("index")

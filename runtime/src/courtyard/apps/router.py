@@ -40,10 +40,28 @@ class AppRequest:
 class AppRouter:
     """Finds the app a path names, resolves its version and serves it."""
 
-    def __init__(self, registry: AppRegistry, runtime_dir: Path, max_workers: int = 16) -> None:
+    def __init__(
+        self,
+        registry: AppRegistry,
+        runtime_dir: Path,
+        max_workers: int = 16,
+        *,
+        app_data_dir: Path | None = None,
+        allow_unsandboxed: bool = False,
+        sandbox_user: str = "nobody",
+    ) -> None:
+        """:param app_data_dir: where the apps' data folders go (see `WorkerPool`).
+        :param allow_unsandboxed: run ASGI apps without a sandbox when there is none.
+        :param sandbox_user: the user sandboxed workers run as when the runtime is root.
+        """
         self.registry = registry
         self._runtime_dir = runtime_dir
         self._max_workers = max_workers
+        self._pool_options = {
+            "app_data_dir": app_data_dir,
+            "allow_unsandboxed": allow_unsandboxed,
+            "sandbox_user": sandbox_user,
+        }
         self._pool: WorkerPool | None = None
 
     def match(self, path: str) -> AppRequest | None:
@@ -102,7 +120,9 @@ class AppRouter:
         if self._pool is None:
             from .workers import WorkerPool
 
-            self._pool = WorkerPool(self._runtime_dir, max_workers=self._max_workers)
+            self._pool = WorkerPool(
+                self._runtime_dir, max_workers=self._max_workers, **self._pool_options
+            )
         return self._pool
 
     async def stop_keys(self, keys: list[str]) -> None:
@@ -120,22 +140,9 @@ class AppRouter:
 
 def worker_app(version: AppVersion) -> WorkerApp:
     """What the worker pool needs to run an ASGI app version."""
-    from .workers import AppSettings, WorkerApp
+    from .workers import WorkerApp
 
     config = version.config
     assert config.entry is not None
-    return WorkerApp(
-        key=version.key,
-        root=version.root,
-        entry=config.entry,
-        settings=AppSettings(
-            timeout=config.timeout,
-            idle_timeout=config.idle_timeout,
-            ttl=config.ttl,
-            max_requests=config.max_requests,
-            max_body_size=config.max_body_size,
-            max_memory_mb=config.max_memory_mb,
-            env=dict(config.env),
-            public_routes=config.public_routes,
-        ),
-    )
+    # An AppConfig is an AppSettings: the worker settings are defined (and checked) once.
+    return WorkerApp(key=version.key, root=version.root, entry=config.entry, settings=config)

@@ -27,14 +27,14 @@ def _locate(version: AppVersion, path: str) -> tuple[Path, bool] | None:
         return None
     root = version.root.resolve()
     candidate = root.joinpath(*parts)
-    folder = candidate.is_dir()
-    if folder:
-        candidate = candidate / version.config.index
-    try:
+    try:  # a name too long for the file system is a file that is not there
+        folder = candidate.is_dir()
+        if folder:
+            candidate = candidate / version.config.index
         real = candidate.resolve(strict=True)
+        if not real.is_file() or (real != root and root not in real.parents):
+            return None
     except OSError:
-        return None
-    if not real.is_file() or (real != root and root not in real.parents):
         return None
     return real, folder
 

@@ -9,6 +9,9 @@ Hypercorn, never the runtime; `-P` keeps this folder off `sys.path`, and the app
 goes first instead. Its environment is the one the pool built (the app's own variables and
 a short allow-list).
 
+In a sandbox (sandbox.py) it is started by `worker_env.py`, which first reads the
+environment from stdin: no variable the app chose is seen by bwrap or setpriv.
+
 The pool talks to it over a unix socket (HTTP/1.1 and WebSocket) and sends, on every
 request, headers that only it can set (they are stripped before the app sees them):
 
@@ -19,7 +22,9 @@ request, headers that only it can set (they are stripped before the app sees the
   the scope. `X-Forwarded-Proto` and the last `X-Forwarded-For` address become the
   scope's `scheme` and `client`.
 
-Lifetime: SIGTERM stops it gracefully (Hypercorn finishes in-flight requests). It also
+Lifetime: SIGTERM stops it gracefully (Hypercorn finishes in-flight requests; before
+Hypercorn runs it ends the process at once, also as the PID 1 of a sandbox, which gets
+only the signals it handles). It also
 exits, killing its whole process group, as soon as its stdin reaches end of file: the
 runtime has gone, however it died (on Linux the kernel's parent-death signal backs this up).
 A `MemoryError` escaping the app ends the process: after one, its state is unknown.
@@ -66,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Read the secret, set the limits, import the app and serve it until told to stop."""
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_at_once)
+    # No bytecode files: under the umask below they would be private to this user, and
+    # written into the runtime's Python installation, whose other readers (sandboxed
+    # workers run as another user) would then compile from source at every start.
+    sys.dont_write_bytecode = True
     os.umask(0o077)  # the socket (and anything the app creates) is private to this user
     token = _read_token()
     _follow_parent()
@@ -178,6 +188,11 @@ def _read_token() -> bytes:
             break
         line += chunk
     return line.strip()
+
+
+def _exit_at_once(signum: int, frame: object) -> None:
+    """SIGTERM before Hypercorn serves (it then handles SIGTERM itself)."""
+    os._exit(128 + signum)
 
 
 def _limit_memory(limit: int) -> None:

@@ -6,13 +6,22 @@ and `path` as it wants the app to see them.
 
 Design
     One worker process per app version (`worker_main.py`, run by the runtime's own Python)
-    imports the app and serves it with Hypercorn on a unix socket in `runtime_dir`. The pool
-    starts it on the first request, waits until the socket accepts, and reuses it (and its
-    keep-alive connections) for the requests that follow. Requests and responses stream both
-    ways with h11, WebSocket sessions are relayed with wsproto: no body sits whole in memory.
-    The worker's environment is the app's own `env` plus a short allow-list, never the
-    runtime's variables. Each worker runs in its own session (process group): stopping it
-    stops whatever it started.
+    imports the app and serves it with Hypercorn on a unix socket in a folder of its own
+    under `runtime_dir`. The pool starts it on the first request, waits until the socket
+    accepts, and reuses it (and its keep-alive connections) for the requests that follow.
+    Requests and responses stream both ways with h11, WebSocket sessions are relayed with
+    wsproto: no body sits whole in memory. The worker's environment is the app's own `env`
+    plus a short allow-list, never the runtime's variables.
+
+Sandbox (sandbox.py)
+    Each worker runs under bubblewrap: it sees its version folder (read-only), its app's
+    data folder under `app_data_dir` (read-write, kept across restarts), its socket folder,
+    a private /tmp and the Python installation, and nothing else of the runtime; a runtime
+    running as root drops it to `sandbox_user`. Without a working bwrap, workers are not
+    started (502 APP_START_FAILED, and one error in the log) unless `allow_unsandboxed`.
+    bwrap leads a session (process group) of its own, the sandboxed worker inside it:
+    SIGTERM goes to the worker itself (it is PID 1 of its namespace, so bwrap would not pass
+    it on), SIGKILL to the whole group; the worker's end takes the rest of the sandbox.
 
 Failures (the body is always `{"error": {"code", "message"}}`)
     - worker crash, before or during a request: 502 APP_CRASHED if the response had not
@@ -21,9 +30,10 @@ Failures (the body is always `{"error": {"code", "message"}}`)
       other in-flight requests end as crashes) and replaced on the next request. A response
       that started but is unfinished at `timeout` is cut off, and the worker is recycled
       (stopped after its other requests) rather than killed: it may just have a slow client.
-    - the worker cannot start (import error, bad entry, exits or hangs before listening):
-      502 APP_START_FAILED with the first lines it printed. Further requests get the same
-      answer for `restart_backoff` seconds, so a broken app cannot fork-bomb the host.
+    - the worker cannot start (import error, bad entry, exits or hangs before listening,
+      no sandbox): 502 APP_START_FAILED with a generic message; what the worker printed
+      goes to the log only (it may hold secrets). Further requests get the same answer for
+      `restart_backoff` seconds, so a broken app cannot fork-bomb the host.
     - a body above `max_body_size`: 413 PAYLOAD_TOO_LARGE, from Content-Length up front or
       by counting streamed bytes.
     - `max_workers` reached: the least recently used idle worker is stopped to make room.
@@ -44,7 +54,13 @@ Limits
 
 Headers added to proxied requests: `X-Forwarded-For` (the caller's client appended),
 `X-Forwarded-Proto`, `X-Forwarded-Host`, and two private ones the worker strips (its secret
-and the root path). Hop-by-hop headers are not forwarded in either direction.
+and the root path). Hop-by-hop headers are not forwarded in either direction, and the
+caller's credentials (`Authorization`, `Cookie`, `X-API-Key`, the internal headers) only to
+an app whose `forward_credentials` is set.
+
+A crash of the runtime loses nothing here: workers die with it (bwrap's parent-death
+signal, and the worker's watch on its stdin), and the sockets they leave are removed by
+the next pool that uses the same `runtime_dir`.
 """
 
 from __future__ import annotations
@@ -53,16 +69,19 @@ import asyncio
 import contextlib
 import importlib.util
 import itertools
+import json
 import logging
 import os
 import secrets
 import shutil
 import signal
 import site
+import socket
+import struct
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -73,6 +92,7 @@ import wsproto.events as ws_events
 import wsproto.utilities
 
 from ..asgi import Receive, Scope, Send
+from .config import AppSettings
 from .proxy import (
     CHUNK,
     WS_HANDSHAKE,
@@ -90,12 +110,20 @@ from .proxy import (
     ws_handshake,
     ws_relay,
 )
+from .sandbox import (
+    DEBIAN_PACKAGE,
+    LAUNCH_ENV,
+    SOCKET_DIR_INSIDE,
+    Sandbox,
+    SandboxUnavailable,
+)
 
 log = logging.getLogger("courtyard.apps.workers")
 State = Literal["starting", "ready", "retiring", "stopping", "dead"]
 
 
 WORKER_MAIN = Path(__file__).with_name("worker_main.py")
+WORKER_ENV = Path(__file__).with_name("worker_env.py")  # a sandboxed worker's first step
 
 # Variables a worker inherits from the runtime: what Python and common libraries need to
 # run, nothing that could hold a secret. Everything else comes from the app's own `env`.
@@ -118,58 +146,10 @@ _MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux, 103 o
 _IDLE_CONNECTIONS = 32  # kept-alive connections per worker (each is a file descriptor)
 _OUTPUT_HEAD_LINES = 20
 _OUTPUT_HEAD_CHARS = 4000
-_FAILURE_LINES = 1  # of that, what an APP_START_FAILED message shows (the rest is logged)
-_FAILURE_CHARS = 1000
-
-
-@dataclass(frozen=True)
-class AppSettings:
-    """How one app's workers run. Durations are in seconds.
-
-    :ivar timeout: for one request, until its response is complete; past it 504 APP_TIMEOUT
-        and the worker is killed. For a WebSocket, the handshake only.
-    :ivar idle_timeout: a worker idle this long is stopped.
-    :ivar ttl: a worker older than this is recycled (a successor starts; it retires once
-        that one is ready and its own requests are done); 0 starts a fresh process for
-        every request and stops it after.
-    :ivar max_requests: a worker is recycled, as for `ttl`, after serving this many.
-    :ivar max_body_size: a request body above it (bytes) is refused with 413.
-    :ivar max_memory_mb: the worker's address-space limit (RLIMIT_AS); 0 for none.
-    :ivar env: the app's own environment variables, the only ones it gets besides
-        `ENV_ALLOW_LIST`.
-    :ivar public_routes: stored for the auth layer; no effect here.
-    """
-
-    timeout: float = 30.0
-    idle_timeout: float = 300.0
-    ttl: float = 3600.0
-    max_requests: int = 1000
-    max_body_size: int = 10 * 1024**2
-    max_memory_mb: int = 1024
-    env: Mapping[str, str] = field(default_factory=dict, hash=False)
-    public_routes: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not self.timeout > 0:
-            problems.append("timeout must be > 0")
-        if not self.idle_timeout > 0:
-            problems.append("idle_timeout must be > 0")
-        if not self.ttl >= 0:
-            problems.append("ttl must be >= 0")
-        if self.max_requests < 1:
-            problems.append("max_requests must be >= 1")
-        if self.max_body_size < 0:
-            problems.append("max_body_size must be >= 0")
-        if self.max_memory_mb < 0:
-            problems.append("max_memory_mb must be >= 0")
-        for name, value in self.env.items():
-            if not (isinstance(name, str) and isinstance(value, str)):
-                problems.append(f"env {name!r}: names and values must be strings")
-            elif not name or "=" in name or "\0" in name or "\0" in value:
-                problems.append(f"env {name!r}: not a valid variable")
-        if problems:
-            raise ValueError("; ".join(problems))
+# What a client learns of a start failure: never the worker's output (it may hold secrets).
+START_FAILED = "The app could not start; the server's log says why"
+SOCKET_NAME = "worker.sock"
+APP_DATA_ENV = "COURTYARD_APP_DATA"
 
 
 @dataclass(frozen=True)
@@ -191,15 +171,24 @@ class WorkerApp:
         if not module or not attr:
             raise ValueError(f"entry {self.entry!r} is not of the form module:attr")
 
+    @property
+    def name(self) -> str:
+        """The app's name: the key without its version ("@acme/shop")."""
+        return self.key.rpartition("@")[0] or self.key
+
 
 class _Worker:
     """One worker process and what the pool knows about it."""
 
-    def __init__(self, app: WorkerApp, socket_path: Path) -> None:
+    def __init__(self, app: WorkerApp, socket_dir: Path) -> None:
         self.app = app
-        self.socket_path = socket_path
+        self.socket_dir = socket_dir  # the worker's own: the only one its sandbox sees
+        self.socket_path = socket_dir / SOCKET_NAME
         self.token = secrets.token_hex(16).encode()
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: asyncio.subprocess.Process | None = None  # bwrap, when sandboxed
+        self.sandboxed = False
+        self.app_pid: int | None = None  # the sandboxed worker's pid, as the host sees it
+        self.foreign_socket = False  # its socket led to another process (logged once)
         self.state: State = "starting"
         self.started = time.monotonic()
         self.last_used = self.started
@@ -215,7 +204,9 @@ class _Worker:
 
     @property
     def pid(self) -> int | None:
-        """The process id, once started."""
+        """The worker's process id (as the runtime sees it), once started."""
+        if self.app_pid is not None:
+            return self.app_pid
         return None if self.process is None else self.process.pid
 
     @property
@@ -262,6 +253,12 @@ class WorkerPool:
     :param start_timeout: how long a worker may take to import its app and listen.
     :param grace: how long a stopping worker gets after SIGTERM before SIGKILL.
     :param restart_backoff: how long a start failure is answered from memory.
+    :param app_data_dir: where each app's data folder goes (`<app_data_dir>/<name>/`);
+        default: `app-data` beside `runtime_dir`.
+    :param allow_unsandboxed: without a working sandbox, run workers unsandboxed (as the
+        runtime's user, seeing what it sees) instead of refusing to start them.
+    :param sandbox_user: the user sandboxed workers run as when the runtime is root.
+    :param bwrap: the bubblewrap command (looked up on PATH) or its path.
     """
 
     def __init__(
@@ -273,6 +270,10 @@ class WorkerPool:
         start_timeout: float = 30.0,
         grace: float = 5.0,
         restart_backoff: float = 1.0,
+        app_data_dir: Path | None = None,
+        allow_unsandboxed: bool = False,
+        sandbox_user: str = "nobody",
+        bwrap: str = "bwrap",
     ) -> None:
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1")
@@ -282,6 +283,13 @@ class WorkerPool:
         self.start_timeout = start_timeout
         self.grace = grace
         self.restart_backoff = restart_backoff
+        self.app_data_dir = (
+            Path(app_data_dir) if app_data_dir is not None else self.runtime_dir.parent / "app-data"
+        )
+        self.allow_unsandboxed = allow_unsandboxed
+        self.sandbox_user = sandbox_user
+        self.bwrap = bwrap
+        self._sandbox_checked: asyncio.Future[Sandbox | None] | None = None
         self._workers: dict[str, list[_Worker]] = {}
         self._failures: dict[str, tuple[float, str]] = {}  # key -> (until, message)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -634,7 +642,7 @@ class WorkerPool:
             self._changed = None
 
     def _spawn(self, app: WorkerApp) -> _Worker:
-        worker = _Worker(app, self._socket_path())
+        worker = _Worker(app, self._socket_folder())
         self._workers.setdefault(app.key, []).append(worker)
         self._background(self._start(worker))
         if self._sweeper is None or self._sweeper.done():
@@ -644,12 +652,32 @@ class WorkerPool:
     async def _start(self, worker: _Worker) -> None:
         """Start the process, wait until it listens; settle `worker.ready` either way."""
         app = worker.app
-        command = [
+        try:
+            sandbox = await self._sandbox_for_workers()
+            parts = app.name.split("/")
+            if app.name.startswith("/") or {"", ".", ".."} & set(parts):
+                raise OSError(f"{app.name!r} cannot name a data folder")
+            data = self.app_data_dir.joinpath(*parts)
+            if sandbox is not None:
+                sandbox.prepare_folder(worker.socket_dir)
+                sandbox.prepare_folder(data)
+            else:
+                worker.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except Refusal as refusal:
+            self._start_failed(worker, refusal)
+            return
+        except OSError as exc:
+            log.error("%s: cannot prepare the worker's folders: %s", app.key, exc)
+            self._start_failed(worker, Refusal(502, "APP_START_FAILED", START_FAILED))
+            return
+        listen_at = SOCKET_DIR_INSIDE + "/" + SOCKET_NAME if sandbox else str(worker.socket_path)
+        argv = [
             sys.executable,
             "-P",
             str(WORKER_MAIN),
             "--socket",
-            str(worker.socket_path),
+            listen_at,
             "--root",
             str(app.root),
             "--entry",
@@ -659,6 +687,32 @@ class WorkerPool:
             "--graceful-timeout",
             str(self.grace),
         ]
+        env = self._environment(app, data, sandboxed=sandbox is not None)
+        stdin = worker.token + b"\n"  # the secret, never in argv or env
+        info_read = info_write = -1
+        if sandbox is None:
+            command, launch_env, pass_fds = argv, env, ()
+            if not app.settings.network:
+                log.warning("%s: network = false is not enforced without the sandbox", app.key)
+        else:
+            # A first, isolated interpreter (-I -S: no environment, no site-packages) reads
+            # the app's environment on stdin and starts the worker with it: bwrap and
+            # setpriv never see a variable the app chose.
+            argv[1:2] = ["-I", "-S", str(WORKER_ENV)]
+            blob = json.dumps(env).encode()
+            stdin = b"%d\n" % len(blob) + blob + stdin
+            info_read, info_write = os.pipe()
+            command = sandbox.command(
+                argv,
+                socket_dir=worker.socket_dir,
+                root=app.root,
+                data=data,
+                network=app.settings.network,
+                size_mb=app.settings.max_memory_mb,
+                info_fd=info_write,
+            )
+            launch_env, pass_fds = LAUNCH_ENV, (info_write,)
+            worker.sandboxed = True
         try:
             process = await asyncio.create_subprocess_exec(
                 *command,
@@ -666,22 +720,26 @@ class WorkerPool:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=app.root,
-                env=self._environment(app),
+                env=launch_env,
                 start_new_session=True,
+                pass_fds=pass_fds,
             )
         except OSError as exc:
-            worker.state = "dead"
-            self._forget(worker)
-            worker.exited.set()
-            worker.ready.set_exception(
-                Refusal(502, "APP_START_FAILED", f"Cannot start a worker: {exc}")
-            )
+            log.error("%s: cannot start a worker: %s", app.key, exc)
+            if info_read >= 0:
+                os.close(info_read)
+            self._start_failed(worker, Refusal(502, "APP_START_FAILED", START_FAILED))
             return
+        finally:
+            if info_write >= 0:
+                os.close(info_write)
         worker.process = process
         assert process.stdin is not None
-        process.stdin.write(worker.token + b"\n")  # the secret, never in argv or env
+        process.stdin.write(stdin)
         self._background(self._read_output(worker))
         self._background(self._watch(worker))
+        if info_read >= 0:
+            worker.app_pid = await _child_pid(info_read)
         if worker.state == "stopping":  # close() or stop_app() came first
             _signal_group(process.pid, signal.SIGKILL)
         try:
@@ -694,25 +752,86 @@ class WorkerPool:
             return
         if worker.state == "starting":
             worker.state = "ready"
-        log.info("%s: worker %d ready in %.2f s", app.key, process.pid, _since(worker.started))
+        log.info("%s: worker %d ready in %.2f s", app.key, worker.pid, _since(worker.started))
         worker.ready.set_result(None)
+
+    def _start_failed(self, worker: _Worker, refusal: Refusal) -> None:
+        """Settle a worker that never got a process."""
+        worker.state = "dead"
+        self._forget(worker)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(worker.socket_dir)
+        worker.exited.set()
+        if refusal.code == "APP_START_FAILED":
+            until = time.monotonic() + self.restart_backoff
+            self._failures[worker.app.key] = (until, refusal.message)
+        worker.ready.set_exception(refusal)
+        self._notify()
+
+    async def _sandbox_for_workers(self) -> Sandbox | None:
+        """The sandbox new workers run in; None to run them unsandboxed (allowed by the
+        operator). Found and tested once, on the first start.
+
+        :raises Refusal: 502 APP_START_FAILED when there is no sandbox and none may be
+            skipped.
+        """
+        if self._sandbox_checked is None:
+            self._sandbox_checked = task = asyncio.ensure_future(self._find_sandbox())
+            self._tasks.add(task)  # close() waits for it
+            task.add_done_callback(self._task_done)
+        sandbox = await asyncio.shield(self._sandbox_checked)
+        if sandbox is None and not self.allow_unsandboxed:
+            raise Refusal(502, "APP_START_FAILED", START_FAILED)
+        return sandbox
+
+    async def _find_sandbox(self) -> Sandbox | None:
+        try:
+            extra = [str(WORKER_MAIN), str(WORKER_ENV)]
+            extra += filter(None, self._python_path.split(os.pathsep))
+            protect = [self.runtime_dir, self.app_data_dir]
+            sandbox = Sandbox.locate(self.bwrap, self.sandbox_user, extra, protect)
+            await sandbox.self_test()
+        except (SandboxUnavailable, OSError) as exc:
+            if self.allow_unsandboxed:
+                log.warning(
+                    "app workers run UNSANDBOXED (apps_allow_unsandboxed = true), as the "
+                    "runtime's own user: every app can read and change what the runtime "
+                    "can. No sandbox: %s",
+                    exc,
+                )
+            else:
+                log.error(
+                    "app workers cannot start: no sandbox (%s). Install the Debian package "
+                    "%s (apt-get install %s), or set apps_allow_unsandboxed = true to run "
+                    "ASGI apps unsandboxed (then apps:install equals admin).",
+                    exc,
+                    DEBIAN_PACKAGE,
+                    DEBIAN_PACKAGE,
+                )
+            return None
+        log.info(
+            "app workers are sandboxed with %s%s",
+            sandbox.bwrap,
+            f" as uid {sandbox.user[0]}" if sandbox.user else "",
+        )
+        return sandbox
 
     async def _wait_until_listening(self, worker: _Worker) -> None:
         deadline = worker.started + self.start_timeout
         delay = 0.005
         while not worker.exited.is_set() and worker.state != "stopping":
             try:
-                reader, writer = await asyncio.open_unix_connection(worker.socket_path, limit=CHUNK)
-            except (FileNotFoundError, ConnectionRefusedError):
+                connection = await self._open(worker)
+            except OSError:  # not listening yet (or not its socket: see _open)
                 pass
             else:
-                worker.connections.append(Connection(reader, writer))
+                worker.connections.append(connection)
                 return
             if time.monotonic() > deadline:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(worker.exited.wait(), delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, 0.02)
         if worker.state == "stopping":
             raise Refusal(503, "NOT_READY", "The app's worker was stopped while starting")
         if not worker.exited.is_set():
@@ -728,10 +847,9 @@ class WorkerPool:
             worker.app.key,
             worker.pid,
             why,
-            worker.output_head(),
+            worker.output_head() or "(it printed nothing)",
         )
-        head = worker.output_head(_FAILURE_LINES)[:_FAILURE_CHARS]
-        raise Refusal(502, "APP_START_FAILED", head or f"The app's worker {why}")
+        raise Refusal(502, "APP_START_FAILED", START_FAILED)
 
     async def _read_output(self, worker: _Worker) -> None:
         """Log what the worker prints, keeping the first lines; never let the pipe fill."""
@@ -769,7 +887,7 @@ class WorkerPool:
         worker.state = "dead"
         worker.close_connections()
         with contextlib.suppress(OSError):
-            worker.socket_path.unlink()
+            shutil.rmtree(worker.socket_dir)
         self._forget(worker)
         worker.exited.set()
         self._notify()
@@ -803,7 +921,10 @@ class WorkerPool:
         if worker.process is None:  # still being spawned: _start kills it
             await worker.exited.wait()
             return
-        _signal_group(worker.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        if kill:
+            _signal_group(worker.process.pid, signal.SIGKILL)
+        else:
+            _terminate(worker)
         try:
             await asyncio.wait_for(worker.exited.wait(), self.grace)
         except TimeoutError:
@@ -835,9 +956,31 @@ class WorkerPool:
                 return connection
             connection.close()
         try:
-            reader, writer = await asyncio.open_unix_connection(worker.socket_path, limit=CHUNK)
+            return await self._open(worker)
         except OSError as exc:
             raise WorkerGone(f"cannot connect: {exc}") from exc
+
+    async def _open(self, worker: _Worker) -> Connection:
+        """A new connection to the worker's socket, checked to be the worker's own.
+
+        The socket's folder is writable by the app: it could put there a link to another
+        program's socket (a database's, a container engine's) for the runtime to relay
+        requests to. The peer's process id, from the kernel, must be the worker's.
+        """
+        reader, writer = await asyncio.open_unix_connection(worker.socket_path, limit=CHUNK)
+        peer = _peer_pid(writer)
+        if peer is not None and peer != worker.pid:
+            writer.close()
+            if not worker.foreign_socket:  # once: a start polls every few milliseconds
+                worker.foreign_socket = True
+                log.error(
+                    "%s: the socket of worker %s leads to process %s: refused (the app may "
+                    "have replaced it)",
+                    worker.app.key,
+                    worker.pid,
+                    peer,
+                )
+            raise ConnectionRefusedError(f"the socket is not worker {worker.pid}'s")
         return Connection(reader, writer)
 
     async def _crash(self, worker: _Worker, exc: BaseException) -> Refusal:
@@ -857,20 +1000,24 @@ class WorkerPool:
         log.warning("%s: %s", worker.app.key, why)
         return Refusal(502, "APP_CRASHED", why)
 
-    def _environment(self, app: WorkerApp) -> dict[str, str]:
+    def _environment(self, app: WorkerApp, data: Path, sandboxed: bool) -> dict[str, str]:
         env = {name: os.environ[name] for name in ENV_ALLOW_LIST if name in os.environ}
         env.setdefault("PATH", os.defpath)
         env["PYTHONUNBUFFERED"] = "1"  # the app's prints reach the log as they happen
+        env[APP_DATA_ENV] = env["HOME"] = str(data)  # the one place it may write to keep
+        if sandboxed:
+            env["TMPDIR"] = "/tmp"  # its private one
         env.update(app.settings.env)
         if self._python_path:
             own = app.settings.env.get("PYTHONPATH")
             env["PYTHONPATH"] = os.pathsep.join(p for p in (own, self._python_path) if p)
         return env
 
-    def _socket_path(self) -> Path:
+    def _socket_folder(self) -> Path:
+        """A new worker's own socket folder (created when it starts)."""
         if self._socket_dir is None:
             folder = self.runtime_dir
-            probe = folder / f"w{os.getpid()}-{10**6}.sock"
+            probe = folder / f"w{os.getpid()}-{10**6}" / SOCKET_NAME
             if len(os.fsencode(probe)) > _MAX_SOCKET_PATH:
                 folder = Path(tempfile.mkdtemp(prefix="courtyard-"))
                 self._own_socket_dir = True
@@ -878,7 +1025,7 @@ class WorkerPool:
             folder.chmod(0o700)
             _remove_stale_sockets(folder)
             self._socket_dir = folder
-        return self._socket_dir / f"w{os.getpid()}-{next(self._numbers)}.sock"
+        return self._socket_dir / f"w{os.getpid()}-{next(self._numbers)}"
 
     def _background(self, coroutine: Awaitable[Any]) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coroutine)
@@ -900,9 +1047,52 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+def _terminate(worker: _Worker) -> None:
+    """Ask a worker to stop (SIGTERM): Hypercorn finishes its requests, then exits."""
+    assert worker.process is not None
+    if not worker.sandboxed:
+        _signal_group(worker.process.pid, signal.SIGTERM)
+    elif worker.app_pid is not None:
+        # To the worker itself: bwrap passes no signal on, and would die of this one.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(worker.app_pid, signal.SIGTERM)
+    else:  # its pid is not known yet: it has not started serving either
+        _signal_group(worker.process.pid, signal.SIGKILL)
+
+
+async def _child_pid(fd: int) -> int | None:
+    """The host's pid of the sandboxed process, from bwrap's --info-fd (None if bwrap
+    failed before starting it)."""
+
+    def read() -> bytes:
+        data = b""
+        with os.fdopen(fd, "rb") as pipe:
+            while len(data) < 65536 and (chunk := pipe.read1(4096)):
+                data += chunk
+        return data
+
+    try:
+        info = json.loads(await asyncio.to_thread(read) or b"{}")
+        pid = info.get("child-pid")
+    except (ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) and pid > 0 else None
+
+
+def _peer_pid(writer: asyncio.StreamWriter) -> int | None:
+    """The process id of a unix socket's listener, as the kernel reports it (Linux)."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, _uid, _gid = struct.unpack("3i", creds)
+    return int(pid) or None
+
+
 def _remove_stale_sockets(folder: Path) -> None:
-    """Delete sockets left by runtimes that died without `close()` (named w<pid>-<n>)."""
-    for path in folder.glob("w*-*.sock"):
+    """Delete socket folders (and sockets) left by runtimes that died without `close()`
+    (named w<pid>-<n>)."""
+    for path in folder.glob("w*-*"):
         pid = path.name[1:].split("-", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
@@ -910,7 +1100,10 @@ def _remove_stale_sockets(folder: Path) -> None:
             os.kill(int(pid), 0)
         except ProcessLookupError:
             with contextlib.suppress(OSError):
-                path.unlink()
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         except PermissionError:
             pass  # another user's live process
 
@@ -936,4 +1129,11 @@ def _worker_python_path() -> str:
     return os.pathsep.join(folders)
 
 
-__all__ = ["ENV_ALLOW_LIST", "AppSettings", "WorkerApp", "WorkerPool"]
+__all__ = [
+    "APP_DATA_ENV",
+    "ENV_ALLOW_LIST",
+    "START_FAILED",
+    "AppSettings",
+    "WorkerApp",
+    "WorkerPool",
+]
