@@ -6,6 +6,8 @@ import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from .redaction import redact
+
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -36,8 +38,9 @@ async def send_json(
 async def send_error(
     send: Send, status: int, code: str, message: str, headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
-    """Send the error envelope `{"error": {"code", "message"}}`."""
-    await send_json(send, status, {"error": {"code": code, "message": message}}, headers)
+    """Send the error envelope `{"error": {"code", "message"}}` (the message redacted:
+    it may quote the request's path)."""
+    await send_json(send, status, {"error": {"code": code, "message": redact(message)}}, headers)
 
 
 def header(scope: Scope, name: bytes) -> str | None:

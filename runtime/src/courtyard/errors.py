@@ -1,21 +1,53 @@
-"""Every error answered as `{"error": {"code", "message"}}`: no HTML, no stack traces."""
+"""Every error answered as `{"error": {"code", "message"}}`: no HTML, no stack traces.
+
+Messages are redacted (redaction.py): a secret sent in a URL never comes back in one.
+
+A safety net turns what a client's malformed request data makes the parsers raise
+(`UnicodeDecodeError` for bytes that are not UTF-8, `RecursionError` for JSON nested too
+deeply, `OSError` "File name too long" for a name no file system takes) into 400 answers
+rather than 500s; the routes should refuse such data themselves first.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
+from collections.abc import Mapping
+from types import TracebackType
 
 from courtyard_sdk import ApiError
 from quart import Quart, Response, jsonify
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
+from .redaction import redact
+
 log = logging.getLogger("courtyard.errors")
 
+# Modules that read and decode request data: an error raised through one of them came
+# from what the client sent (json: the standard library's decoder, which Quart uses).
+PARSING_MODULES = (
+    "json",
+    "quart.json",
+    "quart.wrappers.request",
+    "quart.formparser",
+    "quart_schema",
+    "werkzeug.formparser",
+    "werkzeug.sansio.multipart",
+    "werkzeug.datastructures",
+    "werkzeug.urls",
+    "urllib.parse",
+)
 
-def error_response(status: int, code: str, message: str) -> Response:
-    """The documented error body with `status`."""
-    response = jsonify({"error": {"code": code, "message": message}})
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """The documented error body with `status` (its message redacted)."""
+    response = jsonify({"error": {"code": code, "message": redact(message)}})
     response.status_code = status
+    if headers:
+        response.headers.update(headers)
     return response
 
 
@@ -24,12 +56,39 @@ def _code(exc: HTTPException) -> str:
     return (exc.name or "error").upper().replace(" ", "_").replace("'", "")
 
 
+def _through_parsing(traceback: TracebackType | None) -> bool:
+    """Whether a traceback passes through code that reads request data."""
+    while traceback is not None:
+        module = traceback.tb_frame.f_globals.get("__name__", "")
+        if any(module == m or module.startswith(m + ".") for m in PARSING_MODULES):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+def bad_request_data(exc: BaseException) -> ApiError | None:
+    """The 400 answer to an exception that malformed request data caused, if it is one.
+
+    A name too long for the file system can only have come from the request; the other
+    two only count when raised while request data was being parsed, so that a bug
+    elsewhere still answers 500 and is logged.
+    """
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return ApiError(400, "NAME_TOO_LONG", "a name in the request is too long")
+    if isinstance(exc, UnicodeDecodeError) and _through_parsing(exc.__traceback__):
+        return ApiError(400, "INVALID_ENCODING", "the request data is not valid UTF-8")
+    if isinstance(exc, RecursionError) and _through_parsing(exc.__traceback__):
+        return ApiError(400, "NESTED_TOO_DEEPLY", "the request data is nested too deeply")
+    return None
+
+
 def install(app: Quart) -> None:
     """Register the handlers that turn every exception into the error envelope."""
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
-        response = error_response(exc.status, exc.code, exc.message)
+        # An ApiError may carry headers (Retry-After on a 429, say).
+        response = error_response(exc.status, exc.code, exc.message, getattr(exc, "headers", None))
         if exc.status == 401:  # RFC 9110: a 401 names the scheme to authenticate with
             response.headers["WWW-Authenticate"] = 'Bearer realm="courtyard"'
         return response
@@ -47,5 +106,8 @@ def install(app: Quart) -> None:
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
+        if (refusal := bad_request_data(exc)) is not None:
+            log.info("refused malformed request data (%s)", type(exc).__name__)
+            return error_response(refusal.status, refusal.code, refusal.message)
         log.exception("unhandled error")
         return error_response(500, "INTERNAL_ERROR", "internal server error")

@@ -12,6 +12,9 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
 from .host import Host
+from .limits import RequestLimits, served_by_app
+from .redaction import install_log_redaction
+from .services.credentials import check_secrets
 from .services.exposure import check_before_bind
 from .settings import Settings
 
@@ -31,6 +34,11 @@ def hypercorn_config(settings: Settings) -> Config:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.accesslog = None
     config.graceful_timeout = settings.drain_timeout
+    # Hypercorn's own `read_timeout` is left unset on purpose: it counts any silence of the
+    # client, also once its request is complete, and so would end every event stream and
+    # WebSocket whose client listens quietly for that long. `read_timeout` is applied to
+    # request bodies instead (limits.py); a request head must arrive within
+    # `keep_alive_timeout` (5 s) of the connection opening, which Hypercorn enforces.
     return config
 
 
@@ -53,8 +61,11 @@ async def serve(settings: Settings) -> None:
 
     :raises StartupError: when the first generation cannot be built, or when the server
         would listen beyond loopback without authentication (nor `insecure`).
+    :raises SettingsError: a plugin credential's secret is too short (nor `insecure`).
     """
     keep_environment_private()
+    install_log_redaction()  # no secret sent in a URL reaches the log
+    check_secrets(settings)  # plugin secrets too short to resist guessing refuse the start
     await check_before_bind(settings)  # never listen beyond loopback while open
     host = Host(settings)
     stop = asyncio.Event()
@@ -68,6 +79,8 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(signum, request_stop)
     host.on_fatal = stop.set
     log.info("courtyard serving on http://%s", bind_address(settings.host, settings.port))
-    await hypercorn_serve(host, hypercorn_config(settings), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    # Every HTTP request passes the request limits first (limits.py).
+    app = RequestLimits(host, settings, for_app=served_by_app(host))
+    await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
     if host.startup_error is not None:
         raise StartupError(str(host.startup_error))

@@ -45,11 +45,20 @@ def is_permission(text: str) -> bool:
     return _PERMISSION.fullmatch(text) is not None
 
 
+# Permissions `*:action` does not grant: reading the audit log shows who did what, which
+# the holders of `*:read` (the `viewer` and `editor` roles) have no need to see. They are
+# granted by `*`, `area:*` or by name only.
+NOT_BY_ANY_AREA = frozenset({"audit:read"})
+
+
 def grants(held: Iterable[str], wanted: str) -> bool:
     """Whether the permissions `held` include `wanted` (`*`, `area:*` and `*:action` are
-    wildcards)."""
+    wildcards; `*:action` grants none of `NOT_BY_ANY_AREA`)."""
     area, _, action = wanted.partition(":")
-    accepted = ("*", wanted, f"{area}:*", f"*:{action}")
+    if wanted in NOT_BY_ANY_AREA:
+        accepted: tuple[str, ...] = ("*", wanted, f"{area}:*")
+    else:
+        accepted = ("*", wanted, f"{area}:*", f"*:{action}")
     return any(permission in accepted for permission in held)
 
 

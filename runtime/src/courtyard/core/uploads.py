@@ -47,6 +47,9 @@ async def received_archive(parent: Path, settings: Settings) -> AsyncIterator[Pa
         refusal of the archive's content.
     """
     bounds = limits(settings)
+    # Served by `courtyard serve`, the request limits (limits.py) stop the body at the
+    # limit while it streams, before the multipart parser spools it; the checks here
+    # hold wherever the runtime is served without them (in-process tests, say).
     if (request.content_length or 0) > bounds.max_archive_bytes:
         raise _too_large(bounds.max_archive_bytes)
     try:

@@ -50,7 +50,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlmodel import Field
 
+from ..limits import REFUSED
 from ..logs import request_id
+from ..redaction import redact
 from ..security import STATE_CHANGING
 
 if TYPE_CHECKING:
@@ -176,7 +178,8 @@ def _caller() -> dict[str, Any]:
         "tenant": _text(identity.tenant_id, 128),
         "request_id": None if rid == "-" else _text(rid, 128),
         "method": method,
-        "path": _text(current.path, 4096),
+        # A credential sent in the path (`DELETE /api/keys/cyk_...`) is not recorded.
+        "path": _text(redact(current.path), 4096),
         "route": current.url_rule.rule if current.url_rule is not None else None,
     }
 
@@ -488,7 +491,7 @@ class RequestAudit:
     raises; but not when the client goes away (the handler is cancelled), nor when an
     after-request function raises a second time while the 500 is finalised. The teardown
     function, which always runs, records those: status 499 for a client that went away,
-    500 otherwise.
+    the request limits' answer (413, 408, 503) for a body they stopped, 500 otherwise.
     """
 
     def __init__(self, audit: AuditLog, app: Quart) -> None:
@@ -524,7 +527,11 @@ class RequestAudit:
     async def teardown(self, exc: BaseException | None) -> None:
         """Record a mutating request that `after` never saw."""
         if request.method in STATE_CHANGING and _AUDITED not in g:
-            status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else 500
+            # The request limits (limits.py) answered while the body arrived: the route
+            # was stopped as if the client had gone, but the client got that answer.
+            status = request.scope.get(REFUSED)
+            if status is None:
+                status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else 500
             self._audit.add_nowait(self._entry(status))
 
 
@@ -584,7 +591,7 @@ def event_entry(
         "plugin": plugin,
         "status": None,
         "action": _text(action, MAX_ACTION),
-        "target": _text(target, MAX_TARGET),
+        "target": None if target is None else _text(redact(target), MAX_TARGET),
         "details": details,
     }
 

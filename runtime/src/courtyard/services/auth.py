@@ -17,6 +17,10 @@ whether one exists is read from the database once a second, in the background (n
 request waits for it; a change this process makes is read at once), and taken as "yes"
 when it cannot be read (fail closed). A key itself is looked up on every request that
 presents one: revoking it takes effect at once.
+
+Failed authentications are counted per client address (throttle.py): past
+`auth_failures_per_minute`, a presented credential is refused with 429 before it is
+checked.
 """
 
 from __future__ import annotations
@@ -33,12 +37,14 @@ from typing import TYPE_CHECKING
 
 from courtyard_sdk import ApiError, Manifest
 from courtyard_sdk.identity import ANONYMOUS, OPEN, Identity, grants
+from quart import has_request_context, has_websocket_context, request, websocket
 
 from . import credentials as plugin_credentials
 from . import tokens
 from .credentials import NO_CREDENTIALS, CredentialSet, PluginCredential
 from .keys import KeyInfo, KeyStore, is_key_id, looks_like_key, now
 from .roles import Roles
+from .throttle import FailureThrottle
 from .tokens import TokenVerifier, is_loopback_host
 
 if TYPE_CHECKING:
@@ -48,7 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("courtyard.auth")
 
 FLAG_TTL = 1.0  # seconds a read of "is there an active key?" is trusted
-INVALID_KEY = "Invalid or missing API key"  # seed 001's wording
+INVALID_KEY = "Invalid or missing API key"  # runqy's wording
 _DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_LIFETIME = timedelta(days=3650)
@@ -105,6 +111,38 @@ def presented_secret(headers: Mapping[str, str]) -> str | None:
     return bearer or api_key
 
 
+def _presents_credential(headers: Mapping[str, str]) -> bool:
+    """Whether `headers` carry `Authorization` or `X-API-Key` (one pass, as above)."""
+    for name, _ in headers.items():  # werkzeug Headers iterate as pairs
+        if (len(name) == 13 and name.lower() == "authorization") or (
+            len(name) == 9 and name.lower() == "x-api-key"
+        ):
+            return True
+    return False
+
+
+class Throttled(ApiError):
+    """429 `RATE_LIMIT_EXCEEDED`: too many failed authentications from one address. Its
+    `headers` (Retry-After) go on the answer (errors.py)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            429,
+            "RATE_LIMIT_EXCEEDED",
+            f"too many failed authentications from this address; retry in {retry_after} s",
+        )
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+def client_address() -> str | None:
+    """The address of the client of the current request or WebSocket, if any."""
+    if has_request_context():
+        return request.remote_addr
+    if has_websocket_context():
+        return websocket.remote_addr
+    return None
+
+
 class Auth:
     """The runtime's auth service; see the module docstring."""
 
@@ -123,6 +161,7 @@ class Auth:
         self._fresh_until = -math.inf
         self._lock = asyncio.Lock()
         self._refreshing: asyncio.Task[bool] | None = None
+        self.failures = FailureThrottle(settings.auth_failures_per_minute)
 
     async def start(self) -> None:
         """Read the JWKS and whether keys exist (the tables are up to date by now)."""
@@ -181,25 +220,41 @@ class Auth:
     # Identifying -------------------------------------------------------------------------
 
     async def identify(
-        self, headers: Mapping[str, str], credentials: CredentialSet = NO_CREDENTIALS
+        self,
+        headers: Mapping[str, str],
+        credentials: CredentialSet = NO_CREDENTIALS,
+        client: str | None = None,
     ) -> Identity:
         """The identity of a request with `headers`.
 
         No credential: `ANONYMOUS` while auth is enabled, else `OPEN`. A valid credential:
-        its identity. A bad one: refused while auth is enabled; ignored (`OPEN`) while the
-        runtime is open.
+        its identity. A bad one: refused while auth is enabled, and counted against the
+        client's address; ignored (`OPEN`) while the runtime is open.
 
+        :param client: the client's address; by default that of the current request or
+            WebSocket.
         :raises ApiError: 401 (`INVALID_CREDENTIALS`, `INVALID_API_KEY`,
-            `API_KEY_REVOKED`, `API_KEY_EXPIRED`, `INVALID_TOKEN`, `TOKEN_EXPIRED`) or 503
+            `API_KEY_REVOKED`, `API_KEY_EXPIRED`, `INVALID_TOKEN`, `TOKEN_EXPIRED`), 429
+            `RATE_LIMIT_EXCEEDED` (`Throttled`) for an address past
+            `auth_failures_per_minute` that presents a credential, or 503
             `AUTH_UNAVAILABLE`.
         """
+        if client is None:
+            client = client_address()
         try:
+            # Headers with no credential at all are never throttled: the public routes
+            # stay reachable from an address that failed.
+            wait = self.failures.retry_after(client)  # at once None while nobody failed
+            if wait is not None and _presents_credential(headers):
+                raise Throttled(wait)  # before the credential is even looked at
             secret = presented_secret(headers)
             if secret is None:
                 return ANONYMOUS if await self.enabled(credentials) else OPEN
             return await self.verify(secret, credentials)
-        except ApiError:
+        except ApiError as exc:
             if await self.enabled(credentials):
+                if exc.status == 401:
+                    self.failures.failed(client)
                 raise
             return OPEN
 
@@ -348,7 +403,8 @@ class Auth:
     ) -> list[PluginCredential]:
         """The active `[[credentials]]` of a plugin (see credentials.py).
 
-        :raises SettingsError: for an unknown role or a setting that is no string.
+        :raises SettingsError: for an unknown role, a setting that is no string, or a
+            secret shorter than 16 characters (unless `insecure`).
         """
         return plugin_credentials.collect(
             plugin,
@@ -356,6 +412,7 @@ class Auth:
             operator_settings,
             self.roles,
             os.environ if environ is None else environ,
+            insecure=self.settings.insecure,
         )
 
     def exposure_refusal(self, credentials: CredentialSet) -> str | None:

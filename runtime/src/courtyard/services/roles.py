@@ -19,7 +19,9 @@ ROLE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 # Plugins name their permissions `<area>:read` for reads and `<area>:write` for changes,
 # so that `viewer` and `editor` cover them; finer actions are granted by admin and by
 # custom roles only. Installing or removing a plugin runs or removes code inside the
-# runtime, and managing keys hands out permissions: both stay with `admin`.
+# runtime, and managing keys hands out permissions: both stay with `admin`. Reading the
+# audit log (`audit:read`) is not among the reads `*:read` grants
+# (`courtyard_sdk.identity.NOT_BY_ANY_AREA`): it stays with `admin` and roles naming it.
 BUILTIN_ROLES: dict[str, tuple[str, ...]] = {
     "admin": ("*",),
     "editor": ("*:read", "*:write", "plugins:reload", "apps:install", "apps:remove"),
