@@ -1,4 +1,4 @@
-"""The runtime's own API (seed 000): health, plugins, docs, discovery."""
+"""The runtime's own API (Buntime's API): health, plugins, docs, discovery."""
 
 from __future__ import annotations
 

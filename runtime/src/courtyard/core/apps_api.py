@@ -1,4 +1,4 @@
-"""`/api/apps/*` (seed 000): list, upload, remove an app or one version."""
+"""`/api/apps/*` (Buntime's API): list, upload, remove an app or one version."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ from typing import Any
 
 from courtyard_sdk import ApiError, is_valid_name
 from courtyard_sdk.identity import require
+from courtyard_sdk.openapi import errors
 from packaging.version import InvalidVersion
 from pydantic import BaseModel
 from quart import Blueprint, request
-from quart_schema import document_response, hide, tag
+from quart_schema import DataSource, document_querystring, document_request, document_response, tag
 
 from ..apps.registry import App, AppManifestError, InvalidAppName, read_app_manifest
 from ..installs import install_tree, remove_path, remove_tree
 from . import current_generation, current_host, uploads
+from .openapi import AppUploadQuery, ArchiveUpload, archive_errors
 
 blueprint = Blueprint("apps", __name__, url_prefix="/api/apps")
 log = logging.getLogger("courtyard.apps")
@@ -68,6 +70,10 @@ async def list_apps() -> list[dict[str, Any]]:
 @blueprint.post("/upload")
 @tag(["apps"])
 @document_response(AppUploadResult)
+@document_request(ArchiveUpload, source=DataSource.FORM_MULTIPART)
+@document_querystring(AppUploadQuery)
+@archive_errors
+@errors((400, "NO_WORKER_DIRS"), (409, "VERSION_EXISTS"))
 @require("apps:install")
 async def upload_app() -> dict[str, Any]:
     """Install an app version from a .tgz, .tar.gz or .zip (form field `file`).
@@ -139,6 +145,7 @@ def _installed_app(scope: str, name: str, missing: ApiError) -> tuple[str, App]:
 @blueprint.delete("/<scope>/<name>")
 @tag(["apps"])
 @document_response(Success)
+@errors((400, "PATH_TRAVERSAL"), (404, "APP_NOT_FOUND"))
 @require("apps:remove")
 async def delete_app(scope: str, name: str) -> dict[str, bool]:
     """Remove an app and all its versions (`_` as scope for an unscoped app)."""
@@ -158,6 +165,7 @@ async def delete_app(scope: str, name: str) -> dict[str, bool]:
 @blueprint.delete("/<scope>/<name>/<version>")
 @tag(["apps"])
 @document_response(Success)
+@errors((400, "PATH_TRAVERSAL"), (404, "APP_NOT_FOUND"), (404, "VERSION_NOT_FOUND"))
 @require("apps:remove")
 async def delete_version(scope: str, name: str, version: str) -> dict[str, bool]:
     """Remove one version of an app; its workers stop once their requests are done."""
@@ -185,7 +193,8 @@ async def delete_version(scope: str, name: str, version: str) -> dict[str, bool]
 
 @blueprint.delete("/")
 @blueprint.delete("/<path:rest>")
-@hide  # not an operation: the answer to a malformed path
+@tag(["apps"])
+@errors((400, "MISSING_PARAMS"), only=True)  # the answer to a malformed path
 @require("apps:remove")
 async def delete_without_params(rest: str = "") -> None:
     """Answer `400 MISSING_PARAMS`: scope and name (and version) belong in the path."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from courtyard_sdk import ApiError
 from courtyard_sdk.identity import current_identity, require
+from courtyard_sdk.openapi import errors
 from pydantic import BaseModel, Field
 from quart import Blueprint, request
 from quart_schema import document_querystring, document_response, tag
@@ -245,6 +246,7 @@ def _statement(args: dict[str, str], dialect: str) -> Any:
 @tag(["audit"])
 @document_querystring(AuditQuery)
 @document_response(AuditPage)
+@errors((400, "INVALID_PARAMETER"), (400, "INVALID_CURSOR"))
 @require("audit:read")
 async def list_entries() -> dict[str, Any]:
     """Audit log entries, newest first.

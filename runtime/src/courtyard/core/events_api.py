@@ -1,6 +1,6 @@
 """`GET /api/stream`: the event bus as Server-Sent Events (see docs/events.md).
 
-Not `/api/events`: seed 003 gives plugins `POST /api/events/<kind>` (webhooks in).
+Not `/api/events`: go-web-nats' platform API gives plugins `POST /api/events/<kind>` (webhooks in).
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 from courtyard_sdk import ApiError
 from courtyard_sdk.events import sse_response
 from courtyard_sdk.identity import current_identity, require
+from courtyard_sdk.openapi import errors, responds
 from pydantic import BaseModel
 from quart import Blueprint, Response, request
 from quart_schema import document_querystring, tag
@@ -29,6 +30,8 @@ class StreamQuery(BaseModel):
 @blueprint.get("/api/stream")
 @tag(["events"])
 @document_querystring(StreamQuery)
+@responds(200, "The events, as they come", media_type="text/event-stream")
+@errors((400, "INVALID_TOPIC_PATTERN"))
 @require("events:read")
 async def stream() -> Response:
     """Stream events as `text/event-stream`: `topics` is a comma-separated list of topic

@@ -1,4 +1,4 @@
-"""`/api/health/`, `/api/health/ready`, `/api/health/live` (seed 000)."""
+"""`/api/health/`, `/api/health/ready`, `/api/health/live` (Buntime's API)."""
 
 from __future__ import annotations
 

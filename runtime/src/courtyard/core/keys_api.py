@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from courtyard_sdk.identity import current_identity, require
+from courtyard_sdk.openapi import errors
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from quart import Blueprint
 from quart_schema import document_response, tag, validate_request
@@ -72,6 +73,8 @@ async def list_keys() -> list[dict[str, Any]]:
 @blueprint.post("/")
 @tag(["keys"])
 @document_response(CreatedKey, 201)
+@errors(*((400, code) for code in ("INVALID_KEY_NAME", "UNKNOWN_ROLE", "INVALID_PERMISSION")))
+@errors(*((400, code) for code in ("INVALID_TENANT", "INVALID_EXPIRY", "NO_PERMISSIONS")))
 @require("keys:manage")
 @validate_request(NewKey)
 async def create_key(data: NewKey) -> tuple[dict[str, Any], int]:
@@ -97,6 +100,7 @@ async def create_key(data: NewKey) -> tuple[dict[str, Any], int]:
 @blueprint.delete("/<key_id>")
 @tag(["keys"])
 @document_response(KeyView)
+@errors((404, "KEY_NOT_FOUND"))
 @require("keys:manage")
 async def revoke_key(key_id: str) -> dict[str, Any]:
     """Revoke a key: it stops working at once, on every instance. The key stays listed

@@ -1,4 +1,4 @@
-"""`/api/plugins/*` (seed 000): list, loaded, reload, delete."""
+"""`/api/plugins/*` (Buntime's API): list, loaded, reload, delete."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ from typing import Any
 from courtyard_sdk import ApiError, Manifest, ManifestError, Menu, is_valid_name, read_manifest
 from courtyard_sdk.identity import require
 from courtyard_sdk.manifest import MANIFEST_FILE
+from courtyard_sdk.openapi import errors
 from pydantic import BaseModel
 from quart import Blueprint, request
-from quart_schema import document_response, tag
+from quart_schema import DataSource, document_request, document_response, tag
 
 from ..discovery import scan
 from ..generation import FAILED, BuildError, Generation, PluginRecord
 from ..installs import install_tree, remove_path, remove_tree, restore_tree
 from . import current_generation, current_host, uploads
+from .openapi import ArchiveUpload, archive_errors
 
 blueprint = Blueprint("plugins", __name__, url_prefix="/api/plugins")
 log = logging.getLogger("courtyard.plugins")
@@ -167,6 +169,7 @@ def _reload_result(generation: Generation) -> dict[str, Any]:
 @blueprint.post("/reload")
 @tag(["plugins"])
 @document_response(ReloadResult)
+@errors((422, "RELOAD_FAILED"))
 @require("plugins:reload")
 async def reload_plugins() -> dict[str, Any]:
     """Re-scan the plugin directories and swap in a new generation.
@@ -218,6 +221,9 @@ def _uploaded_manifest(content: Path) -> Manifest:
 @blueprint.post("/upload")
 @tag(["plugins"])
 @document_response(UploadResult)
+@document_request(ArchiveUpload, source=DataSource.FORM_MULTIPART)
+@archive_errors
+@errors((400, "NO_PLUGIN_DIRS"), (422, "PLUGIN_LOAD_FAILED"))
 @require("plugins:install")
 async def upload_plugin() -> dict[str, Any]:
     """Install a plugin from a .tgz, .tar.gz or .zip (form field `file`), then reload.
@@ -267,6 +273,7 @@ async def upload_plugin() -> dict[str, Any]:
 
 @blueprint.delete("/")
 @tag(["plugins"])
+@errors((400, "MISSING_NAME"), only=True)
 @require("plugins:remove")
 async def delete_without_name() -> None:
     """Answer `400 MISSING_NAME`: the plugin's name belongs in the path."""
@@ -276,6 +283,8 @@ async def delete_without_name() -> None:
 @blueprint.delete("/<path:name>")
 @tag(["plugins"])
 @document_response(Success)
+@errors((400, "MISSING_NAME"), (400, "PATH_TRAVERSAL"), (404, "PLUGIN_NOT_FOUND"))
+@errors((422, "RELOAD_FAILED"))
 @require("plugins:remove")
 async def delete_plugin(name: str) -> dict[str, bool]:
     """Remove a directory plugin's files, then reload without it.
