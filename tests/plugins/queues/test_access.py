@@ -1,4 +1,4 @@
-"""Who may call what: the seed's `RUNQY_API_KEY`, the runtime's keys and roles, and the
+"""Who may call what: runqy's `RUNQY_API_KEY`, the runtime's keys and roles, and the
 public task status; the worker registration's vaults; the pages and the OpenAPI document."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from courtyard_sdk.testing import ORIGIN
 from openapi_spec_validator import validate
 from queues_kit import FAST, enqueue, new_worker, write_config
 
-KEY = "runqy-test-key"
+KEY = "runqy-test-key-0123456789"  # the runtime refuses keys under 16 characters
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Every endpoint of seed 001's queue and CLI API, on every backend."""
+"""Every endpoint of runqy's queue and CLI API, on every backend."""
 
 from __future__ import annotations
 

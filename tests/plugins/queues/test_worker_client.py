@@ -317,7 +317,7 @@ def test_registration_and_task_parsing() -> None:
         Registration,
     )
 
-    seed = {  # seed 001's example answer, as documented
+    seed = {  # runqy's API's example answer, as documented
         "redis": {"addr": "localhost:6379", "password": "", "db": 0},
         "queue": {"name": "inference", "priority": 6, "mode": "long_running"},
         "deployment": {

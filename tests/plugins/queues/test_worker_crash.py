@@ -1,4 +1,4 @@
-"""The crash test of issue 7: 10 000 no-op tasks, the worker killed with SIGKILL mid-run
+"""The crash test: 10 000 no-op tasks, the worker killed with SIGKILL mid-run
 and a new one started. Every task ends completed, none is lost, and the server records
 each completion once; only the tasks in flight at the kill ran twice.
 

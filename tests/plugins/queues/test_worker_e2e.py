@@ -19,7 +19,7 @@ import pytest
 from courtyard_sdk.testing import Server
 from worker_kit import WorkerProcess, alive, commit, git, make_repo, runqy_module, start_worker
 
-KEY = "test-runqy-key"
+KEY = "test-runqy-key-0123456789"  # the runtime refuses keys under 16 characters
 
 CONFIG = """
 queues:

@@ -1,4 +1,4 @@
-"""The vault endpoints of seed 001: bodies, key order, status codes and errors."""
+"""The vault endpoints of runqy's API: bodies, key order, status codes and errors."""
 
 from __future__ import annotations
 
@@ -195,10 +195,19 @@ async def test_bad_bodies_and_names_are_400(start, master_key):
 
 async def test_a_body_without_content_type_is_read(start, master_key):
     rt = await start()
-    answer = await rt.client.post(
-        "/api/vaults", content=b'{"name": "plain"}', headers={"Content-Type": "text/plain"}
-    )
+    answer = await rt.client.post("/api/vaults", content=b'{"name": "plain"}')
     assert answer.status_code == 201
+    # curl -d sends a form type: read as JSON all the same.
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    answer = await rt.client.post("/api/vaults", content=b'{"name": "form"}', headers=form)
+    assert answer.status_code == 201
+    # text/plain is what a form on another site posts without a preflight: refused.
+    answer = await rt.client.post(
+        "/api/vaults", content=b'{"name": "text"}', headers={"Content-Type": "text/plain"}
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "VALIDATION_ERROR"
+    assert (await rt.client.get("/api/vaults")).json()["count"] == 2
 
 
 async def test_concurrent_writers(start, master_key, database_url):

@@ -1,4 +1,4 @@
-"""Authentication as the seed documents it: `Authorization: Bearer $RUNQY_API_KEY`, end to
+"""Authentication as runqy's API documents it: `Authorization: Bearer $RUNQY_API_KEY`, end to
 end on a real server; and no value in the server's log."""
 
 from __future__ import annotations

@@ -24,24 +24,32 @@ it, with optional `limits`), and optional `input`/`output` field schemas::
 Courtyard adds two optional keys per queue: `strict_priority` (sub-queues are served
 strictly by priority instead of weighted by it) and `description`. Unknown keys are
 reported as warnings, not errors, so a file written for a newer runqy still loads.
+
+Every number is finite and bounded (`limits`), and no string holds a NUL character or a
+lone surrogate: a configuration becomes commands, paths and environment variables of
+workers, and rows of the store.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .limits import MAX_DEPTH, MAX_PRIORITY, MAX_RETRY, MAX_SECONDS, json_depth_exceeds
 
 SEPARATOR = "."
 DEFAULT_SUB_QUEUE = "default"
 MODES = ("long_running", "one_shot")
 FIELD_TYPES = ("string", "int", "float", "bool", "array", "object")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+VAULT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # as the vaults plugin's
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNITS = {
     "ns": 1e-9,
@@ -62,7 +70,8 @@ class ConfigError(Exception):
 def parse_duration(value: Any) -> float:
     """Seconds in a Go duration string (`"90s"`, `"1h30m"`, `"0"`), or a number of seconds.
 
-    :raises ValueError: for anything else, or a negative duration.
+    :raises ValueError: for anything else, a negative duration, or one that is not finite
+        or longer than 365 days.
     """
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}")
@@ -80,14 +89,22 @@ def parse_duration(value: Any) -> float:
         seconds = sign * sum(float(number) * _UNITS[unit] for number, unit in parts)
     else:
         raise ValueError(f"invalid duration {value!r}")
+    if not math.isfinite(seconds):
+        raise ValueError("must be a finite duration")
     if seconds < 0:
         raise ValueError(f"must be >= 0, got {value!r}")
+    if seconds > MAX_SECONDS:
+        raise ValueError(
+            f"must be at most {MAX_SECONDS // 3600}h (365 days), got {str(value)[:40]!r}"
+        )
     return seconds
 
 
 def format_duration(seconds: float) -> str:
-    """`seconds` as Go prints a duration (`300` -> `5m0s`), as runqy's API shows timeouts."""
-    if seconds <= 0:
+    """`seconds` as Go prints a duration (`300` -> `5m0s`), as runqy's API shows timeouts.
+    A value that is not a finite number (never accepted, but read from a store written
+    before the bounds existed) shows as `0s`, no limit."""
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds <= 0:
         return "0s"
     whole = int(seconds)
     hours, rest = divmod(whole, 3600)
@@ -103,7 +120,7 @@ def format_duration(seconds: float) -> str:
 
 class _Model(BaseModel):
     # Unknown keys are kept aside and reported as warnings (see `unknown_keys`).
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
 
 class FieldSchema(_Model):
@@ -133,7 +150,7 @@ class SubQueue(_Model):
     """A sub-queue: its short name (`high`) and its priority (1 or more)."""
 
     name: str
-    priority: int = Field(ge=1)
+    priority: int = Field(ge=1, le=MAX_PRIORITY)
 
     @field_validator("name")
     @classmethod
@@ -144,7 +161,7 @@ class SubQueue(_Model):
 class Limits(_Model):
     """Per-queue task lifecycle overrides (`deployment.limits`), in seconds once parsed."""
 
-    max_retry: int | None = Field(default=None, ge=0)
+    max_retry: int | None = Field(default=None, ge=0, le=MAX_RETRY)
     ttl_completed: float | None = None
     ttl_archived: float | None = None
     pending_timeout: float | None = None
@@ -176,10 +193,10 @@ class Deployment(_Model):
     branch: str = "main"
     code_path: str = ""
     startup_cmd: str = Field(min_length=1)
-    startup_timeout_secs: int = Field(default=60, ge=0)
+    startup_timeout_secs: int = Field(default=60, ge=0, le=MAX_SECONDS)
     requirements_file: str = "requirements.txt"
     mode: Literal["long_running", "one_shot"] | None = None
-    vaults: tuple[str, ...] = ()
+    vaults: tuple[Annotated[str, Field(pattern=VAULT_NAME_PATTERN)], ...] = ()
     redis_storage: bool | None = None
     git_token: str = ""
     limits: Limits = Field(default_factory=Limits)
@@ -189,7 +206,7 @@ class QueueConfig(_Model):
     """One queue of a runqy YAML file (`queues.<name>`), with its name."""
 
     name: str
-    priority: int | None = Field(default=None, ge=1)
+    priority: int | None = Field(default=None, ge=1, le=MAX_PRIORITY)
     sub_queues: tuple[SubQueue, ...] = ()
     mode: Literal["long_running", "one_shot"] | None = None
     deployment: Deployment
@@ -311,10 +328,47 @@ def parse_queue(name: str, data: Any, source: str = "request") -> QueueConfig:
     """Check one queue entry; :raises ConfigError: naming `source` and the bad key."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: queues.{name}: must be a mapping")
+    problem = unusable(data, f"queues.{name}")
+    if problem is not None:
+        raise ConfigError(f"{source}: {problem}")
     try:
         return QueueConfig.model_validate({**data, "name": name})
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe(exc, f'queues.{name}')}") from None
+
+
+def unusable(document: Any, prefix: str) -> str | None:
+    """Why a configuration document cannot be used whatever its keys say, or None: nested
+    deeper than `MAX_DEPTH`, a non-finite number (YAML's `.inf`, `.nan`), or a string
+    with a NUL character or a lone surrogate (the message names the key, never a value)."""
+    if json_depth_exceeds(document):
+        return f"{prefix}: nests deeper than {MAX_DEPTH} levels"
+    stack: list[tuple[Any, str]] = [(document, prefix)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                label = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key!r}]"
+                if isinstance(key, str) and (_bad_string(key) or len(key) > 200):
+                    return f"{path}: a key is not a short, plain string"
+                stack.append((child, label))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"{path}: must be a finite number"
+        elif isinstance(item, str) and _bad_string(item):
+            return f"{path}: must not contain NUL characters or lone surrogates"
+    return None
+
+
+def _bad_string(text: str) -> bool:
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def describe(exc: ValidationError, prefix: str = "") -> str:
@@ -375,8 +429,12 @@ def load_file(path: Path) -> list[QueueConfig]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     if data is None:
         return []
     if not isinstance(data, dict):
@@ -387,6 +445,15 @@ def load_file(path: Path) -> list[QueueConfig]:
     if not isinstance(queues, dict):
         raise ConfigError(f"{path}: queues: must be a mapping of queue name to settings")
     return [parse_queue(str(name), entry, str(path)) for name, entry in queues.items()]
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The YAML error without the quoted line PyYAML adds: that line may hold a secret
+    (a `git_token`), and the message goes to the log and to the reload's answer."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem or type(exc).__name__}{where}"
 
 
 def load_files(paths: Iterable[str | Path]) -> FileSet:

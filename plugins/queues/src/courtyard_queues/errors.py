@@ -1,5 +1,5 @@
 """The queues plugin's error answers, in the runtime's `{"error": {"code", "message"}}`
-envelope (seed 001 documents the statuses, not a body)."""
+envelope (runqy's API documents the statuses, not a body)."""
 
 from __future__ import annotations
 

@@ -3,24 +3,110 @@
 runqy's answers carry payloads and results as JSON text (`"payload": "{\\"a\\":1}"`),
 which its Python client decodes; the same goes here. Times are RFC 3339 in UTC
 (`2024-01-15T10:30:00Z`); absent ones are null.
+
+Reading is defensive: a stored value no answer can show (a time past year 9999, a
+non-finite number, written before inputs were bounded) shows as null instead of failing
+every listing that includes it. Secrets in queue configurations (`git_token`, any
+secret-shaped key, credentials in a URL) are masked as the vaults plugin masks values.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from .config import format_duration, split_name
+from .config import QueueConfig, format_duration, split_name
 from .registry import Entry
 from .store import QueueStats, Task, Worker
 
+MASK = "****"
+# Keys whose values are secrets, wherever they are in a configuration (after lower-casing
+# and turning '-' into '_'): git_token, password, client_secret, api_key, ssh_key, ...
+# but not max_tokens or tokenizer, common names of task inputs.
+SECRET_KEY_RE = re.compile(r"(^|_)(token|auth)$|passw(or)?d|secret|credential|(^|_)key$|apikey")
+
 
 def timestamp(seconds: float | None) -> str | None:
-    """Unix seconds as `2024-01-15T10:30:00Z`."""
+    """Unix seconds as `2024-01-15T10:30:00Z` (None for a value no date can show)."""
     if seconds is None:
         return None
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError, TypeError):
+        return None
+
+
+def number(value: float | None) -> float | None:
+    """`value` if it is a finite number, else None (JSON has no `Infinity`)."""
+    if value is None or not isinstance(value, int | float):
+        return None
+    try:
+        return value if math.isfinite(value) else None
+    except OverflowError:
+        return None
+
+
+def mask(value: str) -> str:
+    """A secret as the vaults plugin shows one: its first two characters, `****` and its
+    last two; four characters or fewer are all hidden (`ghp_abcdef12` -> `gh****12`)."""
+    if len(value) <= 4:
+        return MASK
+    return value[:2] + MASK + value[-2:]
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a configuration key names a secret (`git_token`, `password`, `api-key`)."""
+    return bool(SECRET_KEY_RE.search(key.lower().replace("-", "_")))
+
+
+def mask_url(text: str) -> str:
+    """`text` with the credentials of a URL masked
+    (`https://user:tok@host/r.git` -> `https://us****ok@host/r.git`); other text as is."""
+    if "://" not in text or "@" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return mask(text)  # not a URL we can take apart: it may still hold a secret
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return text
+    return urlunsplit(parts._replace(netloc=f"{mask(userinfo)}@{host}"))
+
+
+def _masked_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask(value) if value else value
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return mask(str(value))
+    return MASK  # a mapping or a list under a secret key: hidden whole
+
+
+def masked(document: Any) -> Any:
+    """A copy of a configuration document with every secret masked: the values of
+    secret-shaped keys, credentials in URLs, and the `default` of an input or output field
+    whose `name` is secret-shaped."""
+    if isinstance(document, dict):
+        secret_field = isinstance(document.get("name"), str) and is_secret_key(document["name"])
+        out: dict[str, Any] = {}
+        for key, value in document.items():
+            secret = isinstance(key, str) and is_secret_key(key)
+            if secret or (key == "default" and secret_field):
+                out[key] = _masked_value(value)
+            else:
+                out[key] = masked(value)
+        return out
+    if isinstance(document, list | tuple):
+        return [masked(item) for item in document]
+    if isinstance(document, str):
+        return mask_url(document)
+    return document
 
 
 def _text(value: Any) -> str:
@@ -28,7 +114,7 @@ def _text(value: Any) -> str:
 
 
 def info(task: Task, *, with_result: bool = True) -> dict[str, Any]:
-    """The `info` object of `/queue/add` and `GET /queue/{task_id}` (seed 001 names `id`,
+    """The `info` object of `/queue/add` and `GET /queue/{task_id}` (runqy's API names `id`,
     `queue`, `state` and `result`; the rest is what runqy's server adds)."""
     out: dict[str, Any] = {
         "id": task.id,
@@ -40,7 +126,7 @@ def info(task: Task, *, with_result: bool = True) -> dict[str, Any]:
         "retried": task.retry_count,
         "last_err": task.last_error or "",
         "last_failed_at": timestamp(task.last_failed_at),
-        "timeout": task.timeout,
+        "timeout": number(task.timeout),
         "deadline": timestamp(task.deadline),
         "next_process_at": timestamp(task.process_at),
         "completed_at": timestamp(task.completed_at),
@@ -83,8 +169,8 @@ def leased(task: Task) -> dict[str, Any]:
         "retry_count": task.retry_count,
         "max_retry": task.max_retry,
         "queue": task.queue,
-        "timeout": task.timeout,
-        "lease_expires_at": task.lease_expires_at,
+        "timeout": number(task.timeout),
+        "lease_expires_at": number(task.lease_expires_at),
     }
 
 
@@ -139,7 +225,7 @@ def config_summaries(entries: dict[str, Entry]) -> list[dict[str, Any]]:
                     "name": f"{config.name}.{sub.name}",
                     "priority": sub.priority,
                     "mode": config.effective_mode,
-                    "git_url": config.deployment.git_url,
+                    "git_url": mask_url(config.deployment.git_url),
                     "source": entry.source,
                 }
             )
@@ -147,5 +233,11 @@ def config_summaries(entries: dict[str, Entry]) -> list[dict[str, Any]]:
 
 
 def config(entry: Entry) -> dict[str, Any]:
-    """A queue configuration in full, with where it came from."""
-    return {**entry.config.to_json(), "source": entry.source}
+    """A queue configuration in full, secrets masked, with where it came from."""
+    return {**config_json(entry.config), "source": entry.source}
+
+
+def config_json(queue_config: QueueConfig) -> dict[str, Any]:
+    """A queue configuration as the configs API shows it: secrets masked, for everyone."""
+    shown: dict[str, Any] = masked(queue_config.to_json())
+    return shown

@@ -1,5 +1,5 @@
 """Pages for people: the queues and workers at the plugin's base (`/queues/`), and
-Swagger UI at `/swagger/index.html` (seed 001's address) over the runtime's own OpenAPI
+Swagger UI at `/swagger/index.html` (runqy's address) over the runtime's own OpenAPI
 document, `/api/openapi.json`. Everything shown is escaped."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 from courtyard_sdk import Blueprint, Response
 from courtyard_sdk.identity import require
+from courtyard_sdk.openapi import responds
 from quart import abort, redirect, send_file
-from quart_schema import hide
 
 from . import formats
 from .service import QueueService
@@ -118,6 +118,7 @@ def page_routes(service: Callable[[], QueueService]) -> Blueprint:
     bp = Blueprint("pages", __name__)
 
     @bp.get("/")
+    @responds(200, "The page", media_type="text/html")
     @require("queues:read")
     async def index() -> Response:
         """The queues, their counts and state, and the workers."""
@@ -157,7 +158,7 @@ def swagger_routes(script: str, css: str) -> Blueprint:
     )
 
     @bp.get("/<any('swagger-ui-bundle.js', 'swagger-ui.css'):name>")
-    @hide
+    @responds(200, "The file (a script or a style sheet)", media_type="application/octet-stream")
     async def swagger_file(name: str) -> Any:
         """A Swagger UI file configured as a local path."""
         if name not in files:
@@ -165,13 +166,13 @@ def swagger_routes(script: str, css: str) -> Blueprint:
         return await send_file(files[name])
 
     @bp.get("/index.html")
-    @hide
+    @responds(200, "Swagger UI over /api/openapi.json", media_type="text/html")
     async def swagger() -> Response:
         """Swagger UI."""
         return Response(html, content_type="text/html; charset=utf-8")
 
     @bp.get("/")
-    @hide
+    @responds(302, "To /swagger/index.html", media_type=None, headers={"Location": "Where"})
     async def swagger_root() -> Any:
         """To the Swagger UI page."""
         return redirect("/swagger/index.html")

@@ -16,6 +16,8 @@ from typing import Any
 
 from courtyard_sdk import ApiError, Blueprint, PluginContext, SettingsError, hookimpl
 
+from . import errors
+from .limits import check_json
 from .notify import Notifier, RedisRelay
 from .pages import page_routes, swagger_routes
 from .registry import Registry
@@ -89,8 +91,13 @@ class Queues:
         `type`, `max_retry`, `process_at`, `process_in`, `unique_key`, `unique`,
         `unique_ttl`, `retention`).
 
-        :raises ApiError: as the endpoint would answer (404 unknown queue, 400, 409).
+        :raises ApiError: as the endpoint would answer (404 unknown queue, 400, 409); a
+            payload the endpoint could not have received (NaN, too deeply nested) is 400.
         """
+        try:
+            check_json(payload)
+        except ValueError as exc:
+            raise errors.invalid(str(exc)) from None
         return await self._service().enqueue(queue, payload, Request(**task_options))
 
     async def get(self, task_id: str) -> Task | None:
@@ -106,7 +113,7 @@ def courtyard_provides(ctx: PluginContext) -> Queues:
 
 @hookimpl
 def courtyard_routes(ctx: PluginContext) -> list[Blueprint]:
-    """The seed's routes, the worker protocol, the page and Swagger UI."""
+    """runqy's API routes, the worker protocol, the page and Swagger UI."""
     state = _state(ctx)
     settings = ctx.settings
 

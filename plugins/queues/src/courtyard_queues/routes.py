@@ -1,4 +1,4 @@
-"""Seed 001's queue and CLI endpoints: `/queue/...` for clients (runqy's Python client
+"""runqy's queue and CLI endpoints: `/queue/...` for clients (runqy's Python client
 among them) and `/api/cli/...` for remote management.
 
 Permissions: `queues:read` for reads, `queues:write` for enqueueing, pausing,
@@ -12,14 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from courtyard_sdk import ApiError, Blueprint
+from courtyard_sdk import ApiError, Blueprint, allow_without_origin
 from courtyard_sdk.events import retiring_signal
 from courtyard_sdk.identity import check, require
+from courtyard_sdk.openapi import errors as answers
+from courtyard_sdk.openapi import responds
 from quart import request
 from quart_schema import document_querystring, document_request
 
 from . import bodies, errors, formats
-from .config import ConfigError, normalize, parse_queue
+from .config import ConfigError, QueueConfig, normalize, parse_queue
+from .guards import refuse_unusable_path
+from .limits import MAX_CURSOR_DIGITS
 from .registry import ConfigConflict
 from .service import QueueService, Request
 from .store import STATES, TaskActive, TaskFinished, TaskNotFound
@@ -56,8 +60,13 @@ async def read_add_task() -> tuple[str, Any, Request]:
 def queue_routes(service: Callable[[], QueueService], public_status: bool) -> Blueprint:
     """`POST /queue/add`, `POST /queue/add-batch`, `GET /queue/{task_id}`."""
     bp = Blueprint("queue", __name__, url_prefix="/queue")
+    answers((503, "QUEUES_UNAVAILABLE"))(bp)
+    bp.before_request(refuse_unusable_path)
 
+    # runqy's Python client posts to /add and /add-batch with its key only, no Origin.
     @bp.post("/add")
+    @answers((400, "INVALID_PAYLOAD"), (404, "QUEUE_NOT_FOUND"), (409, "DUPLICATE_TASK"))
+    @allow_without_origin
     @document_request(bodies.AddTask)
     @require("queues:write")
     async def add_task() -> dict[str, Any]:
@@ -67,6 +76,8 @@ def queue_routes(service: Callable[[], QueueService], public_status: bool) -> Bl
         return {"info": formats.info(task, with_result=False)}
 
     @bp.post("/add-batch")
+    @answers((400, "BATCH_TOO_LARGE"), (404, "QUEUE_NOT_FOUND"))
+    @allow_without_origin
     @document_request(bodies.AddBatch)
     @require("queues:write")
     async def add_batch() -> dict[str, Any]:
@@ -97,6 +108,7 @@ def queue_routes(service: Callable[[], QueueService], public_status: bool) -> Bl
         }
 
     @bp.get("/<task_id>")
+    @answers((403, "AUTHORIZATION_FAILED"), (404, "TASK_NOT_FOUND"), (408, "TIMEOUT"))
     @document_querystring(bodies.StatusQuery)
     async def task_status(task_id: str) -> Any:
         """A task's state and result; `?wait=true` waits (30 s at most) for it to finish."""
@@ -116,6 +128,10 @@ def queue_routes(service: Callable[[], QueueService], public_status: bool) -> Bl
 def cli_routes(service: Callable[[], QueueService]) -> Blueprint:
     """Everything under `/api/cli/`."""
     bp = Blueprint("cli", __name__, url_prefix="/api/cli")
+    answers((503, "QUEUES_UNAVAILABLE"))(bp)
+    bp.before_request(refuse_unusable_path)
+    # runqy's API documents /api/cli as the API of runqy's CLI: its state-changing routes
+    # are marked `allow_without_origin`, since the CLI sends its key and no Origin.
 
     async def known_queue(name: str) -> tuple[str, Any]:
         full = normalize(name)
@@ -138,6 +154,7 @@ def cli_routes(service: Callable[[], QueueService]) -> Blueprint:
         return {"queues": [formats.queue(stats[n], owners.get(n)) for n in names]}
 
     @bp.get("/queues/<queue>")
+    @answers((404, "QUEUE_NOT_FOUND"))
     @require("queues:read")
     async def get_queue(queue: str) -> dict[str, Any]:
         """One queue's statistics."""
@@ -146,6 +163,8 @@ def cli_routes(service: Callable[[], QueueService]) -> Blueprint:
         return formats.queue(stats[full], entry)
 
     @bp.post("/queues/<queue>/pause")
+    @answers((404, "QUEUE_NOT_FOUND"))
+    @allow_without_origin
     @require("queues:write")
     async def pause(queue: str) -> dict[str, Any]:
         """Stop dequeues from a queue, at once."""
@@ -154,6 +173,8 @@ def cli_routes(service: Callable[[], QueueService]) -> Blueprint:
         return {"message": "queue paused", "queue": full}
 
     @bp.post("/queues/<queue>/unpause")
+    @answers((404, "QUEUE_NOT_FOUND"))
+    @allow_without_origin
     @require("queues:write")
     async def unpause(queue: str) -> dict[str, Any]:
         """Let dequeues from a queue go on."""
@@ -165,6 +186,8 @@ def cli_routes(service: Callable[[], QueueService]) -> Blueprint:
     # Tasks -------------------------------------------------------------------------------
 
     @bp.post("/tasks")
+    @answers((400, "INVALID_PAYLOAD"), (404, "QUEUE_NOT_FOUND"), (409, "DUPLICATE_TASK"))
+    @allow_without_origin
     @document_request(bodies.AddTask)
     @require("queues:write")
     async def enqueue() -> dict[str, Any]:
@@ -174,6 +197,7 @@ def cli_routes(service: Callable[[], QueueService]) -> Blueprint:
         return {"info": formats.info(task, with_result=False)}
 
     @bp.get("/queues/<queue>/tasks")
+    @answers((400, "INVALID_STATE"), (404, "QUEUE_NOT_FOUND"))
     @document_querystring(bodies.TaskListQuery)
     @require("queues:read")
     async def list_tasks(queue: str) -> dict[str, Any]:
@@ -191,12 +215,16 @@ def cli_routes(service: Callable[[], QueueService]) -> Blueprint:
         if not 1 <= limit <= MAX_LIMIT:
             raise errors.invalid(f"limit must be between 1 and {MAX_LIMIT}")
         cursor = request.args.get("cursor") or None
-        if cursor is not None and not cursor.isdigit():
+        # ASCII digits only (str.isdigit takes '²'), few enough for a 64-bit integer.
+        if cursor is not None and not (
+            cursor.isascii() and cursor.isdigit() and len(cursor) <= MAX_CURSOR_DIGITS
+        ):
             raise errors.invalid("cursor must be the next_cursor of a previous page")
         page = await service().store.list_tasks(full, state, limit, cursor)
         return {"tasks": [formats.cli_task(t) for t in page.tasks], "next_cursor": page.cursor}
 
     @bp.get("/queues/<queue>/tasks/<task_id>")
+    @answers((404, "TASK_NOT_FOUND"))
     @require("queues:read")
     async def get_task(queue: str, task_id: str) -> dict[str, Any]:
         """One task of a queue."""
@@ -206,6 +234,8 @@ def cli_routes(service: Callable[[], QueueService]) -> Blueprint:
         return formats.cli_task(task)
 
     @bp.delete("/tasks/<task_id>")
+    @answers((404, "TASK_NOT_FOUND"), (409, "TASK_FINISHED"))
+    @allow_without_origin
     @require("queues:write")
     async def cancel_task(task_id: str) -> dict[str, Any]:
         """Cancel a task: a waiting one is archived as `cancelled`, an active one is told
@@ -224,6 +254,8 @@ def cli_routes(service: Callable[[], QueueService]) -> Blueprint:
         return {"message": "task cancelled", "task_id": task_id, "state": task.state}
 
     @bp.delete("/queues/<queue>/tasks/<task_id>")
+    @answers((404, "TASK_NOT_FOUND"), (409, "TASK_ACTIVE"))
+    @allow_without_origin
     @require("queues:write")
     async def delete_task(queue: str, task_id: str) -> dict[str, Any]:
         """Delete a task that is not running (cancel a running one first)."""
@@ -250,6 +282,7 @@ def cli_routes(service: Callable[[], QueueService]) -> Blueprint:
         return {"workers": workers, "count": len(workers)}
 
     @bp.get("/workers/<worker_id>")
+    @answers((404, "WORKER_NOT_FOUND"))
     @require("queues:read")
     async def get_worker(worker_id: str) -> dict[str, Any]:
         """One worker."""
@@ -274,6 +307,7 @@ def cli_routes(service: Callable[[], QueueService]) -> Blueprint:
         }
 
     @bp.post("/configs/reload")
+    @allow_without_origin
     @require("queues:configure")
     async def reload_configs() -> dict[str, Any]:
         """Read the configured YAML files again."""
@@ -287,7 +321,10 @@ def cli_routes(service: Callable[[], QueueService]) -> Blueprint:
         }
 
     @bp.post("/configs")
-    @document_request(bodies.CreateConfig)
+    @responds(201, "The queue configuration, created or (`?force=true`) replaced")
+    @answers((400, "INVALID_CONFIG"), (409, "CONFIG_CONFLICT"))
+    @allow_without_origin
+    @document_request(QueueConfig)  # the body: a queue as runqy's YAML has it
     @require("queues:configure")
     async def create_config() -> tuple[dict[str, Any], int]:
         """Create a queue configuration (a runqy YAML queue entry as JSON, with `name`);
@@ -306,10 +343,12 @@ def cli_routes(service: Callable[[], QueueService]) -> Blueprint:
             raise errors.conflict("CONFIG_CONFLICT", str(exc)) from None
         entry = await registry.get(config.name)
         message = "Queue updated successfully" if replaced else "Queue created successfully"
-        body = formats.config(entry) if entry else config.to_json()
+        body = formats.config(entry) if entry else formats.config_json(config)
         return {"queue": body, "message": message}, 201
 
     @bp.delete("/configs/<name>")
+    @answers((404, "CONFIG_NOT_FOUND"), (409, "CONFIG_CONFLICT"))
+    @allow_without_origin
     @require("queues:configure")
     async def delete_config(name: str) -> dict[str, Any]:
         """Delete a queue configuration created through the API (its tasks stay)."""

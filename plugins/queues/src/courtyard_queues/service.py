@@ -24,6 +24,7 @@ from courtyard_sdk import ApiError
 
 from . import errors
 from .config import ConfigError, normalize, split_name
+from .limits import MAX_RETRY, MAX_SECONDS, MAX_UNIX, check_seconds, is_finite_number
 from .notify import Notifier
 from .registry import Entry, Registry
 from .schemas import PayloadError, apply_input
@@ -191,18 +192,24 @@ class QueueService:
             input fields, 400 for a bad option.
         """
         try:
+            check_request(request)
+        except ValueError as exc:
+            raise errors.invalid(str(exc)) from None
+        try:
             payload = apply_input(payload, entry.config.input)
         except PayloadError as exc:
             raise errors.invalid(str(exc), "INVALID_PAYLOAD") from None
         limits = entry.config.deployment.limits
         timeout = request.timeout if request.timeout else (limits.active_timeout or 0.0)
-        if timeout < 0:
-            raise errors.invalid("timeout must be 0 or more seconds")
         process_at = request.process_at
         if request.process_in is not None:
             if process_at is not None:
                 raise errors.invalid("give process_at or process_in, not both")
             process_at = await self.store.now() + request.process_in
+        elif process_at is not None and process_at > await self.store.now() + MAX_SECONDS:
+            raise errors.invalid(
+                f"process_at must be at most {MAX_SECONDS} seconds (365 days) ahead"
+            )
         unique_key = request.unique_key
         if unique_key is None and request.unique:
             unique_key = _unique_key(full, request.type, payload)
@@ -400,6 +407,30 @@ class QueueService:
                     self.log.error("the queue sweeper failed: %r", exc)
                 failing = True
             await asyncio.sleep(self.options.sweep_seconds)
+
+
+def check_request(request: Request) -> None:
+    """Refuse task options out of their bounds (docs/queues.md, "Limits"), whoever asks:
+    a route's body or another plugin calling `Queues.enqueue`.
+
+    :raises ValueError: naming the option.
+    """
+    for name in ("timeout", "process_in", "retention"):
+        value = getattr(request, name)
+        if value is not None:
+            check_seconds(name, value)
+    if request.unique_ttl is not None:
+        check_seconds("unique_ttl", request.unique_ttl, allow_zero=False)
+    if request.process_at is not None and not (
+        is_finite_number(request.process_at) and 0 <= request.process_at <= MAX_UNIX
+    ):
+        raise ValueError("process_at must be Unix seconds between 1970 and 9999")
+    if request.max_retry is not None and (
+        isinstance(request.max_retry, bool)
+        or not isinstance(request.max_retry, int)
+        or not 0 <= request.max_retry <= MAX_RETRY
+    ):
+        raise ValueError(f"max_retry must be an integer from 0 to {MAX_RETRY}")
 
 
 def _first(*values: Any) -> Any:

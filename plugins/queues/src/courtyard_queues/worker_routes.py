@@ -1,6 +1,6 @@
 """The worker protocol over HTTP (`/worker/...`, permission `queues:work`).
 
-`POST /worker/register` answers exactly what seed 001 documents (the Redis address only
+`POST /worker/register` answers exactly what runqy's API documents (the Redis address only
 for the Redis backend: Courtyard's workers never talk to Redis themselves) plus a
 `courtyard` block with the lease, heartbeat and poll intervals. The rest is Courtyard's
 own: a long-polling dequeue that leases a task, lease renewal (which also tells the
@@ -14,12 +14,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from courtyard_sdk import ApiError, Blueprint, Response
+from courtyard_sdk import ApiError, Blueprint, Response, allow_without_origin
 from courtyard_sdk.events import retiring_signal
 from courtyard_sdk.identity import require
+from courtyard_sdk.openapi import errors, responds
 from quart_schema import document_request
 
 from . import bodies, formats
+from .guards import refuse_unusable_path
 from .registry import Entry
 from .service import QueueService
 from .store import Worker
@@ -28,7 +30,7 @@ VaultValues = Callable[[list[str]], Awaitable[dict[str, str]]]
 
 
 def redis_block(url: str | None) -> dict[str, Any]:
-    """The seed's `redis` object for a Redis URL; empty values without one."""
+    """runqy's `redis` object for a Redis URL; empty values without one."""
     if not url:
         return {"addr": "", "password": "", "db": 0}
     parts = urlsplit(url)
@@ -41,7 +43,7 @@ def redis_block(url: str | None) -> dict[str, Any]:
 
 
 def deployment_block(entry: Entry) -> dict[str, Any]:
-    """The seed's `deployment` object (plus `code_path` when set, and `mode`)."""
+    """runqy's `deployment` object (plus `code_path` when set, and `mode`)."""
     deployment = entry.config.deployment
     out: dict[str, Any] = {
         "git_url": deployment.git_url,
@@ -57,15 +59,29 @@ def deployment_block(entry: Entry) -> dict[str, Any]:
     return out
 
 
+def no_content() -> Response:
+    """204 with no body, no `Content-Type` (Quart's default is text/html: wrong for an
+    answer without content) and no `Content-Length` (RFC 9110 forbids it on a 204)."""
+    response = Response(b"", status=204)
+    del response.headers["Content-Type"]
+    del response.headers["Content-Length"]
+    return response
+
+
 def worker_routes(
     service: Callable[[], QueueService],
     vault_values: Callable[[], VaultValues | None],
     redis_url: str | None,
 ) -> Blueprint:
-    """Every `/worker/...` route."""
+    """Every `/worker/...` route. Workers are programs that send their key and no
+    `Origin`, so every route is marked `allow_without_origin`."""
     bp = Blueprint("worker", __name__, url_prefix="/worker")
+    errors((503, "QUEUES_UNAVAILABLE"))(bp)
+    bp.before_request(refuse_unusable_path)
 
     @bp.post("/register")
+    @errors((404, "QUEUE_NOT_FOUND"), (500, "VAULTS_UNAVAILABLE"))
+    @allow_without_origin
     @document_request(bodies.Register)
     @require("queues:work")
     async def register() -> dict[str, Any]:
@@ -118,6 +134,10 @@ def worker_routes(
         }
 
     @bp.post("/dequeue")
+    @responds(200, "A task, leased to the worker")
+    @responds(204, "No task came within `wait` seconds", media_type=None)
+    @errors((404, "QUEUE_NOT_FOUND"))
+    @allow_without_origin
     @document_request(bodies.Dequeue)
     @require("queues:work")
     async def dequeue() -> Any:
@@ -125,10 +145,12 @@ def worker_routes(
         body = await bodies.body(bodies.Dequeue)
         task = await service().dequeue(body.worker_id, body.queue, body.wait, retiring_signal())
         if task is None:
-            return Response(status=204)
+            return no_content()
         return {"task": formats.leased(task)}
 
     @bp.post("/tasks/<task_id>/renew")
+    @errors((404, "TASK_NOT_FOUND"), (409, "LEASE_LOST"))
+    @allow_without_origin
     @document_request(bodies.WorkerOnly)
     @require("queues:work")
     async def renew(task_id: str) -> dict[str, Any]:
@@ -138,6 +160,8 @@ def worker_routes(
         return {"lease_expires_at": renewal.lease_expires_at, "cancel": renewal.cancel}
 
     @bp.post("/tasks/<task_id>/complete")
+    @errors((404, "TASK_NOT_FOUND"), (409, "LEASE_LOST"))
+    @allow_without_origin
     @document_request(bodies.Complete)
     @require("queues:work")
     async def complete(task_id: str) -> dict[str, Any]:
@@ -155,6 +179,8 @@ def worker_routes(
         return {"state": task.state, "next": None if leased is None else formats.leased(leased)}
 
     @bp.post("/tasks/<task_id>/fail")
+    @errors((404, "TASK_NOT_FOUND"), (409, "LEASE_LOST"))
+    @allow_without_origin
     @document_request(bodies.Fail)
     @require("queues:work")
     async def fail(task_id: str) -> dict[str, Any]:
@@ -165,6 +191,8 @@ def worker_routes(
         return {"state": task.state}
 
     @bp.post("/tasks/<task_id>/release")
+    @errors((404, "TASK_NOT_FOUND"), (409, "LEASE_LOST"))
+    @allow_without_origin
     @document_request(bodies.WorkerOnly)
     @require("queues:work")
     async def release(task_id: str) -> dict[str, Any]:
@@ -174,6 +202,7 @@ def worker_routes(
         return {"state": task.state}
 
     @bp.post("/heartbeat")
+    @allow_without_origin
     @document_request(bodies.Heartbeat)
     @require("queues:work")
     async def heartbeat() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""courtyard-vaults: encrypted secrets for Courtyard (seed 001's vault endpoints).
+"""courtyard-vaults: encrypted secrets for Courtyard (runqy's vault endpoints).
 
 Values are sealed with AES-256-GCM under a master key from `RUNQY_VAULT_MASTER_KEY`
 (`crypto.py`), stored through the runtime's database (`models.py`, `migrations/`), served

@@ -1,4 +1,4 @@
-"""The vault endpoints of seed 001, at their documented paths under `/api/vaults`.
+"""The vault endpoints of runqy's API, at their documented paths under `/api/vaults`.
 
 Every route needs `vaults:read` or `vaults:write` (see `courtyard_sdk.identity.require`),
 then answers 503 `VAULTS_DISABLED` while no valid master key is set. Errors use the
@@ -11,16 +11,18 @@ from typing import Any
 
 from courtyard_sdk import Blueprint, request
 from courtyard_sdk.identity import require
+from courtyard_sdk.openapi import errors
+from quart_schema import document_request, document_response
 
-from . import validation
+from . import bodies, validation
 from .service import Vaults
 
 READ, WRITE = "vaults:read", "vaults:write"
 
 
 async def _body() -> dict[str, Any]:
-    # force: clients need not send Content-Type; silent: bad JSON is our 400, not Quart's.
-    return validation.body(await request.get_json(force=True, silent=True))
+    # Not Quart's get_json: it lets UnicodeDecodeError and RecursionError through (500s).
+    return validation.parse_body(await request.get_data(as_text=False), request.mimetype)
 
 
 def blueprint(vaults: Vaults) -> Blueprint:
@@ -28,6 +30,8 @@ def blueprint(vaults: Vaults) -> Blueprint:
     bp = Blueprint("vaults_api", __name__, url_prefix="/api")
 
     @bp.get("/vaults")
+    @document_response(bodies.VaultList)
+    @errors((503, "VAULTS_DISABLED"))
     @require(READ)
     async def list_vaults() -> Any:
         """List all vaults with entry counts."""
@@ -35,6 +39,10 @@ def blueprint(vaults: Vaults) -> Blueprint:
         return {"vaults": [s.to_json() for s in summaries], "count": len(summaries)}
 
     @bp.post("/vaults")
+    @document_request(bodies.NewVault)
+    @document_response(bodies.Created, 201)
+    @errors((400, "VALIDATION_ERROR"), (409, "VAULT_EXISTS"))
+    @errors((503, "VAULTS_DISABLED"))
     @require(WRITE)
     async def create_vault() -> Any:
         """Create a new vault."""
@@ -49,12 +57,18 @@ def blueprint(vaults: Vaults) -> Blueprint:
         }, 201
 
     @bp.get("/vaults/<name>")
+    @document_response(bodies.VaultOut)
+    @errors((404, "VAULT_NOT_FOUND"), (500, "VAULT_DECRYPTION_FAILED"))
+    @errors((503, "VAULTS_DISABLED"))
     @require(READ)
     async def get_vault(name: str) -> Any:
         """Get vault details with entries (secret values masked)."""
         return (await vaults.vault(name)).to_json()
 
     @bp.delete("/vaults/<name>")
+    @document_response(bodies.Message)
+    @errors((404, "VAULT_NOT_FOUND"))
+    @errors((503, "VAULTS_DISABLED"))
     @require(WRITE)
     async def delete_vault(name: str) -> Any:
         """Delete a vault and all its entries."""
@@ -62,6 +76,10 @@ def blueprint(vaults: Vaults) -> Blueprint:
         return {"message": "vault deleted successfully"}
 
     @bp.post("/vaults/<name>/entries")
+    @document_request(bodies.NewEntry)
+    @document_response(bodies.Message)
+    @errors((400, "VALIDATION_ERROR"), (404, "VAULT_NOT_FOUND"))
+    @errors((503, "VAULTS_DISABLED"))
     @require(WRITE)
     async def set_entry(name: str) -> Any:
         """Set or update a vault entry."""
@@ -75,6 +93,9 @@ def blueprint(vaults: Vaults) -> Blueprint:
         return {"message": "entry set successfully"}
 
     @bp.get("/vaults/<name>/entries")
+    @document_response(bodies.EntryList)
+    @errors((404, "VAULT_NOT_FOUND"), (500, "VAULT_DECRYPTION_FAILED"))
+    @errors((503, "VAULTS_DISABLED"))
     @require(READ)
     async def list_entries(name: str) -> Any:
         """List all entries in a vault (secret values masked)."""
@@ -82,6 +103,9 @@ def blueprint(vaults: Vaults) -> Blueprint:
         return {"entries": [e.to_json() for e in entries], "count": len(entries)}
 
     @bp.delete("/vaults/<name>/entries/<key>")
+    @document_response(bodies.Message)
+    @errors((404, "VAULT_NOT_FOUND"), (404, "ENTRY_NOT_FOUND"))
+    @errors((503, "VAULTS_DISABLED"))
     @require(WRITE)
     async def delete_entry(name: str, key: str) -> Any:
         """Delete a vault entry."""

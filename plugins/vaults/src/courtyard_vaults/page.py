@@ -10,6 +10,7 @@ from html import escape
 
 from courtyard_sdk import Blueprint, Response
 from courtyard_sdk.identity import require
+from courtyard_sdk.openapi import responds
 
 from .errors import DecryptionFailed, VaultNotFound
 from .service import VaultDetail, Vaults, timestamp
@@ -66,6 +67,8 @@ def blueprint(vaults: Vaults) -> Blueprint:
     bp = Blueprint("vaults_page", __name__)
 
     @bp.get("/")
+    @responds(200, "The page", media_type="text/html")
+    @responds(503, "Vaults are disabled: the page says why", media_type="text/html")
     @require("vaults:read")
     async def index() -> Response:
         """Every vault with its entries, secret values masked."""

@@ -28,7 +28,7 @@ def courtyard_provides(ctx: PluginContext) -> Vaults:
 
 @hookimpl
 def courtyard_routes(ctx: PluginContext) -> list[Blueprint]:
-    """`/api/vaults...` (seed 001) and the page at the plugin's base."""
+    """`/api/vaults...` (runqy's API) and the page at the plugin's base."""
     vaults = _vaults[ctx]
     return [api.blueprint(vaults), page.blueprint(vaults)]
 

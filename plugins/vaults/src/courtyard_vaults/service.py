@@ -33,7 +33,7 @@ log = logging.getLogger("courtyard.plugin.vaults")
 
 
 def timestamp(moment: datetime) -> str:
-    """A stored (naive UTC) time as the seed writes it: `2024-01-15T10:30:00Z`."""
+    """A stored (naive UTC) time as runqy's API writes it: `2024-01-15T10:30:00Z`."""
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -48,7 +48,7 @@ class EntryView:
     updated_at: datetime
 
     def to_json(self) -> dict[str, Any]:
-        """The seed's entry object, in its key order."""
+        """runqy's entry object, in its key order."""
         return {
             "key": self.key,
             "value": self.value,
@@ -67,7 +67,7 @@ class VaultSummary:
     entry_count: int
 
     def to_json(self) -> dict[str, Any]:
-        """The seed's vault summary, in its key order."""
+        """runqy's vault summary, in its key order."""
         return {
             "name": self.name,
             "description": self.description,
@@ -86,7 +86,7 @@ class VaultDetail:
     updated_at: datetime
 
     def to_json(self) -> dict[str, Any]:
-        """The seed's vault detail, in its key order."""
+        """runqy's vault detail, in its key order."""
         return {
             "name": self.name,
             "description": self.description,

@@ -414,13 +414,23 @@ class Worker:
                 await self.client.release(task_id, deadline=deadline)
             elif outcome is not None and outcome.ok:
                 following = None if self._stopping.is_set() else self.options.queue
-                leased = await self.client.complete(
-                    task_id, outcome.result, deadline=deadline, next_queue=following
-                )
-                self.completed += 1
-                log.info("task %s completed", task_id)
-                return leased
-            elif outcome is not None:
+                try:
+                    leased = await self.client.complete(
+                        task_id, outcome.result, deadline=deadline, next_queue=following
+                    )
+                except ServerError as exc:
+                    if exc.status != 400 or isinstance(exc, Unreachable):
+                        raise
+                    # The server cannot store this result (NaN, nested too deeply, ...); a
+                    # rerun would give the same: the task fails for good, saying why, rather
+                    # than coming back each time its lease expires.
+                    outcome = Outcome(error=f"the server refused the result: {exc}", retry=False)
+                    kind = "refused result"
+                else:
+                    self.completed += 1
+                    log.info("task %s completed", task_id)
+                    return leased
+            if outcome is not None and not outcome.ok and kind != "release":
                 assert outcome.error is not None
                 error = outcome.error
                 if len(error) > MAX_ERROR:  # keep the end: a traceback's last lines say most
