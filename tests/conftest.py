@@ -10,7 +10,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from servers import PostgresServer, RedisServer, create_database, postgres_server, redis_server
+from servers import (
+    REDIS_SERVER,
+    PostgresServer,
+    RedisServer,
+    create_database,
+    postgres_bin,
+    postgres_server,
+    redis_server,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -48,6 +56,8 @@ def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the whole run, on a free loopback port."""
+    if postgres_bin("initdb") is None:
+        pytest.skip("PostgreSQL is not installed (Debian package postgresql)")
     with postgres_server() as server:
         yield server
 
@@ -74,5 +84,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One Redis server for the whole run, on a free loopback port (tests that share it
     use keys or databases of their own, or flush it)."""
+    if not shutil.which(REDIS_SERVER):
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
     with redis_server(tmp_path_factory.mktemp("redis")) as server:
         yield server

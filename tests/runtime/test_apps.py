@@ -1,4 +1,4 @@
-"""Apps: the apps API, version ranges in URLs, and static serving (seed 000)."""
+"""Apps: the apps API, version ranges in URLs, manifests, and static serving."""
 
 import json
 import re
@@ -290,3 +290,33 @@ async def test_deleting_an_equal_spelling_deletes_the_installed_version(courtyar
     answer = await rt.client.delete("/api/apps/_/site/1.0")
     assert answer.status_code == 200
     assert not (app_dir / "site" / "1.0.0").exists()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/site/" + "a" * 300, "/site/" + "a" * 300 + "/b", "/site/%00", "/site@" + "9" * 300 + "/"],
+)
+async def test_paths_no_file_system_can_hold_are_not_found(courtyard, app_dir, path):
+    add_app(app_dir, "site", "1.0.0")
+    rt = await courtyard(entry_points=False)
+    answer = await rt.client.get(path)
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] in ("NOT_FOUND", "VERSION_NOT_FOUND")
+
+
+def test_worker_settings_come_from_the_manifest_checked_once(tmp_path):
+    """The manifest's model is the worker pool's settings: one definition, one check."""
+    from courtyard.apps.config import AppSettings
+    from courtyard.apps.registry import AppManifestError, read_app_manifest
+    from courtyard.apps.router import worker_app
+
+    config = {"entry": "app:app", "network": False, "forward_credentials": True, "ttl": 0}
+    root = add_app(tmp_path, "x", "1.0.0", config=config, manifest="app.toml")
+    name, version, parsed = read_app_manifest(root)
+    assert isinstance(parsed, AppSettings)
+    settings = worker_app(AppVersion(name, version, root, parsed)).settings
+    assert (settings.network, settings.forward_credentials, settings.ttl) == (False, True, 0)
+    assert AppConfig().network is True and AppConfig().forward_credentials is False
+    bad = add_app(tmp_path / "bad", "x", "1.0.0", config={"network": "sometimes"})
+    with pytest.raises(AppManifestError, match="network"):
+        read_app_manifest(bad)

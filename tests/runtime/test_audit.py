@@ -281,7 +281,11 @@ async def test_a_request_whose_client_went_away_is_recorded_as_499(courtyard, da
         "raw_path": b"/notes/slow",
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"localhost"), (b"x-request-id", b"gone-1")],
+        "headers": [
+            (b"host", b"localhost"),
+            (b"origin", b"http://localhost"),
+            (b"x-request-id", b"gone-1"),
+        ],
         "client": ("127.0.0.1", 1234),
         "server": ("127.0.0.1", 80),
     }

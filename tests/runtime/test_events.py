@@ -628,7 +628,7 @@ async def publish(
     client: httpx.AsyncClient, topic: str, data: Any, tenant: str | None = None
 ) -> str:
     body = {"topic": topic, "data": data, "tenant": tenant}
-    answer = await client.post("/feed/publish", json=body)
+    answer = await client.post("/feed/publish", json=body, headers=INTERNAL)
     assert answer.status_code == 200, answer.text
     return answer.json()["id"]
 

@@ -114,8 +114,8 @@ async def test_an_exposed_runtime_never_opens_even_without_keys(tmp_path, plugin
 
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=host),
-            base_url="http://h",
-            headers={"Origin": "http://h"},
+            base_url="http://localhost",
+            headers={"Origin": "http://localhost"},
         )
         async with client:
             assert (

@@ -30,7 +30,7 @@ async def test_before_the_first_generation_only_liveness_answers(tmp_path):
 
     host = Host(Settings(data_dir=tmp_path, entry_points=False))
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=host), base_url="http://x"
+        transport=httpx.ASGITransport(app=host), base_url="http://localhost"
     ) as client:
         assert (await client.get("/api/health/live")).status_code == 200
         ready = await client.get("/api/health/ready")

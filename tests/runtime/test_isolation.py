@@ -137,7 +137,7 @@ async def test_strict_mode_shuts_down_what_it_started(courtyard, plugin_dir, add
 
 async def test_a_failure_assembling_the_app_is_a_build_error(courtyard, tmp_path):
     missing = tmp_path / "no-such-scalar.js"
-    with pytest.raises(BuildError, match="no-such-scalar.js"):
+    with pytest.raises(BuildError, match=r"no-such-scalar\.js"):
         await courtyard(entry_points=False, docs_script=str(missing))
 
 

@@ -54,7 +54,7 @@ OWNERS = "courtyard.owners"
 
 def create_app(host: Host, generation: Generation) -> Quart:
     """Assemble the Quart app serving `generation`'s loaded plugins."""
-    app = Quart("courtyard")
+    app = Quart("courtyard", static_folder=None)  # no /static route to shadow an app
     app.request_class = type(
         "Request", (_Request,), {"upload_max_bytes": generation.settings.upload_max_bytes}
     )
@@ -62,15 +62,19 @@ def create_app(host: Host, generation: Generation) -> Quart:
     app.extensions["courtyard.generation"] = generation
     QuartSchema(
         app,
-        openapi_path="/api/openapi.json",
-        scalar_ui_path="/api/docs",
+        # core/docs_ui.py serves the document (cached) and the docs page itself.
+        openapi_path=None,
+        scalar_ui_path=None,
         swagger_ui_path=None,
         redoc_ui_path=None,
-        info={"title": "Courtyard", "version": __version__},
+        info={"title": "Courtyard", "version": __version__, "description": meta.DESCRIPTION},
         tags=[
-            {"name": r.name, "description": r.candidate.manifest.description or r.name}
-            for r in generation.loaded
-            if r.blueprints and r.candidate.manifest is not None
+            *meta.CORE_TAGS,
+            *(
+                {"name": r.name, "description": r.candidate.manifest.description or r.name}
+                for r in generation.loaded
+                if r.blueprints and r.candidate.manifest is not None
+            ),
         ],
         openapi_provider_class=CourtyardOpenAPIProvider,
         security_schemes=meta.SECURITY_SCHEMES,

@@ -58,7 +58,13 @@ class Host:
         self._retiring: set[asyncio.Task[None]] = set()
         self._boot: asyncio.Task[None] | None = None
         self.hosts = HostAllowList(settings.host, settings.allowed_hosts)
-        self.apps = AppRouter(AppRegistry(settings.app_folders), settings.data_dir / "run")
+        self.apps = AppRouter(
+            AppRegistry(settings.app_folders),
+            settings.data_dir / "run",
+            app_data_dir=settings.data_dir / "app-data",
+            allow_unsandboxed=settings.apps_allow_unsandboxed,
+            sandbox_user=settings.apps_sandbox_user,
+        )
         self.services = Services(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -43,6 +43,7 @@ class Settings(BaseModel):
     startup_timeout: float = Field(default=30.0, gt=0)
     drain_timeout: float = Field(default=30.0, ge=0)
     docs_script: str | None = None
+    docs_script_integrity: str | None = None  # needed when docs_script is a URL
     upload_max_bytes: int = Field(default=100 * 1024**2, gt=0)
     upload_max_extracted_bytes: int = Field(default=500 * 1024**2, gt=0)
     upload_max_entries: int = Field(default=10_000, gt=0)

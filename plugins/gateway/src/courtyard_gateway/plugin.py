@@ -82,7 +82,7 @@ async def courtyard_request(ctx: PluginContext, request: Request) -> Any:
         message = (
             f"rate limit of {limited.budget.describe()} exceeded; retry in {limited.retry_after} s"
         )
-        # The core envelope, plus the `success: false` that seed 002's and 004's clients read.
+        # The core envelope, plus the `success: false` that RustCI's and Stella Ops' clients read.
         body = {"success": False, "error": {"code": "RATE_LIMIT_EXCEEDED", "message": message}}
         return body, 429, {"Retry-After": str(limited.retry_after)}
     return None
