@@ -25,8 +25,9 @@ from quart_schema import QuartSchema
 from werkzeug.routing import Rule
 
 from . import __version__, errors, security
-from .core import apps_api, audit_api, events_api, health, keys_api, meta, plugins_api, uploads
+from .core import apps_api, audit_api, events_api, health, keys_api, meta, plugins_api
 from .core.meta import CourtyardOpenAPIProvider
+from .limits import UPLOAD_PATHS
 from .logs import request_id
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ class _Request(Request):
     upload_max_bytes: int | None = None  # set per app by create_app
 
     def __init__(self, method: str, scheme: str, path: str, *args: Any, **kwargs: Any) -> None:
-        if method == "POST" and path in uploads.UPLOAD_PATHS:
+        if method == "POST" and path in UPLOAD_PATHS:
             kwargs["max_content_length"] = self.upload_max_bytes
         super().__init__(method, scheme, path, *args, **kwargs)
 

@@ -87,8 +87,7 @@ def install(app: Quart) -> None:
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
-        # An ApiError may carry headers (Retry-After on a 429, say).
-        response = error_response(exc.status, exc.code, exc.message, getattr(exc, "headers", None))
+        response = error_response(exc.status, exc.code, exc.message, exc.headers)
         if exc.status == 401:  # RFC 9110: a 401 names the scheme to authenticate with
             response.headers["WWW-Authenticate"] = 'Bearer realm="courtyard"'
         return response

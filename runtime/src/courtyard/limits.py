@@ -29,12 +29,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .asgi import Receive, Scope, Send, header, send_error
-from .core.uploads import UPLOAD_PATHS
-from .security import request_id_for
+from courtyard_sdk import ApiError
+
+from .asgi import Receive, Scope, Send, header
+from .security import refuse, request_id_for
 
 if TYPE_CHECKING:
     from .host import Host
@@ -42,21 +42,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("courtyard.limits")
 
+UPLOAD_PATHS = ("/api/plugins/upload", "/api/apps/upload")  # archives: upload_max_bytes
 REQUEST_MAX_BYTES = 16 * 1024**2  # Quart's MAX_CONTENT_LENGTH, which core and plugin routes keep
 RETRY_AFTER = 2  # seconds a client refused for want of budget is told to wait
 REFUSED = "courtyard.refused"  # scope key: the status the limits answered with (audit.py)
 NO_BODY_METHODS = ("GET", "HEAD")
 _DISCONNECT = {"type": "http.disconnect"}
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """An answer the limits give instead of the application."""
-
-    status: int
-    code: str
-    message: str
-    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class BodyBudget:
@@ -125,13 +116,13 @@ class RequestLimits:
         finally:
             self.budget.give_back(guard.held)
 
-    def busy(self) -> Refusal:
+    def busy(self) -> ApiError:
         """The refusal of a body the budget cannot hold now."""
-        return Refusal(
+        return ApiError(
             503,
             "SERVER_BUSY",
             "too many request bodies are being received; try again shortly",
-            ((b"retry-after", str(RETRY_AFTER).encode()),),
+            {"Retry-After": str(RETRY_AFTER)},
         )
 
 
@@ -151,16 +142,16 @@ class _Guard:
         self.answered = False  # the guard answered: drop what the application sends
         self._for_app: bool | None = None  # asked once, of a large body only
 
-    def too_large(self, size: int) -> Refusal | None:
+    def too_large(self, size: int) -> ApiError | None:
         """The refusal of a body of `size` bytes (so far), if it is one."""
         scope, limits = self.scope, self.limits
         method = scope["method"]
         if method in NO_BODY_METHODS:
-            return Refusal(400, "BODY_NOT_ALLOWED", f"a {method} request carries no body")
+            return ApiError(400, "BODY_NOT_ALLOWED", f"a {method} request carries no body")
         if method == "POST" and scope["path"] in UPLOAD_PATHS:
             if size > limits.upload_max_bytes:
                 limit = limits.upload_max_bytes
-                return Refusal(413, "ARCHIVE_TOO_LARGE", f"the upload exceeds {limit} bytes")
+                return ApiError(413, "ARCHIVE_TOO_LARGE", f"the upload exceeds {limit} bytes")
             return None
         if size <= REQUEST_MAX_BYTES:
             return None
@@ -169,9 +160,9 @@ class _Guard:
         if self._for_app:
             return None
         message = f"the request body exceeds {REQUEST_MAX_BYTES} bytes"
-        return Refusal(413, "PAYLOAD_TOO_LARGE", message)
+        return ApiError(413, "PAYLOAD_TOO_LARGE", message)
 
-    def check_head(self) -> Refusal | None:
+    def check_head(self) -> ApiError | None:
         """Refuse what the request's head already tells: a body where none belongs, a
         declared length over the limit or beyond the budget."""
         scope, limits = self.scope, self.limits
@@ -200,7 +191,7 @@ class _Guard:
         except TimeoutError:
             timeout = self.limits.read_timeout
             await self.refuse(
-                Refusal(408, "REQUEST_TIMEOUT", f"no request data received for {timeout:g} s")
+                ApiError(408, "REQUEST_TIMEOUT", f"no request data received for {timeout:g} s")
             )
             return _DISCONNECT
         if message["type"] != "http.request":
@@ -229,7 +220,7 @@ class _Guard:
             self.started = True
         await self._send(message)
 
-    async def refuse(self, refusal: Refusal) -> None:
+    async def refuse(self, refusal: ApiError) -> None:
         """Answer `refusal` (unless the application already answers) and stop the body."""
         self.refused = True
         self.scope[REFUSED] = refusal.status
@@ -246,13 +237,8 @@ class _Guard:
             return
         self.answered = True
         rid = request_id_for(header(self.scope, b"x-request-id"))
-        headers = [
-            *refusal.headers,
-            (b"x-request-id", rid.encode("latin-1")),
-            # The rest of the body is not read: the connection cannot carry another request.
-            (b"connection", b"close"),
-        ]
-        await send_error(self._send, refusal.status, refusal.code, refusal.message, headers)
+        # The rest of the body is not read: the connection cannot carry another request.
+        await refuse(self.scope, self._send, refusal, rid, {"Connection": "close"})
 
 
 def _body_headers(scope: Scope) -> tuple[int | None, bool]:

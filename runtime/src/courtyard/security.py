@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -155,10 +155,18 @@ def check_origin(scheme: str, host: str, headers: Any, *, may_omit: bool = False
 # Answering below Quart ----------------------------------------------------------------
 
 
-async def refuse(scope: Scope, send: Send, error: ApiError, request_id: str) -> None:
-    """Answer `error` to an HTTP request or a WebSocket handshake that never reaches an
-    app (a WebSocket gets an HTTP denial where the server supports one, else a close)."""
-    headers = [(b"x-request-id", request_id.encode("latin-1"))]
+async def refuse(
+    scope: Scope,
+    send: Send,
+    error: ApiError,
+    request_id: str,
+    extra_headers: Mapping[str, str] | None = None,
+) -> None:
+    """Answer `error` (with its headers) to an HTTP request or a WebSocket handshake that
+    never reaches an app (a WebSocket gets an HTTP denial where the server supports one,
+    else a close)."""
+    named = {**error.headers, **(extra_headers or {}), "X-Request-Id": request_id}
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in named.items()]
     if scope["type"] == "http":
         await send_error(send, error.status, error.code, error.message, headers)
         return

@@ -16,8 +16,6 @@ from ..archives import ArchiveError, Limits, archive_kind, extract, flatten_root
 from ..installs import remove_path, staging_dir
 from ..settings import Settings
 
-UPLOAD_PATHS = ("/api/plugins/upload", "/api/apps/upload")
-
 
 def limits(settings: Settings) -> Limits:
     """The archive limits the settings set."""

@@ -121,17 +121,14 @@ def _presents_credential(headers: Mapping[str, str]) -> bool:
     return False
 
 
-class Throttled(ApiError):
-    """429 `RATE_LIMIT_EXCEEDED`: too many failed authentications from one address. Its
-    `headers` (Retry-After) go on the answer (errors.py)."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(
-            429,
-            "RATE_LIMIT_EXCEEDED",
-            f"too many failed authentications from this address; retry in {retry_after} s",
-        )
-        self.headers = {"Retry-After": str(retry_after)}
+def throttled(retry_after: int) -> ApiError:
+    """429 `RATE_LIMIT_EXCEEDED`: too many failed authentications from one address."""
+    return ApiError(
+        429,
+        "RATE_LIMIT_EXCEEDED",
+        f"too many failed authentications from this address; retry in {retry_after} s",
+        {"Retry-After": str(retry_after)},
+    )
 
 
 def client_address() -> str | None:
@@ -235,7 +232,7 @@ class Auth:
             WebSocket.
         :raises ApiError: 401 (`INVALID_CREDENTIALS`, `INVALID_API_KEY`,
             `API_KEY_REVOKED`, `API_KEY_EXPIRED`, `INVALID_TOKEN`, `TOKEN_EXPIRED`), 429
-            `RATE_LIMIT_EXCEEDED` (`Throttled`) for an address past
+            `RATE_LIMIT_EXCEEDED` for an address past
             `auth_failures_per_minute` that presents a credential, or 503
             `AUTH_UNAVAILABLE`.
         """
@@ -246,7 +243,7 @@ class Auth:
             # stay reachable from an address that failed.
             wait = self.failures.retry_after(client)  # at once None while nobody failed
             if wait is not None and _presents_credential(headers):
-                raise Throttled(wait)  # before the credential is even looked at
+                raise throttled(wait)  # before the credential is even looked at
             secret = presented_secret(headers)
             if secret is None:
                 return ANONYMOUS if await self.enabled(credentials) else OPEN
