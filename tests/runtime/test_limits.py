@@ -394,8 +394,18 @@ class FakeApp:
 
 
 def http_scope(method: str = "POST", path: str = "/x", length: int | None = None) -> dict:
-    headers = [] if length is None else [(b"content-length", str(length).encode())]
-    return {"type": "http", "method": method, "path": path, "headers": headers}
+    """An HTTP/1.1 request with a body: of `length` bytes, else chunked."""
+    if length is None:
+        headers = [(b"transfer-encoding", b"chunked")]
+    else:
+        headers = [(b"content-length", str(length).encode())]
+    return {
+        "type": "http",
+        "http_version": "1.1",
+        "method": method,
+        "path": path,
+        "headers": headers,
+    }
 
 
 async def run(limits: RequestLimits, scope: dict, chunks: list[bytes]) -> list[dict]:
@@ -566,3 +576,19 @@ async def test_core_routes_answer_malformed_json_with_400(courtyard, body: bytes
     )
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["code"] in ("INVALID_ENCODING", "NESTED_TOO_DEEPLY")
+
+
+async def test_an_http1_request_without_a_body_is_passed_through_unwrapped() -> None:
+    seen: list = []
+
+    async def app(scope, receive, send) -> None:
+        seen.append(receive)
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    limits = RequestLimits(app, settings())
+    scope = {"type": "http", "http_version": "1.1", "method": "GET", "path": "/", "headers": []}
+    await limits(scope, receive, None)
+    await limits({**scope, "http_version": "2"}, receive, None)  # HTTP/2: maybe a body
+    assert seen[0] is receive and seen[1] is not receive

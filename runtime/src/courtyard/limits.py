@@ -106,8 +106,14 @@ class RequestLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        length, chunked = _body_headers(scope)
+        if not length and not chunked and scope.get("http_version") != "2":
+            # HTTP/1 without Content-Length or Transfer-Encoding has no body (HTTP/2 may
+            # stream one without either): nothing to count, so no wrapper to pay for.
+            await self.app(scope, receive, send)
+            return
         guard = _Guard(self, scope, receive, send)
-        refusal = guard.check_head()
+        refusal = guard.check_head(length, chunked)
         if refusal is not None:
             await guard.refuse(refusal)
             return
@@ -162,11 +168,11 @@ class _Guard:
         message = f"the request body exceeds {REQUEST_MAX_BYTES} bytes"
         return ApiError(413, "PAYLOAD_TOO_LARGE", message)
 
-    def check_head(self) -> ApiError | None:
-        """Refuse what the request's head already tells: a body where none belongs, a
-        declared length over the limit or beyond the budget."""
+    def check_head(self, length: int | None, chunked: bool) -> ApiError | None:
+        """Refuse what the request's head already tells (its declared `length` and
+        whether it is `chunked`): a body where none belongs, a declared length over the
+        limit or beyond the budget."""
         scope, limits = self.scope, self.limits
-        length, chunked = _body_headers(scope)
         if scope["method"] in NO_BODY_METHODS:
             if length or chunked:
                 return self.too_large(0)
