@@ -30,6 +30,12 @@ async def connection(
         started = time.perf_counter()
         writer.write(head + payload)
         status_line = await reader.readline()
+        if not status_line:
+            # The server ended the keep-alive connection (Hypercorn does after
+            # keep_alive_max_requests, 1000 by default): reconnect, as clients do.
+            writer.close()
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+            continue
         length = 0
         while (line := await reader.readline()) not in (b"\r\n", b""):
             if line.lower().startswith(b"content-length:"):
