@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from courtyard.apps.workers import AppSettings, WorkerApp, WorkerPool
+from courtyard.apps.pool import AppSettings, WorkerApp, WorkerPool
 from harness import BENCH, save, table
 
 FIXTURES = BENCH.parent / "tests" / "fixtures" / "apps"

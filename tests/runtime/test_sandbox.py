@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
+from courtyard.apps.pool import APP_DATA_ENV, START_FAILED, AppSettings, WorkerApp, WorkerPool
 from courtyard.apps.sandbox import DEBIAN_PACKAGE, Sandbox
-from courtyard.apps.workers import APP_DATA_ENV, START_FAILED, AppSettings, WorkerApp, WorkerPool
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "apps"
 ROOT = os.geteuid() == 0

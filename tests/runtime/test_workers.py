@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 import wsproto.events as ws_events
-from courtyard.apps.workers import (
+from courtyard.apps.pool import (
     APP_DATA_ENV,
     ENV_ALLOW_LIST,
     START_FAILED,
@@ -34,7 +34,7 @@ from courtyard.apps.workers import (
     WorkerApp,
     WorkerPool,
 )
-from courtyard_sdk.testing import free_port
+from courtyard.testing import free_port
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from ws_client import WebSocketClient
@@ -251,7 +251,7 @@ async def test_a_worker_refuses_requests_without_the_pools_secret(apps, make_poo
     echo = make_app(apps, "echo")
     async with client(pool, echo) as http:
         await http.get("/")
-    (path,) = Path(pool._socket_dir or "").glob("*/*.sock")
+    (path,) = Path(pool._supervisor.sockets.folder or "").glob("*/*.sock")
     transport = httpx.AsyncHTTPTransport(uds=str(path))
     async with httpx.AsyncClient(transport=transport, base_url="http://worker") as direct:
         answer = await direct.get("/", headers={"X-Courtyard-Token": "guess"})
@@ -273,7 +273,8 @@ async def test_sockets_left_by_a_dead_runtime_are_removed(tmp_path, apps, make_p
     pool = make_pool()
     async with client(pool, make_app(apps, "echo")) as http:
         await http.get("/")
-    if pool._socket_dir == run:  # else the path was too long and a short folder was used
+    # Unless the path was too long and a short folder was used:
+    if pool._supervisor.sockets.folder == run:
         assert not stale.exists() and not old_style.exists()
         assert mine.exists()
 

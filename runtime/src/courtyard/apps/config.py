@@ -1,4 +1,5 @@
-"""How an ASGI app's workers run: the one definition of those settings and their checks.
+"""How an ASGI app's workers run: the one definition of those settings and their checks,
+and `WorkerApp`, the app version the worker pool is handed.
 
 The manifest model (`registry.AppConfig`) extends `AppSettings` with what only the
 registry and the static server read (`entry`, `index`, `spa`); the worker pool takes an
@@ -8,6 +9,8 @@ registry and the static server read (`entry`, `index`, `spa`); the worker pool t
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -28,7 +31,7 @@ class AppSettings(BaseModel):
     :ivar max_memory_mb: the worker's address-space limit (RLIMIT_AS), and the size of its
         private /tmp; 0 for none.
     :ivar env: the app's own environment variables, the only ones it gets besides a short
-        allow-list (`workers.ENV_ALLOW_LIST`) and the runtime's own few.
+        allow-list (`launch.ENV_ALLOW_LIST`) and the runtime's own few.
     :ivar public_routes: stored for the auth layer; no effect here.
     :ivar network: False runs the sandboxed worker without a network (loopback only).
     :ivar forward_credentials: True forwards `Authorization`, `Cookie`, `X-API-Key` and the
@@ -66,3 +69,28 @@ class AppSettings(BaseModel):
     def __hash__(self) -> int:
         # `env` (a dict) is left out; equal settings still hash equal.
         return hash(tuple(v for k, v in self if k != "env"))
+
+
+@dataclass(frozen=True)
+class WorkerApp:
+    """An app version to run in workers.
+
+    :ivar key: unique id of the version, e.g. "@acme/shop@1.2.0"; workers are per key.
+    :ivar root: the version folder: the worker's working directory, first on `sys.path`.
+    :ivar entry: "module:attr" of the ASGI application (attr may be dotted).
+    """
+
+    key: str
+    root: Path
+    entry: str
+    settings: AppSettings = field(default_factory=AppSettings)
+
+    def __post_init__(self) -> None:
+        module, _, attr = self.entry.partition(":")
+        if not module or not attr:
+            raise ValueError(f"entry {self.entry!r} is not of the form module:attr")
+
+    @property
+    def name(self) -> str:
+        """The app's name: the key without its version ("@acme/shop")."""
+        return self.key.rpartition("@")[0] or self.key

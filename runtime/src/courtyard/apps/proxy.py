@@ -1,15 +1,21 @@
-"""The wire between the runtime and a worker: HTTP/1.1 exchanges streamed with h11,
-WebSocket sessions relayed with wsproto, the headers that cross, and the errors answered
-in the caller's place (see workers.py for the process pool that uses it)."""
+"""Relaying one exchange to a worker: an HTTP/1.1 request and its response, streamed both
+ways with h11, or a WebSocket session, relayed message by message with wsproto. No body
+sits whole in memory; status codes, headers and close codes pass as the app sends them.
+
+`proxy_http` and `proxy_websocket` serve one ASGI scope with a worker the pool lends
+(`Lender`); they map what goes wrong to the pool's answers (pool.py lists them). The
+app's `timeout` covers an HTTP request from the moment its worker is ready until the
+response is complete: a worker that has not answered by then is killed (504 APP_TIMEOUT),
+one whose response is unfinished is recycled, the response cut off. For a WebSocket it
+covers the handshake only. Nothing here outlives the exchange.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
 
 import h11
 import wsproto
@@ -17,101 +23,111 @@ import wsproto.events as ws_events
 import wsproto.utilities
 
 from ..asgi import Receive, Scope, Send, header
+from .errors import ClientGone, Refusal, TooLarge, WorkerGone, send_error, too_large
+from .headers import WS_HANDSHAKE, content_length, request_headers, response_headers, target
+from .sockets import CHUNK, Connection
 
 if TYPE_CHECKING:
-    from .workers import AppSettings, _Worker
+    from .config import WorkerApp
+    from .process import Worker
 
-
-TOKEN_HEADER = b"x-courtyard-token"  # keep in step with worker_main.py
-ROOT_PATH_HEADER = b"x-courtyard-root-path"
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-# Request headers the pool sets itself (or that make no sense on the worker connection).
-REPLACED = frozenset(
-    {
-        b"content-length",
-        b"expect",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        TOKEN_HEADER,
-        ROOT_PATH_HEADER,
-    }
-)
-# The caller's credentials for the runtime, and the runtime's internal markers: an app gets
-# them only if its `forward_credentials` setting asks (a key or a session cookie in an
-# app's hands would let it act as the caller on the runtime's own API).
-CREDENTIALS = frozenset(
-    {b"authorization", b"cookie", b"x-api-key", b"x-courtyard-internal", b"x-buntime-internal"}
-)
-WS_HANDSHAKE = frozenset(
-    {
-        b"host",
-        b"sec-websocket-key",
-        b"sec-websocket-version",
-        b"sec-websocket-extensions",
-        b"sec-websocket-protocol",
-        b"sec-websocket-accept",
-    }
-)
-CHUNK = 256 * 1024
-MAX_HEAD = 64 * 1024  # response head (status line and headers) from a worker
+log = logging.getLogger("courtyard.apps.workers")  # the logger of every part of the pool
 WS_MAX_MESSAGE = 16 * 1024**2  # a message from the app; bigger ones close with 1009
 
 
-class Refusal(Exception):
-    """An answer the pool gives instead of the app's."""
+class Lender(Protocol):
+    """What the relays need of the pool: a worker lent for one exchange."""
 
-    def __init__(
-        self, status: int, code: str, message: str, headers: Iterable[tuple[bytes, bytes]] = ()
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = list(headers)
+    async def checkout(self, app: WorkerApp, reuse: bool = True) -> tuple[Worker, Connection]:
+        """A claimed worker and a connection to it (or a `Refusal`)."""
+        ...
 
+    def release(self, worker: Worker, connection: Connection | None, reusable: bool) -> None:
+        """Hand the worker back, and the connection if it can carry another request."""
+        ...
 
-class WorkerGone(Exception):
-    """The connection to the worker broke (it crashed, or closed it mid-exchange)."""
+    def retire(self, worker: Worker) -> None:
+        """No new requests for `worker`; stop it once its in-flight ones are done."""
+        ...
 
-
-class ClientGone(Exception):
-    """The caller's client disconnected."""
-
-
-class TooLarge(Exception):
-    """The request body passed `max_body_size`."""
+    def kill(self, worker: Worker) -> None:
+        """Stop `worker` now (SIGKILL), its in-flight requests with it."""
+        ...
 
 
-class Connection:
-    """A stream to a worker, with its h11 state when used for HTTP."""
+# -- HTTP --------------------------------------------------------------------------------
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
 
-    def usable(self) -> bool:
-        """Still open, and nothing unexpected waiting to be read."""
-        return not (
-            self.writer.is_closing() or self.reader.at_eof() or self.reader._buffer  # type: ignore[attr-defined]
-        )
-
-    def close(self) -> None:
-        """Close without waiting."""
-        self.writer.close()
+async def proxy_http(
+    workers: Lender, app: WorkerApp, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Serve an `http` scope with a worker of `app`."""
+    settings = app.settings
+    try:
+        length = content_length(scope)
+    except ValueError:
+        await send_error(scope, send, Refusal(400, "BAD_REQUEST", "Bad Content-Length"))
+        return
+    if length is not None and length > settings.max_body_size:
+        await send_error(scope, send, too_large(settings))
+        return
+    # Look at the first body message before taking a worker: a slow client holds none.
+    first = await receive()
+    while first["type"] == "http.request" and first.get("more_body") and not first.get("body"):
+        first = await receive()  # skip empty chunks: a body-less request stays one
+    if first["type"] == "http.disconnect":
+        return
+    body = first.get("body", b"")
+    if len(body) > settings.max_body_size:
+        await send_error(scope, send, too_large(settings))
+        return
+    try:
+        worker, connection = await workers.checkout(app)
+    except Refusal as refusal:
+        await send_error(scope, send, refusal)
+        return
+    exchange = HttpExchange(scope, receive, send, worker, first, length)
+    exchange.connection = connection
+    try:
+        try:
+            async with asyncio.timeout(settings.timeout):
+                await exchange.run()
+        except TimeoutError:
+            if exchange.started:
+                # The app answers, maybe only slowly, or to a slow client: drop this
+                # response and recycle the worker once its other requests are done.
+                log.warning(
+                    "%s: response unfinished after %g s; dropped, worker %s retiring",
+                    app.key,
+                    settings.timeout,
+                    worker.pid,
+                )
+                workers.retire(worker)
+                return
+            log.warning(
+                "%s: no response within %g s; killing worker %s",
+                app.key,
+                settings.timeout,
+                worker.pid,
+            )
+            workers.kill(worker)
+            raise Refusal(
+                504, "APP_TIMEOUT", f"The app did not respond within {settings.timeout:g} s"
+            ) from None
+        except TooLarge:
+            raise too_large(settings) from None
+        except ClientGone:
+            return
+        except (WorkerGone, OSError, h11.RemoteProtocolError) as exc:
+            raise await worker.crashed(exc) from None
+        except h11.LocalProtocolError as exc:
+            raise Refusal(400, "BAD_REQUEST", f"Cannot forward the request: {exc}") from None
+    except Refusal as refusal:
+        if exchange.started:
+            return  # too late for an error response: the server drops the connection
+        await send_error(scope, send, refusal)
+    finally:
+        workers.release(worker, exchange.connection, reusable=exchange.reusable())
 
 
 class HttpExchange:
@@ -122,7 +138,7 @@ class HttpExchange:
         scope: Scope,
         receive: Receive,
         send: Send,
-        worker: _Worker,
+        worker: Worker,
         first: dict[str, Any],
         length: int | None,
     ) -> None:
@@ -252,11 +268,54 @@ class HttpExchange:
             # InformationalResponse (1xx): nothing to relay in ASGI.
 
 
-# -- WebSocket relay ---------------------------------------------------------------------
+# -- WebSocket ---------------------------------------------------------------------------
+
+
+async def proxy_websocket(
+    workers: Lender, app: WorkerApp, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Serve a `websocket` scope with a worker of `app` (on a connection of its own)."""
+    if (await receive())["type"] != "websocket.connect":
+        return
+    try:
+        worker, connection = await workers.checkout(app, reuse=False)
+    except Refusal as refusal:
+        await send_error(scope, send, refusal)
+        return
+    try:
+        try:
+            async with asyncio.timeout(app.settings.timeout):
+                ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+                answer = await ws_handshake(ws, connection, scope, worker)
+        except TimeoutError:
+            workers.kill(worker)
+            raise Refusal(
+                504, "APP_TIMEOUT", f"The app did not accept within {app.settings.timeout:g} s"
+            ) from None
+        except (WorkerGone, OSError, wsproto.utilities.RemoteProtocolError) as exc:
+            raise await worker.crashed(exc) from None
+    except Refusal as refusal:
+        await send_error(scope, send, refusal)
+        workers.release(worker, connection, reusable=False)
+        return
+    try:
+        if isinstance(answer, ws_events.AcceptConnection):
+            await send(
+                {
+                    "type": "websocket.accept",
+                    "subprotocol": answer.subprotocol,
+                    "headers": response_headers(answer.extra_headers, WS_HANDSHAKE),
+                }
+            )
+            await ws_relay(ws, connection, receive, send)
+        else:
+            await ws_denial(ws, connection, answer, scope, send)
+    finally:
+        workers.release(worker, connection, reusable=False)
 
 
 async def ws_handshake(
-    ws: wsproto.WSConnection, connection: Connection, scope: Scope, worker: _Worker
+    ws: wsproto.WSConnection, connection: Connection, scope: Scope, worker: Worker
 ) -> ws_events.AcceptConnection | ws_events.RejectConnection:
     """Open the WebSocket to the worker; return its acceptance or its refusal."""
     headers = [
@@ -399,115 +458,3 @@ def sendable_close_code(code: int) -> int:
         if code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011) or (3000 <= code <= 4999)
         else 1000
     )
-
-
-# -- headers and errors ------------------------------------------------------------------
-
-
-def content_length(scope: Scope) -> int | None:
-    """The request's Content-Length, if it declares one; ValueError if malformed."""
-    values = [v for n, v in scope.get("headers", ()) if n == b"content-length"]
-    if not values:
-        return None
-    lengths = {v.strip() for v in values}
-    if len(lengths) != 1 or not next(iter(lengths)).isdigit():
-        raise ValueError("bad content-length")
-    return int(next(iter(lengths)))
-
-
-def request_headers(scope: Scope, worker: _Worker) -> list[tuple[bytes, bytes]]:
-    """The caller's headers minus hop-by-hop ones (and, unless the app asks for them, its
-    credentials), plus forwarding and private headers."""
-    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
-    withheld = frozenset() if worker.app.settings.forward_credentials else CREDENTIALS
-    named_in_connection = {
-        token.strip().lower().encode("latin-1")
-        for name, value in headers
-        if name == b"connection"
-        for token in value.decode("latin-1").split(",")
-    }
-    forwarded_for = [value for name, value in headers if name == b"x-forwarded-for"]
-    out = [
-        (name, value)
-        for name, value in headers
-        if name not in HOP_BY_HOP
-        and name not in REPLACED
-        and name not in named_in_connection
-        and name not in withheld
-    ]
-    if not any(name == b"host" for name, _ in out):
-        server = scope.get("server")
-        out.append((b"host", f"{server[0]}:{server[1]}".encode() if server else b"localhost"))
-    client = scope.get("client")
-    if client and client[0]:
-        forwarded_for.append(str(client[0]).encode("latin-1"))
-    if forwarded_for:
-        out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
-    scheme = scope.get("scheme", "http")
-    out.append((b"x-forwarded-proto", b"https" if scheme in ("https", "wss") else b"http"))
-    host = header(scope, b"host")
-    if host:
-        out.append((b"x-forwarded-host", host.encode("latin-1")))
-    out.append((TOKEN_HEADER, worker.token))
-    out.append((ROOT_PATH_HEADER, quote(scope.get("root_path", "")).encode("ascii")))
-    return out
-
-
-def response_headers(
-    headers: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes] = frozenset()
-) -> list[tuple[bytes, bytes]]:
-    """A worker's response headers as they go to the client: hop-by-hop ones dropped."""
-    return [
-        (bytes(name), bytes(value))
-        for name, value in headers
-        if name.lower() not in HOP_BY_HOP and name.lower() not in drop
-    ]
-
-
-def target(scope: Scope) -> str:
-    """The request target for the worker: the caller's path (and query) as given.
-
-    `raw_path` is used when it still matches `path` (it keeps escapes such as %2F); a
-    caller that rewrote `path` may have left it stale, so otherwise `path` is quoted.
-    """
-    path: str = scope.get("path") or "/"
-    raw = scope.get("raw_path")
-    if raw and raw.isascii() and unquote(raw.decode("ascii")) == path:
-        target = raw.decode("ascii")
-    else:
-        target = quote(path, safe="/:@!$&'()*+,;=-._~")
-    query: bytes = scope.get("query_string") or b""
-    if query:
-        target += "?" + (
-            query.decode("ascii") if query.isascii() else quote(query, safe="/?:@!$&'()*+,;=%")
-        )
-    return target
-
-
-def too_large(settings: AppSettings) -> Refusal:
-    """The refusal of a body above the app's `max_body_size`."""
-    return Refusal(
-        413,
-        "PAYLOAD_TOO_LARGE",
-        f"The request body is larger than {settings.max_body_size} bytes",
-    )
-
-
-async def send_error(scope: Scope, send: Send, refusal: Refusal) -> None:
-    """Answer with the error envelope (for a WebSocket: as a denial response, or a close)."""
-    body = json.dumps({"error": {"code": refusal.code, "message": refusal.message}}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", b"%d" % len(body)),
-        *refusal.headers,
-    ]
-    if scope["type"] == "websocket":
-        if "websocket.http.response" in (scope.get("extensions") or {}):
-            start = {"type": "websocket.http.response.start", "status": refusal.status}
-            await send({**start, "headers": headers})
-            await send({"type": "websocket.http.response.body", "body": body})
-        else:
-            await send({"type": "websocket.close", "code": 1013 if refusal.status == 503 else 1011})
-        return
-    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

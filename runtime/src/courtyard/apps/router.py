@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from ..asgi import Receive, Scope, Send, send_error
+from .config import WorkerApp
 from .registry import App, AppRegistry, AppVersion
 from .static import serve_static
 from .versions import InvalidRange, resolve
 
 if TYPE_CHECKING:
-    from .workers import WorkerApp, WorkerPool
+    from .pool import WorkerPool
 
 APP_PATH = re.compile(
     r"^/(?P<name>(?:@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*)"
@@ -118,7 +119,7 @@ class AppRouter:
     def pool(self) -> WorkerPool:
         """The worker processes of ASGI apps, started on first use."""
         if self._pool is None:
-            from .workers import WorkerPool
+            from .pool import WorkerPool
 
             self._pool = WorkerPool(
                 self._runtime_dir, max_workers=self._max_workers, **self._pool_options
@@ -140,8 +141,6 @@ class AppRouter:
 
 def worker_app(version: AppVersion) -> WorkerApp:
     """What the worker pool needs to run an ASGI app version."""
-    from .workers import WorkerApp
-
     config = version.config
     assert config.entry is not None
     # An AppConfig is an AppSettings: the worker settings are defined (and checked) once.

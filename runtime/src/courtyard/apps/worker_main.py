@@ -1,6 +1,6 @@
 """One app worker process: imports an ASGI application and serves it with Hypercorn.
 
-Started by `courtyard.apps.workers.WorkerPool`, never by hand:
+Started by `courtyard.apps.pool.WorkerPool` (process.py), never by hand:
 
     python -P .../courtyard/apps/worker_main.py --socket PATH --root DIR --entry module:attr
 
