@@ -2,7 +2,7 @@ import json
 
 from click.testing import CliRunner
 from courtyard.cli import main
-from courtyard_sdk.testing import write_plugin
+from courtyard.testing import write_plugin
 
 
 def run(*args, env=None):

@@ -13,14 +13,15 @@ import click
 import httpx
 import pytest
 from click.testing import CliRunner
-from courtyard import remote
-from courtyard.packing import MTIME
-from courtyard.remote import add_remote_commands, remote_list, remote_options
-from courtyard_sdk.testing import free_port, write_plugin
+from courtyard.cli import add_remote_commands, client
+from courtyard.cli.options import remote_options
+from courtyard.cli.pack import MTIME
+from courtyard.cli.plugins import remote_list
+from courtyard.testing import free_port, write_plugin
 
 
 def build_cli() -> click.Group:
-    """The CLI as cli.py wires it: the remote commands added to fresh `courtyard` and
+    """The CLI as courtyard.cli wires it: the remote commands added to fresh `courtyard` and
     `courtyard plugins` groups, and `plugins list` asking a server when given a URL."""
     main = click.Group("courtyard")
     plugins = click.Group("plugins")
@@ -405,14 +406,14 @@ def test_uploads_stream_in_chunks_with_a_progress_bar_only_on_a_terminal(
     archive = tmp_path / "big.tgz"
     archive.write_bytes(os.urandom(3_000_000))
     reads: list[int] = []
-    original = remote._ProgressReader.read
+    original = client.ProgressReader.read
 
     def spy(self, size=-1):
         chunk = original(self, size)
         reads.append(len(chunk))
         return chunk
 
-    monkeypatch.setattr(remote._ProgressReader, "read", spy)
+    monkeypatch.setattr(client.ProgressReader, "read", spy)
 
     quiet = run("apps", "upload", archive, "--overwrite", "--url", url)
     assert quiet.exit_code == 0, quiet.output

@@ -18,9 +18,9 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner, Result
-from courtyard import scaffold
 from courtyard.apps.registry import read_app_manifest
-from courtyard.scaffold import APP_FILES, PLUGIN_FILES, TEMPLATES, new
+from courtyard.cli import new as scaffold
+from courtyard.cli.new import APP_FILES, PLUGIN_FILES, TEMPLATES, new
 from courtyard_sdk import read_manifest
 
 
@@ -112,7 +112,7 @@ def test_the_plugin_project_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
     assert pyproject["project"]["name"] == "courtyard-acme-hello-world"
     assert pyproject["project"]["dependencies"] == ["courtyard-sdk"]
-    assert pyproject["dependency-groups"]["dev"] == ["courtyard-sdk[testing]"]
+    assert pyproject["dependency-groups"]["dev"] == ["courtyard[testing]"]
     assert pyproject["project"]["entry-points"]["courtyard.plugins"] == {
         "acme-hello-world": "courtyard_acme_hello_world.plugin"
     }

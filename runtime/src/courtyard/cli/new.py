@@ -20,8 +20,8 @@ import click
 from courtyard_sdk import ManifestError, is_valid_name, parse_manifest
 from courtyard_sdk.names import slug
 
-from .apps.registry import RESERVED_APP_NAMES
-from .packing import archive_stem
+from ..apps.registry import RESERVED_APP_NAMES, AppConfig
+from .pack import archive_stem
 
 TEMPLATES = Path(__file__).parent / "templates"
 APP_KINDS = ("static", "asgi")
@@ -213,8 +213,6 @@ def create_app(name: str, kind: str, target: Path) -> list[Path]:
     :raises ScaffoldError: for an invalid name or kind, or a `target` that exists and is
         not empty.
     """
-    from .apps.registry import AppConfig
-
     check_name(name)
     if kind not in APP_KINDS:
         raise ScaffoldError(f"unknown app kind {kind!r}: choose one of {', '.join(APP_KINDS)}")

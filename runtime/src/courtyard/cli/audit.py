@@ -1,7 +1,7 @@
 """`courtyard audit list`: read a running server's audit log (`GET /api/audit/`).
 
 A table for humans, `--json` for scripts; `--all` follows `next_cursor` to the end.
-Errors are printed as the other remote commands print them (see remote.py).
+Errors are printed as the other remote commands print them (see errors.py).
 """
 
 from __future__ import annotations
@@ -10,16 +10,10 @@ from typing import Any
 
 import click
 
-from .remote import (
-    RemoteError,
-    _json_option,
-    _note,
-    _print_json,
-    _print_table,
-    _reported,
-    remote_options,
-    request,
-)
+from .client import RemoteError, Server
+from .errors import reported
+from .options import json_option, remote_options
+from .output import Column, field, note, print_rows
 
 PATH = "/api/audit/"
 # (option name, query parameter, help)
@@ -51,6 +45,17 @@ def _what(entry: dict[str, Any]) -> str:
     return f"{entry.get('method') or ''} {entry.get('path') or ''}".strip()
 
 
+_COLUMNS = (
+    Column("Id", lambda entry: str(entry.get("id", ""))),
+    Column("Time", lambda entry: str(entry.get("time", ""))),
+    Column("Identity", field("identity", "-")),
+    Column("Tenant", field("tenant", "-")),
+    Column("What", _what),
+    Column("Status", field("status", "-")),
+    Column("Plugin", field("plugin", "-")),
+)
+
+
 def _page(body: Any) -> tuple[list[dict[str, Any]], str | None]:
     entries = body.get("entries") if isinstance(body, dict) else None
     cursor = body.get("next_cursor") if isinstance(body, dict) else None
@@ -78,8 +83,8 @@ def audit() -> None:
 @click.option("--cursor", help="Start after this page: the next_cursor of the previous one.")
 @click.option("--all", "follow", is_flag=True, help="Follow next_cursor to the oldest entry.")
 @remote_options()
-@_json_option
-@_reported
+@json_option
+@reported
 def list_entries(
     limit: int,
     cursor: str | None,
@@ -97,34 +102,21 @@ def list_entries(
     """
     params = {query: filters[name] for name, query, _ in _FILTERS if filters[name]}
     params["limit"] = str(limit)
+    server = Server(url, api_key)
     entries: list[dict[str, Any]] = []
     while True:
         if cursor:
             params["cursor"] = cursor
-        page, cursor = _page(request(url, api_key, "GET", PATH, params=params))
+        page, cursor = _page(server.request("GET", PATH, params=params))
         entries += page
         if not follow or cursor is None:
             break
-    if as_json:
-        _print_json({"entries": entries, "next_cursor": cursor})
-        return
-    if not entries:
-        click.echo("no audit entries")
-    else:
-        _print_table(
-            ["Id", "Time", "Identity", "Tenant", "What", "Status", "Plugin"],
-            [
-                [
-                    str(e.get("id", "")),
-                    str(e.get("time", "")),
-                    str(e.get("identity") or "-"),
-                    str(e.get("tenant") or "-"),
-                    _what(e),
-                    str(e.get("status") or "-"),
-                    str(e.get("plugin") or "-"),
-                ]
-                for e in entries
-            ],
-        )
-    if cursor is not None:
-        _note(f"more entries: --cursor {cursor} (or --all)")
+    print_rows(
+        entries,
+        _COLUMNS,
+        as_json=as_json,
+        empty="no audit entries",
+        data={"entries": entries, "next_cursor": cursor},
+    )
+    if cursor is not None and not as_json:
+        note(f"more entries: --cursor {cursor} (or --all)")

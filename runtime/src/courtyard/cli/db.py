@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import re
 import sys
 from pathlib import Path
@@ -20,11 +19,12 @@ from alembic.script import ScriptDirectory
 from alembic.util import rev_id
 from courtyard_sdk import CourtyardError, read_manifest
 
-from .cli import _load, _settings_options
-from .commands import _prepared
-from .generation import FAILED, Generation
-from .services.database import Database, MigrationError
-from .settings import Settings
+from ..generation import FAILED, Generation
+from ..services.database import Database, MigrationError
+from ..settings import Settings
+from .options import json_option, read_settings, settings_options
+from .output import Column, print_json, print_rows
+from .plugin_commands import prepare
 
 
 @click.group()
@@ -33,51 +33,60 @@ def db() -> None:
 
 
 @db.command()
-@_settings_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@settings_options
+@json_option
 def upgrade(config: str | None, as_json: bool, **flags: Any) -> None:
     """Apply every pending migration: the runtime's, then each plugin's.
 
     A plugin whose migrations fail is reported with the plugins that require it, whose
     migrations are not run; the exit status is then 1.
     """
-    rows = _run(_upgrade_all(_load(config, **flags)))
+    rows = _run(_upgrade_all(read_settings(config, **flags)))
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    for row in [] if as_json else rows:
-        if row["error"]:
-            click.echo(f"{row['owner']}: failed: {row['error']}")
-        elif row["applied"]:
-            click.echo(f"{row['owner']}: applied {', '.join(row['applied'])}")
-        else:
-            click.echo(f"{row['owner']}: up to date")
+        print_json(rows)
+    else:  # a line per owner: what it did is not a table
+        for row in rows:
+            if row["error"]:
+                click.echo(f"{row['owner']}: failed: {row['error']}")
+            elif row["applied"]:
+                click.echo(f"{row['owner']}: applied {', '.join(row['applied'])}")
+            else:
+                click.echo(f"{row['owner']}: up to date")
     if any(row["error"] for row in rows):
         sys.exit(1)
 
 
 @db.command()
-@_settings_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@settings_options
+@json_option
 def status(config: str | None, as_json: bool, **flags: Any) -> None:
     """Show each owner's revision, its head, and whether it is up to date.
 
     The exit status is 1 when any owner is not up to date.
     """
-    rows = _run(_status_all(_load(config, **flags)))
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    elif rows:
-        width = max(len(row["owner"]) for row in rows)
-        for row in rows:
-            state = f"failed: {row['error']}" if row["error"] else row["state"]
-            if row["state"] == "behind":
-                state += f" ({len(row['pending'])} to apply)"
-            current, head = row["current"] or "-", row["head"] or "-"
-            click.echo(f"{row['owner']:<{width}}  {current:<14} {head:<14} {state}")
-    else:
-        click.echo("no owner of tables found")
+    rows = _run(_status_all(read_settings(config, **flags)))
+    print_rows(
+        rows,
+        # Plain columns sit two spaces apart; these widths keep the documented layout.
+        [
+            Column("Owner", lambda row: row["owner"]),
+            Column("Current", lambda row: row["current"] or "-", min_width=13),
+            Column("Head", lambda row: row["head"] or "-", min_width=13),
+            Column("State", _state),
+        ],
+        as_json=as_json,
+        empty="no owner of tables found",
+        plain=True,
+    )
     if any(row["state"] != "up to date" for row in rows):
         sys.exit(1)
+
+
+def _state(row: dict[str, Any]) -> str:
+    state: str = f"failed: {row['error']}" if row["error"] else row["state"]
+    if row["state"] == "behind":
+        state += f" ({len(row['pending'])} to apply)"
+    return state
 
 
 @db.command()
@@ -129,7 +138,7 @@ def _row(owner: str, kind: str, **fields: Any) -> dict[str, Any]:
 
 
 async def _upgrade_all(settings: Settings) -> list[dict[str, Any]]:
-    generation = await asyncio.to_thread(_prepared, settings)
+    generation = await asyncio.to_thread(prepare, settings)
     database = generation.services.database
     rows: list[dict[str, Any]] = []
     try:
@@ -153,7 +162,7 @@ async def _upgrade_all(settings: Settings) -> list[dict[str, Any]]:
 
 
 async def _status_all(settings: Settings) -> list[dict[str, Any]]:
-    generation = await asyncio.to_thread(_prepared, settings)
+    generation = await asyncio.to_thread(prepare, settings)
     database = generation.services.database
     rows: list[dict[str, Any]] = []
     try:

@@ -13,7 +13,6 @@ and its details on stderr; the secret is never shown again. Errors print as
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,11 +20,13 @@ from typing import Any, TypeVar
 import click
 from courtyard_sdk import ApiError, CourtyardError
 
-from .remote import _fail, _print_table
-from .services.auth import Auth, parse_duration
-from .services.database import Database
-from .services.keys import MIGRATIONS, OWNER, KeyInfo, key_id_of
-from .settings import Settings, load_settings
+from ..services.auth import Auth, parse_duration
+from ..services.database import Database
+from ..services.keys import MIGRATIONS, OWNER, KeyInfo, key_id_of
+from ..settings import Settings
+from .errors import fail
+from .options import json_option, read_settings
+from .output import Column, print_json, print_rows
 
 T = TypeVar("T")
 
@@ -40,13 +41,6 @@ def _options(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--config", type=click.Path(dir_okay=False), help="Config file (TOML).")(
         func
     )
-
-
-def _settings(config: str | None, data_dir: Path | None) -> Settings:
-    try:
-        return load_settings({"data_dir": data_dir}, config=config)
-    except CourtyardError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def _run(settings: Settings, action: Callable[[Auth], Awaitable[T]], as_json: bool) -> T:
@@ -69,12 +63,9 @@ def _run(settings: Settings, action: Callable[[Auth], Awaitable[T]], as_json: bo
     try:
         return asyncio.run(run())
     except ApiError as exc:
-        _fail(exc.code, exc.message, as_json)
+        fail(exc.code, exc.message, as_json)
     except CourtyardError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-_json = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
 @click.group()
@@ -93,7 +84,7 @@ def keys() -> None:
 @click.option("--tenant", help="The tenant the key acts for.")
 @click.option("--expires-in", help="Lifetime: seconds, or 90m, 12h, 30d, 2w [default: never].")
 @_options
-@_json
+@json_option
 def create(
     name: str,
     roles: tuple[str, ...],
@@ -109,7 +100,7 @@ def create(
     Give at least one --role or --permission. Present the key as `Authorization: Bearer
     <key>` or `X-API-Key: <key>` (the CLI's --api-key, COURTYARD_API_KEY).
     """
-    settings = _settings(config, data_dir)
+    settings = read_settings(config, data_dir=data_dir)
 
     async def action(auth: Auth) -> tuple[KeyInfo, str]:
         return await auth.create_key(
@@ -122,7 +113,7 @@ def create(
 
     info, secret = _run(settings, action, as_json)
     if as_json:
-        click.echo(json.dumps({**info.to_json(), "secret": secret}, indent=2))
+        print_json({**info.to_json(), "secret": secret})
         return
     held = ", ".join(info.roles + info.permissions)
     click.echo(f"created key {info.id} ({info.name}): {held}", err=True)
@@ -134,57 +125,45 @@ def create(
     click.echo(secret)
 
 
-@keys.command("list")
-@_options
-@_json
-def list_keys(config: str | None, data_dir: Path | None, as_json: bool) -> None:
-    """List every key (active, expired, revoked), oldest first; never their secrets."""
-    rows = [info.to_json() for info in _run(_settings(config, data_dir), _list, as_json)]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("no API keys")
-        return
-    _print_table(
-        ["Id", "Name", "Roles and permissions", "Tenant", "Status", "Created", "Expires", "Used"],
-        [
-            [
-                row["id"],
-                row["name"],
-                ", ".join(row["roles"] + row["permissions"]),
-                row["tenant"] or "-",
-                row["status"],
-                _day(row["createdAt"]),
-                _day(row["expiresAt"]),
-                _day(row["lastUsedAt"]),
-            ]
-            for row in rows
-        ],
-    )
-
-
-async def _list(auth: Auth) -> list[KeyInfo]:
-    return await auth.list_keys()
-
-
 def _day(stamp: str | None) -> str:
     """`2025-01-31T10:20:30.123Z` -> `2025-01-31 10:20`."""
     return stamp[:16].replace("T", " ") if stamp else "-"
 
 
+_COLUMNS = (
+    Column("Id", lambda row: row["id"]),
+    Column("Name", lambda row: row["name"]),
+    Column("Roles and permissions", lambda row: ", ".join(row["roles"] + row["permissions"])),
+    Column("Tenant", lambda row: row["tenant"] or "-"),
+    Column("Status", lambda row: row["status"]),
+    Column("Created", lambda row: _day(row["createdAt"])),
+    Column("Expires", lambda row: _day(row["expiresAt"])),
+    Column("Used", lambda row: _day(row["lastUsedAt"])),
+)
+
+
+@keys.command("list")
+@_options
+@json_option
+def list_keys(config: str | None, data_dir: Path | None, as_json: bool) -> None:
+    """List every key (active, expired, revoked), oldest first; never their secrets."""
+    found = _run(read_settings(config, data_dir=data_dir), Auth.list_keys, as_json)
+    rows = [info.to_json() for info in found]
+    print_rows(rows, _COLUMNS, as_json=as_json, empty="no API keys")
+
+
 @keys.command("revoke")
 @click.argument("key_id", metavar="ID")
 @_options
-@_json
+@json_option
 def revoke(key_id: str, config: str | None, data_dir: Path | None, as_json: bool) -> None:
     """Revoke key ID (as `list` shows it, or the key itself): it stops working at once."""
 
     async def action(auth: Auth) -> KeyInfo:
         return await auth.revoke_key(key_id_of(key_id) or key_id)
 
-    info = _run(_settings(config, data_dir), action, as_json)
+    info = _run(read_settings(config, data_dir=data_dir), action, as_json)
     if as_json:
-        click.echo(json.dumps(info.to_json(), indent=2))
+        print_json(info.to_json())
     else:
         click.echo(f"revoked key {info.id} ({info.name})")

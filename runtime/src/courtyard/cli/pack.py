@@ -1,4 +1,5 @@
-"""Packing a plugin or app folder into the .tgz archive `POST /api/*/upload` accepts.
+"""`courtyard plugins pack` and `courtyard apps pack`: a plugin or app folder packed into
+the .tgz archive `POST /api/*/upload` accepts (and that `upload` sends for a folder).
 
 The manifest is checked first, with the code the server runs on an upload (`read_manifest`
 for `plugin.toml`, `read_app_manifest` for `package.json` or `app.toml`). The archive holds
@@ -22,6 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import click
+
+from .errors import CommandError, reported
+from .options import json_option
+from .output import print_json
+
 Kind = Literal["plugin", "app"]
 
 ROOT = "package"  # the archive's one top folder; the server flattens it away
@@ -32,13 +39,8 @@ HIDDEN_KEPT = frozenset({".well-known"})  # dot names a site may need to serve
 _ARCHIVE_VERSION = r"[0-9][0-9A-Za-z.+_-]*"
 
 
-class PackError(Exception):
+class PackError(CommandError):
     """A folder that cannot be packed; `code` is the server's code for the same problem."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def read_folder_manifest(folder: Path, kind: Kind) -> tuple[str, str]:
         except ManifestError as exc:
             raise PackError("INVALID_MANIFEST", str(exc)) from None
         return manifest.name, manifest.version
-    from .apps.registry import AppManifestError, InvalidAppName, read_app_manifest
+    from ..apps.registry import AppManifestError, InvalidAppName, read_app_manifest
 
     try:
         name, version, _ = read_app_manifest(folder)
@@ -231,3 +233,51 @@ def pack(folder: Path, kind: Kind, output: Path | None = None) -> Packed:
         Path(part).unlink(missing_ok=True)
         raise
     return Packed(kind, name, version, target, len(files), target.stat().st_size)
+
+
+def summary(packed: Packed) -> str:
+    """`12 files, 3.4 kB`."""
+    from rich.filesize import decimal
+
+    return f"{packed.files} files, {decimal(packed.size)}"
+
+
+def pack_command(kind: Kind) -> click.Command:
+    """The `pack` command of the `plugins` or `apps` group."""
+    manifest = "plugin.toml" if kind == "plugin" else "package.json or app.toml"
+
+    @click.command(
+        "pack",
+        short_help=f"Pack a {kind} folder into a .tgz the runtime accepts.",
+        help=f"Pack the {kind} in DIR into a .tgz the runtime accepts, its manifest "
+        f"({manifest}) checked first as the server checks it. Dot files (but .well-known), "
+        "__pycache__, node_modules, virtualenvs and *.pyc are left out; symbolic links are "
+        "refused.",
+    )
+    @click.argument(
+        "folder", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path)
+    )
+    @click.option(
+        "-o",
+        "--output",
+        type=click.Path(path_type=Path),
+        help="The archive's path, or a folder for it [default: ./<name>-<version>.tgz].",
+    )
+    @json_option
+    @reported
+    def command(folder: Path, output: Path | None, as_json: bool) -> None:
+        packed = pack(folder, kind, output)
+        if as_json:
+            print_json(
+                {
+                    "name": packed.name,
+                    "version": packed.version,
+                    "path": str(packed.path),
+                    "files": packed.files,
+                    "bytes": packed.size,
+                }
+            )
+            return
+        click.echo(f"packed {packed.name} {packed.version}: {summary(packed)} -> {packed.path}")
+
+    return command
