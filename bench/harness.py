@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from courtyard_sdk.testing import free_port
+from courtyard.testing import free_port
 
 BENCH = Path(__file__).parent
 RESULTS = BENCH / "results"

@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from courtyard_sdk.testing import free_port
+from courtyard.testing import free_port
 from harness import BENCH, Server, load, save, table, wait_for
 from redis import Redis
 

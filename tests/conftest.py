@@ -1,5 +1,5 @@
 """Shared test set-up. The runtime fixtures (`courtyard`, `courtyard_server`, `plugin_dir`)
-come from the SDK's pytest plugin, courtyard_sdk.testing: one harness for plugin authors
+come from the SDK's pytest plugin, courtyard.testing: one harness for plugin authors
 and for this project."""
 
 from __future__ import annotations

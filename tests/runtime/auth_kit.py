@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from courtyard_sdk.testing import write_plugin
+from courtyard.testing import write_plugin
 from joserfc import jwt
 from joserfc.jwk import ECKey, OctKey, RSAKey
 

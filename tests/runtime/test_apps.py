@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from courtyard.apps.registry import AppConfig, AppVersion
 from courtyard.apps.static import _locate
-from courtyard_sdk.testing import write_plugin
+from courtyard.testing import write_plugin
 
 
 def add_app(

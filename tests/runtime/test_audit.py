@@ -15,7 +15,7 @@ from courtyard.services import audit as audit_module
 from courtyard.services.audit import TABLE, AuditLog
 from courtyard.services.database import Database
 from courtyard.settings import Settings
-from courtyard_sdk.testing import write_plugin
+from courtyard.testing import write_plugin
 from sqlalchemy import insert, select
 
 NOTES = """
@@ -699,7 +699,7 @@ async def test_a_full_queue_drops_with_a_warning_and_never_blocks_long(
     monkeypatch.setattr(audit_module, "FULL_WAIT", 0.05)
     monkeypatch.setattr(audit_module, "FLUSH_TIMEOUT", 0.3)
     # Nothing listens there: every write fails and is retried, so the queue fills.
-    from courtyard_sdk.testing import free_port
+    from courtyard.testing import free_port
 
     settings = Settings(
         data_dir=tmp_path, database_url=f"postgresql://nobody@127.0.0.1:{free_port()}/none"
@@ -744,7 +744,7 @@ async def test_a_row_the_database_refuses_is_dropped_alone(courtyard, postgres_u
 
 def cli(*args: str):
     from click.testing import CliRunner
-    from courtyard.cli_audit import audit
+    from courtyard.cli.audit import audit
 
     env = {"COURTYARD_URL": None, "COURTYARD_API_KEY": None, "COLUMNS": "200"}
     return CliRunner().invoke(audit, ["list", *args], env=env)
@@ -812,7 +812,7 @@ def test_the_cli_lists_filters_and_follows_cursors(courtyard_server, notes, tmp_
 
 
 def test_the_cli_reports_a_server_it_cannot_reach():
-    from courtyard_sdk.testing import free_port
+    from courtyard.testing import free_port
 
     done = cli("--url", f"http://127.0.0.1:{free_port()}")
     assert done.exit_code == 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 from auth_kit import add_who, bearer
+from courtyard.testing import write_plugin
 from courtyard_sdk import ApiError
-from courtyard_sdk.testing import write_plugin
 
 QUEUE_CREDENTIAL = """
 [config.api_key]

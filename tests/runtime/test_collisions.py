@@ -2,7 +2,7 @@
 
 import pytest
 from courtyard.generation import BuildError
-from courtyard_sdk.testing import write_plugin
+from courtyard.testing import write_plugin
 
 
 def route_plugin(prefix: str | None, rule: str = "/", methods: str = "GET") -> str:

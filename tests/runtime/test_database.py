@@ -24,9 +24,9 @@ from courtyard.services.database import (
     version_table,
 )
 from courtyard.settings import load_settings
+from courtyard.testing import free_port, write_plugin
 from courtyard_sdk import SettingsError, StartupError
 from courtyard_sdk.db import TenantScoped, model_base
-from courtyard_sdk.testing import free_port, write_plugin
 from sqlalchemy.orm import selectinload
 from sqlmodel import Field, Relationship, SQLModel, select
 

@@ -5,7 +5,7 @@ import signal
 import time
 
 import httpx
-from courtyard_sdk.testing import write_plugin
+from courtyard.testing import write_plugin
 
 INTERNAL = {"X-Buntime-Internal": "true"}
 
@@ -100,7 +100,11 @@ def test_strict_start_failure_exits_non_zero_with_the_cause(courtyard_server, ad
         raise AssertionError("a strict server with a broken plugin must not become ready")
     assert "exited early" in message
     assert "strict mode: broken: import failed: RuntimeError: broken on purpose" in message
-    assert "Traceback" not in message
+    # The log shows the plugin's own traceback (where to fix it), once; the refusal to
+    # start is a message, not a traceback of the runtime.
+    assert message.count("Traceback") == 1
+    assert "broken | plugin failed loading with message" in message
+    assert "StartupError" not in message and "BuildError" not in message
 
 
 def test_ready_waits_for_slow_startup_hooks(courtyard_server, plugin_dir):

@@ -21,9 +21,11 @@ import wsproto.events as ws_events
 from auth_kit import SECRET, bearer, claims, hs256
 from click.testing import CliRunner
 from courtyard.cli import main
-from courtyard.services.events import MemoryEventBus, make_event_bus
+from courtyard.services import make_event_bus
+from courtyard.services.events import MemoryEventBus
 from courtyard.services.events_redis import RedisEventBus
 from courtyard.settings import Settings, load_settings
+from courtyard.testing import free_port, write_plugin
 from courtyard_sdk import SettingsError
 from courtyard_sdk.events import GAP_TOPIC, MAX_EVENT_BYTES, parse_event_id
 from courtyard_sdk.services import (
@@ -32,7 +34,6 @@ from courtyard_sdk.services import (
     EventError,
     SubscriptionLagged,
 )
-from courtyard_sdk.testing import free_port, write_plugin
 from servers import REDIS_SERVER
 from ws_client import WebSocketClient
 

@@ -17,8 +17,8 @@ from courtyard.host import Host
 from courtyard.services.exposure import check_before_bind
 from courtyard.services.tokens import is_loopback_host
 from courtyard.settings import Settings
+from courtyard.testing import free_port, write_plugin
 from courtyard_sdk import StartupError
-from courtyard_sdk.testing import free_port, write_plugin
 
 CREDENTIAL = '[[credentials]]\nname = "runqy"\nenv = "RUNQY_API_KEY"\nroles = ["viewer"]\n'
 

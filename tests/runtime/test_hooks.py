@@ -1,6 +1,6 @@
 """Every hook in courtyard_sdk.hookspecs, exercised through a real plugin."""
 
-from courtyard_sdk.testing import write_plugin
+from courtyard.testing import write_plugin
 
 HEADER = "from courtyard_sdk import Blueprint, Menu, hookimpl, jsonify\n"
 

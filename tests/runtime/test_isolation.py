@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 from courtyard.generation import BuildError
-from courtyard_sdk.testing import write_plugin
+from courtyard.testing import write_plugin
 
 
 async def status(rt):

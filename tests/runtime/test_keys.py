@@ -353,7 +353,7 @@ async def test_a_tenant_bound_manager_sees_and_makes_its_tenants_keys_only(court
 
 
 async def test_auth_fails_closed_when_the_keys_cannot_be_read(tmp_path):
-    from courtyard_sdk.testing import free_port
+    from courtyard.testing import free_port
 
     settings = Settings(data_dir=tmp_path)
     database = Database(f"postgresql://nobody@127.0.0.1:{free_port()}/nothing")
@@ -423,7 +423,7 @@ def test_cli_knows_custom_roles_from_the_config(tmp_path):
 
 
 def test_cli_reports_an_unreachable_database(tmp_path):
-    from courtyard_sdk.testing import free_port
+    from courtyard.testing import free_port
 
     env = {"COURTYARD_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/x"}
     result = cli("keys", "list", "--data-dir", str(tmp_path), env=env)

@@ -24,7 +24,7 @@ import pytest
 from courtyard import errors
 from courtyard.limits import REFUSED, REQUEST_MAX_BYTES, RequestLimits
 from courtyard.settings import Settings
-from courtyard_sdk.testing import write_plugin
+from courtyard.testing import write_plugin
 from quart import Quart, request
 
 MiB = 1024**2

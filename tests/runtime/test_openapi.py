@@ -11,8 +11,8 @@ import pytest
 from archive_kit import tar_file, tgz_bytes
 from courtyard.core import docs_ui
 from courtyard.core.openapi import ERROR_SCHEMA
+from courtyard.testing import write_plugin
 from courtyard_sdk.openapi import errors, responds
-from courtyard_sdk.testing import write_plugin
 from openapi_spec_validator import validate
 
 PLUGIN = """

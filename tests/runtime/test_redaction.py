@@ -15,9 +15,9 @@ from courtyard.redaction import RedactingFilter, redact
 from courtyard.services.credentials import check_secrets, collect
 from courtyard.services.roles import Roles
 from courtyard.settings import Settings
+from courtyard.testing import write_plugin
 from courtyard_sdk import Manifest, SettingsError
 from courtyard_sdk.identity import grants
-from courtyard_sdk.testing import write_plugin
 
 KEY = "cyk_0123456789abcdef_Wq3xY-secret_part_of_the_key_0123456789abcdefg"
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"

@@ -4,7 +4,7 @@
 import logging
 
 import pytest
-from courtyard_sdk.testing import write_plugin
+from courtyard.testing import write_plugin
 
 ORIGIN = "http://localhost"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 from courtyard.services.throttle import FailureThrottle, client_key
-from courtyard_sdk.testing import ORIGIN
+from courtyard.testing import ORIGIN
 
 BAD = {"Authorization": "Bearer cyk_0123456789abcdef_not-a-real-secret"}
 

@@ -38,7 +38,7 @@ from archive_kit import (
     zip_entry,
 )
 from courtyard.core import uploads as uploads_module
-from courtyard_sdk.testing import write_plugin
+from courtyard.testing import write_plugin
 
 ENDPOINTS = {"plugin": "/api/plugins/upload", "app": "/api/apps/upload"}
 BOTH = pytest.mark.parametrize("endpoint", list(ENDPOINTS))

@@ -11,56 +11,47 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from courtyard_sdk.events import RETIRING
 from courtyard_sdk.identity import G_ATTRIBUTE, PERMISSIONS_ATTRIBUTE, check
-from courtyard_sdk.names import slug
 from courtyard_sdk.origin import allows_without_origin
 from pydantic import BaseModel
 from quart import Quart, Request, Response, g, request, websocket
 from quart_schema import QuartSchema
-from werkzeug.routing import Rule
 
 from . import __version__, errors, security
-from .core import apps_api, audit_api, events_api, health, keys_api, meta, plugins_api
+from .core import (
+    GENERATION,
+    RUNTIME,
+    Runtime,
+    apps_api,
+    audit_api,
+    events_api,
+    health,
+    keys_api,
+    meta,
+    plugins_api,
+)
 from .core.meta import CourtyardOpenAPIProvider
 from .limits import UPLOAD_PATHS
 from .logs import request_id
+from .request_audit import watch_requests
+from .routes import mount_plugins
 
 if TYPE_CHECKING:
     from .generation import Generation
-    from .host import Host
-
-# Paths only the runtime may serve; a plugin route under one is a build error.
-RESERVED_PREFIXES = (
-    "/api/health",
-    "/api/plugins",
-    "/api/apps",
-    "/api/keys",
-    "/api/audit",
-    "/api/stream",
-    "/api/openapi.json",
-    "/api/docs",
-    "/.well-known",
-)
-CORE = "courtyard (core)"
-_VARIABLE = re.compile(
-    r"<(?:(?P<converter>[a-zA-Z_][a-zA-Z0-9_]*)(?:\([^)]*\))?:)?[a-zA-Z_][a-zA-Z0-9_]*>"
-)
-OWNERS = "courtyard.owners"
 
 
-def create_app(host: Host, generation: Generation) -> Quart:
+def create_app(runtime: Runtime, generation: Generation) -> Quart:
     """Assemble the Quart app serving `generation`'s loaded plugins."""
     app = Quart("courtyard", static_folder=None)  # no /static route to shadow an app
     app.request_class = type(
         "Request", (_Request,), {"upload_max_bytes": generation.settings.upload_max_bytes}
     )
-    app.extensions["courtyard.host"] = host
-    app.extensions["courtyard.generation"] = generation
+    app.extensions[RUNTIME] = runtime
+    app.extensions[GENERATION] = generation
     QuartSchema(
         app,
         # core/docs_ui.py serves the document (cached) and the docs page itself.
@@ -93,48 +84,9 @@ def create_app(host: Host, generation: Generation) -> Quart:
     # Set when this generation retires or the server stops: event streams end then.
     app.extensions[RETIRING] = asyncio.Event()
 
-    owners: dict[str, str] = {}
-    for index, rec in enumerate(generation.loaded):
-        base = rec.candidate.manifest.base if rec.candidate.manifest else "/"
-        for bp in rec.blueprints:
-            # Private names keep two plugins' blueprints with one name apart.
-            name = f"p{index}_{slug(rec.name)}__{bp.name}"
-            prefix = bp.url_prefix if bp.url_prefix is not None else (base or "/").rstrip("/")
-            app.register_blueprint(bp, name=name, url_prefix=prefix)
-            owners[name] = rec.name
-    app.extensions[OWNERS] = owners
+    mount_plugins(app, generation.plugin_routes())
     _install_request_path(app, generation)
     return app
-
-
-def owner_of(app: Quart, rule: Rule) -> str:
-    """The plugin owning `rule`, or CORE."""
-    return app.extensions[OWNERS].get(rule.endpoint.split(".", 1)[0], CORE)
-
-
-def route_collisions(app: Quart) -> list[tuple[str, str]]:
-    """Plugins whose routes clash with a reserved path or an earlier owner's route.
-
-    :return: (plugin, reason) pairs, the later claimant of each clash named first.
-    """
-    claimed: dict[tuple[str, str], str] = {}
-    found: list[tuple[str, str]] = []
-    for rule in app.url_map.iter_rules():
-        owner = owner_of(app, rule)
-        if owner != CORE and any(
-            rule.rule == prefix or rule.rule.startswith(prefix + "/")
-            for prefix in RESERVED_PREFIXES
-        ):
-            found.append((owner, f"route {rule.rule} is reserved by the runtime"))
-            continue
-        # /x/<id> and /x/<name> match the same URLs: compare rules with variables unnamed.
-        shape = _VARIABLE.sub(lambda m: f"<{m['converter'] or 'default'}>", rule.rule)
-        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            key = (shape, method)
-            first = claimed.setdefault(key, owner)
-            if first != owner:
-                found.append((owner, f"route {method} {rule.rule} is already claimed by {first}"))
-    return found
 
 
 class _Request(Request):
@@ -205,7 +157,7 @@ def _install_request_path(app: Quart, generation: Generation) -> None:
 
     on_request = callers("courtyard_request")
     on_response = list(reversed(callers("courtyard_response")))
-    audit = generation.services.audit.install(app)  # None while the audit log is off
+    audit = watch_requests(generation.services.audit, app)  # None while the log is off
     auth, credentials = generation.services.auth, generation.credentials
 
     async def before() -> Any:

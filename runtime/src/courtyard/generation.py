@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 from courtyard_sdk import Blueprint, PluginContext, SettingsError, StartupError, hookspecs
 from courtyard_sdk.names import slug
+from courtyard_sdk.status import PluginStatus
 from werkzeug.exceptions import HTTPException, NotFound
 
 from . import loading, tracing
 from .discovery import Candidate, scan
 from .ordering import dependency_order, dependents_of
+from .routes import PluginRoutes, collisions
 from .services.credentials import NO_CREDENTIALS, CredentialSet
 from .services.database import MigrationError
 from .settings import Settings
@@ -32,12 +34,12 @@ from .settings import Settings
 if TYPE_CHECKING:
     from quart import Quart
 
-    from .host import Host
     from .services import Services
 
 log = logging.getLogger("courtyard.generation")
 
-LOADED, FAILED, DISABLED = "loaded", "failed", "disabled"
+# Short names for the statuses a generation gives (the CLI imports them from here).
+LOADED, FAILED, DISABLED = PluginStatus.LOADED, PluginStatus.FAILED, PluginStatus.DISABLED
 
 
 class BuildError(StartupError):
@@ -50,7 +52,7 @@ class PluginRecord:
     """One discovered plugin's fate in a generation."""
 
     candidate: Candidate
-    status: str = LOADED
+    status: PluginStatus = LOADED
     error: str | None = None
     module: types.ModuleType | None = None
     ctx: PluginContext | None = None
@@ -64,10 +66,12 @@ class PluginRecord:
         """The plugin's name."""
         return self.candidate.name
 
-    def fail(self, reason: str) -> None:
-        """Exclude this plugin for `reason`, and log it (jupyter_server's wording)."""
+    def fail(self, reason: str, exc: BaseException | None = None) -> None:
+        """Exclude this plugin for `reason`, and log it (jupyter_server's wording), with
+        the traceback of `exc`, the exception that caused it, if any. `error` keeps the
+        one-line reason that the API shows."""
         self.status, self.error = FAILED, reason
-        log.error("%s | plugin failed loading with message: %s", self.name, reason)
+        log.error("%s | plugin failed loading with message: %s", self.name, reason, exc_info=exc)
 
 
 class Generation:
@@ -100,6 +104,11 @@ class Generation:
     def loaded(self) -> list[PluginRecord]:
         """Loaded plugins in dependency order."""
         return [r for r in self.records if r.status == LOADED]
+
+    @property
+    def failed(self) -> list[PluginRecord]:
+        """Excluded plugins."""
+        return [r for r in self.records if r.status == FAILED]
 
     def hooks_of(self, rec: PluginRecord) -> list[str]:
         """The hooks `rec` implements."""
@@ -184,21 +193,18 @@ class Generation:
 
     # Building ----------------------------------------------------------------------------
 
-    async def build(self, host: Host) -> None:
-        """Discover, import, order and start plugins, then assemble the app.
+    async def build(self) -> None:
+        """Discover, import, order, migrate and start plugins (the dispatcher assembles
+        the app from them).
 
-        :raises BuildError: in strict mode when any plugin fails, or when the app cannot
-            be assembled. Plugins already started are shut down first.
+        :raises BuildError: in strict mode when any plugin fails, or for any unexpected
+            failure. Plugins already started are shut down first.
         """
-        from .app import create_app  # app.py imports this module
-
-        # One containment for every phase, app assembly included (a missing docs script
-        # is a build error like a failing plugin, never a crash of the start).
         try:
             # Plugin imports and hook calls may be slow: keep them off the serving loop.
             await asyncio.to_thread(self.prepare)
             await asyncio.to_thread(self._collect_routes)
-            self._exclude_collisions(host)
+            self._exclude_collisions()
             self._check_strict()
             await self._migrate()
             self._collect_credentials()
@@ -206,8 +212,6 @@ class Generation:
             await self._start()
             self._check_strict()
             self.credentials = self.credentials.only(r.name for r in self.loaded)
-            self.app = create_app(host, self)
-            await self.app.startup()
         except Exception as exc:
             await self.shutdown()
             if isinstance(exc, BuildError):
@@ -325,7 +329,7 @@ class Generation:
             if rec.module is not None and self.pm.is_registered(rec.module):
                 self.pm.unregister(rec.module)
             rec.module = None
-            rec.fail(f"import failed: {type(exc).__name__}: {exc}")
+            rec.fail(f"import failed: {type(exc).__name__}: {exc}", exc)
             return
         finally:
             rec.import_seconds = time.perf_counter() - started
@@ -333,7 +337,7 @@ class Generation:
         try:
             rec.service = self.call(rec, "courtyard_provides")
         except Exception as exc:
-            self._exclude(rec, f"courtyard_provides raised {type(exc).__name__}: {exc}")
+            self._exclude(rec, f"courtyard_provides raised {type(exc).__name__}: {exc}", exc)
 
     def _collect_routes(self) -> None:
         for rec in self.loaded:
@@ -341,12 +345,10 @@ class Generation:
                 result = self.call(rec, "courtyard_routes")
                 rec.blueprints = _as_list(result, Blueprint, "courtyard_routes")
             except Exception as exc:
-                self._exclude(rec, f"courtyard_routes raised {type(exc).__name__}: {exc}")
+                self._exclude(rec, f"courtyard_routes raised {type(exc).__name__}: {exc}", exc)
 
-    def _exclude_collisions(self, host: Host) -> None:
+    def _exclude_collisions(self) -> None:
         """Exclude the later of two plugins claiming the same base, menu path or route."""
-        from .app import create_app, route_collisions
-
         claims: dict[str, str] = {}
         for rec in self.loaded:
             manifest = rec.candidate.manifest
@@ -366,17 +368,25 @@ class Generation:
             for kind, path in wanted:
                 claims[f"{kind} {path}"] = rec.name
         while True:  # each pass excludes one offender, so this ends
-            collisions = route_collisions(create_app(host, self))
-            if not collisions:
+            found = collisions(self.plugin_routes())
+            if not found:
                 return
-            plugin, reason = collisions[0]
+            plugin, reason = found[0]
             rec = self.record(plugin)
             assert rec is not None
             self._exclude(rec, reason)
 
-    def _exclude(self, rec: PluginRecord, reason: str) -> None:
-        """Fail `rec` and every loaded plugin that requires it."""
-        rec.fail(reason)
+    def plugin_routes(self) -> list[PluginRoutes]:
+        """Each loaded plugin's name, base and blueprints, in dependency order."""
+        return [
+            (r.name, r.candidate.manifest.base if r.candidate.manifest else "/", r.blueprints)
+            for r in self.loaded
+        ]
+
+    def _exclude(self, rec: PluginRecord, reason: str, exc: BaseException | None = None) -> None:
+        """Fail `rec` (logging the traceback of `exc`, its cause) and every loaded plugin
+        that requires it."""
+        rec.fail(reason, exc)
         loaded = self.loaded
         manifests = {r.name: r.candidate.manifest for r in loaded}
         for name in dependents_of(rec.name, manifests, [r.name for r in loaded]):  # type: ignore[arg-type]
@@ -403,7 +413,7 @@ class Generation:
                 applied[rec.name] = await self.services.database.upgrade(rec.name, folder)
             except Exception as exc:
                 cause = exc if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}"
-                self._exclude(rec, f"migrations failed: {cause}")
+                self._exclude(rec, f"migrations failed: {cause}", exc)
         return applied
 
     def _collect_credentials(self) -> None:
@@ -437,7 +447,7 @@ class Generation:
                     rec, f"courtyard_startup exceeded {self.settings.startup_timeout:g} s"
                 )
             except Exception as exc:
-                self._exclude(rec, f"courtyard_startup raised {type(exc).__name__}: {exc}")
+                self._exclude(rec, f"courtyard_startup raised {type(exc).__name__}: {exc}", exc)
             else:
                 rec.started = True
 

@@ -14,17 +14,20 @@ import itertools
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from courtyard_sdk import ApiError
+from courtyard_sdk.status import PluginStatus
 from werkzeug.datastructures import Headers
 
 from . import __version__
+from .app import create_app
 from .apps.registry import AppRegistry, app_folders
-from .apps.router import AppRouter
+from .apps.router import AppRequest, AppRouter
 from .asgi import Receive, Scope, Send, header, with_header
 from .generation import BuildError, Generation
-from .installs import clean_staging
+from .installs import clean_staging, install_tree, remove_path, remove_tree, restore_tree
 from .security import (
     STATE_CHANGING,
     HostAllowList,
@@ -34,7 +37,7 @@ from .security import (
     request_id_for,
 )
 from .services import Services
-from .services.events import announce, announce_generation, end_streams
+from .services.events import announce, end_streams
 from .settings import Settings
 
 log = logging.getLogger("courtyard.host")
@@ -81,8 +84,7 @@ class Host:
         if generation is None:
             await self._unavailable(scope, send)
             return
-        routed = self.apps.match(scope["path"])
-        if routed is not None and not generation.serves(scope["path"], scope.get("method")):
+        if (routed := self.app_for(scope)) is not None:
             await self._serve_app(routed, scope, receive, send)
             return
         generation.active += 1
@@ -94,7 +96,17 @@ class Host:
             if generation.active == 0:
                 generation.idle.set()
 
-    async def _serve_app(self, routed: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    def app_for(self, scope: Scope) -> AppRequest | None:
+        """The app a request goes to, or None: core and plugin routes come first."""
+        generation = self.current
+        routed = self.apps.match(scope["path"])
+        if routed is None or generation is None:
+            return None
+        return None if generation.serves(scope["path"], scope.get("method")) else routed
+
+    async def _serve_app(
+        self, routed: AppRequest, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         """Hand a request to its app, once it passes the Origin check (apps see no
         runtime credential, so every state change and handshake is checked)."""
         rid = request_id_for(header(scope, b"x-request-id"))
@@ -138,7 +150,7 @@ class Host:
             gc.freeze()
             async with self._changes:
                 # Checked before the generation serves: an open runtime never answers here.
-                return await self.swap(
+                return await self._swap(
                     accept=lambda g: self.services.auth.exposure_refusal(g.credentials)
                 )
         except BaseException as exc:
@@ -155,14 +167,43 @@ class Host:
         async with self._changes:
             if before is not None:
                 before()
-            return await self.swap()
+            return await self._swap()
 
-    def changing(self) -> asyncio.Lock:
-        """Hold this (`async with`) to change plugin files and `swap` as one step."""
-        return self._changes
+    async def install_plugin(self, name: str, content: Path, destination: Path) -> Generation:
+        """Put plugin `name`'s files (`content`, a prepared folder beside `destination`)
+        in place and serve a generation in which it loads; if it does not load, the previous
+        files come back (or the new folder goes) and the serving generation stays.
 
-    async def swap(self, accept: Callable[[Generation], str | None] | None = None) -> Generation:
-        """Build a generation from the plugin files and serve it (hold `changing()`).
+        :raises BuildError: naming why the plugin did not load.
+        """
+
+        def loads_it(generation: Generation) -> str | None:
+            rec = next((r for r in generation.records if r.candidate.root == destination), None)
+            if rec is None:
+                return f"{name}: not found after install"
+            return f"{name}: {rec.error}" if rec.status == PluginStatus.FAILED else None
+
+        async with self._changes:
+            backup = install_tree(content, destination)
+            try:
+                generation = await self._swap(accept=loads_it)
+            except BuildError:
+                restore_tree(backup, destination)
+                raise
+        if backup is not None:
+            await asyncio.to_thread(remove_path, backup)
+        return generation
+
+    async def remove_plugin(self, root: Path) -> Generation:
+        """Delete a directory plugin's folder and serve a generation without it.
+
+        :raises BuildError: the files are gone, but the new generation failed to build;
+            the old one serves on.
+        """
+        return await self.reload(before=lambda: remove_tree(root))
+
+    async def _swap(self, accept: Callable[[Generation], str | None] | None = None) -> Generation:
+        """Build a generation from the plugin files and serve it (hold `_changes`).
 
         :param accept: looks at the built generation before it serves and returns why it
             must not (or None); an upload uses it so that a plugin that fails to load
@@ -170,12 +211,13 @@ class Host:
         :raises BuildError: the new generation could not be built or was not accepted;
             the old one serves on.
         """
-        assert self._changes.locked(), "hold host.changing() around swap()"
+        assert self._changes.locked(), "hold _changes around _swap()"
         generation = Generation(
             next(self._numbers), self.settings, self.services, first=self.current is None
         )
         try:
-            await generation.build(self)
+            await generation.build()
+            await self._assemble(generation)
             if accept is not None and (refusal := accept(generation)) is not None:
                 await generation.shutdown()
                 raise BuildError(refusal)
@@ -192,7 +234,7 @@ class Host:
             len(generation.loaded),
             "" if old is None else f", generation {old.number} retiring",
         )
-        await announce_generation(self.services.events, generation)
+        await _announce_serving(self.services.events, generation)
         if old is not None:
             end_streams(old.app)  # their clients reconnect, to this generation
             # A fresh context: a copy of the reload request's would keep that request, its
@@ -201,6 +243,19 @@ class Host:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         return generation
+
+    async def _assemble(self, generation: Generation) -> None:
+        """Give a built generation its app and start it: one containment with the build
+        (a missing docs script is a build error like a failing plugin).
+
+        :raises BuildError: the generation's plugins are shut down first.
+        """
+        try:
+            generation.app = create_app(self, generation)
+            await generation.app.startup()
+        except Exception as exc:
+            await generation.shutdown()
+            raise BuildError(f"generation {generation.number}: {exc}") from exc
 
     async def _retire(self, generation: Generation) -> None:
         try:
@@ -283,6 +338,23 @@ class Host:
             }
         )
         await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+async def _announce_serving(bus: Any, generation: Generation) -> None:
+    """`courtyard.plugin.failed` for each plugin the generation excluded, then
+    `courtyard.generation.serving`."""
+    failed = [{"name": r.name, "error": r.error} for r in generation.failed]
+    for plugin in failed:
+        await announce(bus, "courtyard.plugin.failed", {"generation": generation.number, **plugin})
+    await announce(
+        bus,
+        "courtyard.generation.serving",
+        {
+            "generation": generation.number,
+            "plugins": [r.name for r in generation.loaded],
+            "failed": failed,
+        },
+    )
 
 
 __all__ = ["BuildError", "Host"]

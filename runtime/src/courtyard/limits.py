@@ -37,7 +37,6 @@ from .asgi import Receive, Scope, Send, header
 from .security import refuse, request_id_for
 
 if TYPE_CHECKING:
-    from .host import Host
     from .settings import Settings
 
 log = logging.getLogger("courtyard.limits")
@@ -67,18 +66,6 @@ class BodyBudget:
     def give_back(self, size: int) -> None:
         """Release `size` bytes reserved before."""
         self.used -= size
-
-
-def served_by_app(host: Host) -> Callable[[Scope], bool]:
-    """Whether a request goes to an app (the same choice `Host.__call__` makes)."""
-
-    def check(scope: Scope) -> bool:
-        generation = host.current
-        if generation is None or host.apps.match(scope["path"]) is None:
-            return False
-        return not generation.serves(scope["path"], scope.get("method"))
-
-    return check
 
 
 class RequestLimits:

@@ -12,7 +12,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
 from .host import Host
-from .limits import RequestLimits, served_by_app
+from .limits import RequestLimits
 from .redaction import install_log_redaction
 from .services.credentials import check_secrets
 from .services.exposure import check_before_bind
@@ -80,7 +80,7 @@ async def serve(settings: Settings) -> None:
     host.on_fatal = stop.set
     log.info("courtyard serving on http://%s", bind_address(settings.host, settings.port))
     # Every HTTP request passes the request limits first (limits.py).
-    app = RequestLimits(host, settings, for_app=served_by_app(host))
+    app = RequestLimits(host, settings, for_app=lambda scope: host.app_for(scope) is not None)
     await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
     if host.startup_error is not None:
         raise StartupError(str(host.startup_error))

@@ -18,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from .database_urls import async_url
+
 CONFIG_FILE = "courtyard.toml"
 ENV_PREFIX = "COURTYARD_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -84,16 +86,12 @@ class Settings(BaseModel):
     def _database_url(cls, value: str | None) -> str | None:
         # Checked when settings are read, so that every command reports a bad URL cleanly.
         if value is not None:
-            from .services.database import async_url  # the services import this module
-
             async_url(value)  # raises SettingsError naming the problem
         return value
 
     @model_validator(mode="after")
     def _event_bus(self) -> Settings:
         # Checked when settings are read, so that every command reports it cleanly.
-        from .services.events import check_event_bus  # the services import this module
-
         check_event_bus(self)  # raises SettingsError naming the problem
         return self
 
@@ -234,3 +232,23 @@ def _absolute_paths(settings: Settings) -> dict[str, Any]:
         "plugin_dirs": absolute(settings.plugin_dirs),
         "app_dirs": absolute(settings.app_dirs),
     }
+
+
+def check_event_bus(settings: Settings) -> None:
+    """Check the event bus settings (no I/O).
+
+    :raises SettingsError: `event_bus = "redis"` without a valid `redis_url`.
+    """
+    if settings.event_bus != "redis":
+        return
+    if not settings.redis_url:
+        raise SettingsError(
+            'event_bus = "redis" needs redis_url (COURTYARD_REDIS_URL), '
+            "for example redis://127.0.0.1:6379/0"
+        )
+    from redis.asyncio.connection import parse_url
+
+    try:
+        parse_url(settings.redis_url)
+    except ValueError as exc:
+        raise SettingsError(f"redis_url: {exc}") from None

@@ -1,4 +1,5 @@
-"""The pytest plugin for testing Courtyard plugins (installed with `courtyard-sdk[testing]`).
+"""The pytest plugin for testing Courtyard plugins (installed with `courtyard[testing]`),
+shipped with the runtime it starts, as pytest ships pytester.
 
 Fixtures:
 
@@ -42,7 +43,8 @@ except ImportError:  # pragma: no cover - the [testing] extra installs pytest-as
 
 if TYPE_CHECKING:
     import httpx
-    from courtyard.host import Host
+
+    from .host import Host
 
 ORIGIN = "http://localhost"
 
@@ -149,8 +151,9 @@ def _settings(tmp_path: Path, plugin_dir: Path, overrides: dict[str, Any]) -> di
 async def courtyard(tmp_path: Path, plugin_dir: Path) -> AsyncIterator[Callable[..., Any]]:
     """Start an in-process runtime: `rt = await courtyard(strict=True, plugins={...})`."""
     import httpx
-    from courtyard.host import Host
-    from courtyard.settings import Settings
+
+    from .host import Host
+    from .settings import Settings
 
     started: list[Runtime] = []
 

@@ -24,7 +24,7 @@ import pluggy
 from quart import Blueprint, Request, Response, jsonify, request
 
 from . import hookspecs
-from .context import PluginContext
+from .context import PluginContext, PluginState
 from .errors import (
     ApiError,
     CourtyardError,
@@ -37,6 +37,7 @@ from .manifest import Manifest, Menu, SettingSpec, parse_manifest, read_manifest
 from .names import is_valid_name
 from .origin import allow_without_origin
 from .services import Event
+from .status import PluginStatus
 
 try:
     __version__ = version("courtyard-sdk")
@@ -55,6 +56,8 @@ __all__ = [
     "ManifestError",
     "Menu",
     "PluginContext",
+    "PluginState",
+    "PluginStatus",
     "Request",
     "Response",
     "SettingSpec",

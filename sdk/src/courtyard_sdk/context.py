@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from .manifest import Manifest
 from .services import AuditLog, Database, EventBus
@@ -21,8 +21,122 @@ class _Missing:
     def __getattr__(self, name: str) -> Any:
         raise RuntimeError(
             f"this PluginContext has no {self._service}: only a running Courtyard provides "
-            "one (in tests, use the `courtyard` fixture of courtyard_sdk.testing)"
+            "one (in tests, use the `courtyard` fixture of courtyard.testing)"
         )
+
+
+_T = TypeVar("_T")
+_D = TypeVar("_D")
+_ABSENT: Any = object()
+
+
+class PluginState:
+    """A plugin's own objects for one generation, keyed by their class: `ctx.state`.
+
+    Set in a hook (usually `courtyard_startup`), read in the plugin's routes and other
+    hooks::
+
+        ctx.state[Gateway] = Gateway(...)  # in courtyard_startup
+        gateway = ctx.state[Gateway]  # in a route or hook; typed as Gateway
+
+    The class is the key, so a type checker knows what each lookup returns, and a plugin
+    declares no keys of its own. Each context has its own `PluginState`: it lives and dies
+    with its generation (a reload makes new contexts, so it starts empty), and two plugins
+    never see each other's.
+    """
+
+    __slots__ = ("_owner", "_values")
+
+    def __init__(self, owner: str = "") -> None:
+        """:param owner: the plugin's name, for error messages."""
+        self._owner = owner
+        self._values: dict[type, object] = {}
+
+    def __getitem__(self, kind: type[_T]) -> _T:
+        """The object stored under `kind`.
+
+        :raises KeyError: when none is (the hook that stores it has not run, or failed).
+        """
+        value = self._values.get(kind, _ABSENT)
+        if value is _ABSENT:
+            raise self._missing(kind)
+        return value  # type: ignore[return-value]
+
+    def __setitem__(self, kind: type[_T], value: _T) -> None:
+        """Store `value` under `kind`, replacing what was there.
+
+        :raises TypeError: when `kind` is not a class, or `value` is not an instance of it.
+        """
+        self._values[kind] = _checked(kind, value)
+
+    def __delitem__(self, kind: type) -> None:
+        """Forget the object stored under `kind`.
+
+        :raises KeyError: when none is.
+        """
+        if self._values.pop(kind, _ABSENT) is _ABSENT:
+            raise self._missing(kind)
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(_name(kind) for kind in self._values)
+        return f"<PluginState of {self._owner or '?'}: {kinds or 'empty'}>"
+
+    @overload
+    def get(self, kind: type[_T]) -> _T | None: ...
+    @overload
+    def get(self, kind: type[_T], default: _D) -> _T | _D: ...
+    def get(self, kind: type[_T], default: Any = None) -> Any:
+        """The object stored under `kind`, or `default` when there is none."""
+        return self._values.get(kind, default)
+
+    def setdefault(self, kind: type[_T], default: _T) -> _T:
+        """The object stored under `kind`; when there is none, store `default` and return
+        it.
+
+        :raises TypeError: as `ctx.state[kind] = default` would.
+        """
+        return self._values.setdefault(kind, _checked(kind, default))  # type: ignore[return-value]
+
+    @overload
+    def pop(self, kind: type[_T]) -> _T: ...
+    @overload
+    def pop(self, kind: type[_T], default: _D) -> _T | _D: ...
+    def pop(self, kind: type[_T], default: Any = _ABSENT) -> Any:
+        """Remove and return the object stored under `kind` (in `courtyard_shutdown`, so
+        that a request still in flight no longer finds it), or return `default`.
+
+        :raises KeyError: when there is none and no `default` is given.
+        """
+        value = self._values.pop(kind, default)
+        if value is _ABSENT:
+            raise self._missing(kind)
+        return value
+
+    def _missing(self, kind: object) -> KeyError:
+        return KeyError(
+            f"plugin {self._owner} has no {_name(kind)} in ctx.state: store one first "
+            f"(ctx.state[{_name(kind)}] = ..., in courtyard_startup for example)"
+        )
+
+
+def _checked(kind: type[_T], value: _T) -> _T:
+    if not isinstance(kind, type):
+        raise TypeError(f"ctx.state is keyed by classes, not by {kind!r}")
+    if not isinstance(value, kind):
+        raise TypeError(
+            f"ctx.state[{_name(kind)}] must be a {_name(kind)}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _name(kind: object) -> str:
+    return getattr(kind, "__qualname__", None) or repr(kind)
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,6 +151,8 @@ class PluginContext:
     :ivar db: the database (`async with ctx.db.session() as session:`).
     :ivar events: the event bus (`await ctx.events.publish(topic, data)`).
     :ivar audit: the audit log (`await ctx.audit.record(action, target=...)`).
+    :ivar state: the plugin's objects for this generation, keyed by class
+        (`ctx.state[Gateway] = gateway`, then `ctx.state[Gateway]`): see `PluginState`.
     """
 
     name: str
@@ -49,6 +165,12 @@ class PluginContext:
     db: Database = field(repr=False, default=_Missing("database"))  # type: ignore[assignment]
     events: EventBus = field(repr=False, default=_Missing("event bus"))  # type: ignore[assignment]
     audit: AuditLog = field(repr=False, default=_Missing("audit log"))  # type: ignore[assignment]
+    state: PluginState = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # A field of its own, made here rather than by a default factory, to know its
+        # owner's name; the class is frozen, hence object.__setattr__.
+        object.__setattr__(self, "state", PluginState(self.name))
 
     @property
     def data_dir(self) -> Path:

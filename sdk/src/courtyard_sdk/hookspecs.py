@@ -63,9 +63,10 @@ def courtyard_routes(ctx: PluginContext) -> Blueprint | list[Blueprint] | None:
     A blueprint created without `url_prefix` is mounted at the plugin's `base`. A blueprint
     created with an explicit `url_prefix` (for example `/api/v1`, `/queue`) is mounted there
     as it is, for plugins that own documented absolute paths. Two plugins claiming the same
-    route and method, or a plugin claiming a path the runtime reserves (`/api/health`,
-    `/api/plugins`, `/api/apps`, `/api/openapi.json`, `/api/docs`, `/.well-known`), is a
-    build error that names both and excludes the later plugin.
+    route and method, or a plugin claiming a path the runtime reserves
+    (`courtyard_sdk.paths.RESERVED_PREFIXES`: `/api/health`, `/api/plugins`, `/api/apps`,
+    `/api/keys`, `/api/audit`, `/api/stream`, `/api/openapi.json`, `/api/docs`,
+    `/.well-known`), is a build error that names both and excludes the later plugin.
 
     Called once per generation, before `courtyard_startup`: build the blueprints here
     rather than at import time, so a reload gets fresh ones.

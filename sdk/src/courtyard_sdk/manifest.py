@@ -23,10 +23,10 @@ from pydantic import (
 from .errors import ManifestError, SettingsError
 from .identity import is_permission
 from .names import is_valid_name
+from .paths import RESERVED_BASES
 
 MANIFEST_FILE = "plugin.toml"
 BASE_RE = re.compile(r"^/(?:[a-z0-9_-]+)?\Z")
-RESERVED_BASES = frozenset({"/api", "/.well-known"})
 ICON_RE = re.compile(r"^[a-z0-9-]+:[a-z0-9-]+\Z")
 SETTING_KEY_RE = re.compile(r"^[a-z_][a-z0-9_]*\Z")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from courtyard_sdk.testing import write_plugin
+from courtyard.testing import write_plugin
 from gateway_kit import GATEWAY, IDENTITY_STUB, ROUTES
 
 

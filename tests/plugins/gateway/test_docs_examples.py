@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from courtyard.settings import load_settings
+from courtyard.testing import write_plugin
 from courtyard_gateway.gateway import Gateway
 from courtyard_gateway.rules import ConfigError
 from courtyard_sdk import read_manifest
-from courtyard_sdk.testing import write_plugin
 from gateway_kit import GATEWAY, SECRET, bearer
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -8,10 +8,10 @@ from typing import Any
 
 import httpx
 import pytest
+from courtyard.testing import ORIGIN, write_plugin
 from courtyard_gateway.gateway import Gateway
 from courtyard_gateway.rules import ConfigError, compile_path
 from courtyard_gateway.store import BucketStore, MemoryBucketStore
-from courtyard_sdk.testing import ORIGIN, write_plugin
 from gateway_kit import ROUTES
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+from courtyard.testing import ORIGIN
 from courtyard_gateway.gateway import Gateway, presented_credential
 from courtyard_gateway.rules import ConfigError
-from courtyard_sdk.testing import ORIGIN
 from gateway_kit import as_identity
 
 
@@ -30,7 +30,7 @@ def client_from(rt: Any, ip: str) -> httpx.AsyncClient:
 def bucket_keys(rt: Any) -> list[str]:
     """The keys of the serving generation's in-memory buckets."""
     rec = rt.host.current.record("gateway")
-    return list(rec.module._gateways[rec.ctx].store._buckets)
+    return list(rec.ctx.state[rec.module.Gateway].store._buckets)
 
 
 async def codes(client: httpx.AsyncClient, n: int, path: str = "/svc/items", **kw: Any) -> list:

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+from courtyard.testing import free_port, write_plugin
 from courtyard_gateway.store import BucketStore, MemoryBucketStore, RedisBucketStore
-from courtyard_sdk.testing import free_port, write_plugin
 from gateway_kit import GATEWAY, ROUTES, as_identity
 from redis.asyncio import Redis
 from servers import RedisServer, redis_server

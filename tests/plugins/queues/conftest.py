@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from courtyard_sdk.testing import Runtime
+from courtyard.testing import Runtime
 from queues_kit import FAST, Backend, write_config
 
 

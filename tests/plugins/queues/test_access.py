@@ -8,7 +8,7 @@ import os
 
 import httpx
 import pytest
-from courtyard_sdk.testing import ORIGIN
+from courtyard.testing import ORIGIN
 from openapi_spec_validator import validate
 from queues_kit import FAST, enqueue, new_worker, write_config
 
@@ -194,7 +194,7 @@ async def test_the_swagger_files_can_be_urls_or_local_files(sqlite_queues, tmp_p
 
 
 async def test_another_plugin_enqueues_through_the_service(courtyard, plugin_dir, tmp_path):
-    from courtyard_sdk.testing import write_plugin
+    from courtyard.testing import write_plugin
 
     write_plugin(
         plugin_dir,
@@ -242,7 +242,7 @@ async def test_finished_tasks_are_published_on_the_event_bus(sqlite_queues):
 
 
 async def test_a_plugin_that_cannot_start_says_why(courtyard, tmp_path):
-    from courtyard_sdk.testing import free_port
+    from courtyard.testing import free_port
 
     broken = write_config(tmp_path / "broken", "queues:\n  q:\n    priority: 1\n")
     for settings, expected in (

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from courtyard.testing import Server
 from courtyard_queues.worker.client import LeaseLost, WorkerClient
-from courtyard_sdk.testing import Server
 from queues_kit import enqueue, new_worker, task_info
 
 

@@ -11,13 +11,13 @@ import uuid
 
 import httpx
 import pytest
+from courtyard.testing import ORIGIN
 from courtyard_queues.config import load_files
 from courtyard_queues.formats import mask
 from courtyard_queues.limits import MAX_RETRY, MAX_SECONDS
 from courtyard_queues.store import NewTask
 from courtyard_sdk import ApiError
 from courtyard_sdk.origin import allows_without_origin
-from courtyard_sdk.testing import ORIGIN
 from courtyard_vaults import generate_key
 from courtyard_vaults.validation import mask as vault_mask
 from queues_kit import FAST, enqueue, task_info, write_config

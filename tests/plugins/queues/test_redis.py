@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from courtyard_sdk.testing import free_port
+from courtyard.testing import free_port
 from queues_kit import FAST, enqueue, new_worker, task_info, write_config
 from servers import REDIS_SERVER, _ping, available
 

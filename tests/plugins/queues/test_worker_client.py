@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from courtyard.testing import Server, free_port
 from courtyard_queues.worker.client import LeaseLost, ServerError, Unreachable, WorkerClient
 from courtyard_queues.worker.http import HttpClient, TransportError
 from courtyard_queues.worker.messages import LONG_RUNNING, ONE_SHOT
-from courtyard_sdk.testing import Server, free_port
 
 KEY = "client-test-runqy-key"
 CONFIG = """

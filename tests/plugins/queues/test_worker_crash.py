@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from courtyard_sdk.testing import Server
+from courtyard.testing import Server
 from worker_kit import WorkerProcess, alive, make_repo, start_worker
 
 KEY = "crash-test-runqy-key"

@@ -210,7 +210,7 @@ async def test_environment_and_command(tmp_path: Path) -> None:
 async def test_credentials_in_the_git_url_never_show(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from courtyard_sdk.testing import free_port
+    from courtyard.testing import free_port
 
     url = f"http://deploy:s3cret-token@127.0.0.1:{free_port()}/tasks.git"
     secret = DeploymentSpec(git_url=url, branch="main", startup_cmd="python tasks.py")

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from courtyard_sdk.testing import Server
+from courtyard.testing import Server
 from worker_kit import WorkerProcess, alive, commit, git, make_repo, runqy_module, start_worker
 
 KEY = "test-runqy-key-0123456789"  # the runtime refuses keys under 16 characters
@@ -345,7 +345,7 @@ def test_worker_errors_are_reported_and_exit_1(setup: Setup) -> None:
 def test_the_worker_waits_for_a_server_that_is_not_up_yet(
     courtyard_server: Callable[..., Server], tmp_path: Path
 ) -> None:
-    from courtyard_sdk.testing import free_port
+    from courtyard.testing import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     worker = start_worker(url, "jobs", tmp_path / "early", api_key=KEY)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from courtyard_sdk.testing import write_plugin
+from courtyard.testing import write_plugin
 from vaults_kit import fill, secret, service
 
 # What the queues plugin does at worker registration, reduced to the call.

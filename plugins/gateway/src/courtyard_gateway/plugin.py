@@ -1,16 +1,15 @@
 """The gateway plugin's hooks: rate limits and CORS on every plugin request.
 
 The compiled configuration (`gateway.Gateway`) is built by `courtyard_startup`, one per
-generation, and kept against the generation's plugin context; a reload builds a fresh one
-(with fresh buckets). With `redis_url` set, the buckets live in Redis instead (see
-`store.RedisBucketStore`): the generation opens its client at startup and closes it at
-shutdown.
+generation, and kept in the generation's plugin context (`ctx.state[Gateway]`); a reload
+builds a fresh one (with fresh buckets). With `redis_url` set, the buckets live in Redis
+instead (see `store.RedisBucketStore`): the generation opens its client at startup and
+closes it at shutdown.
 """
 
 from __future__ import annotations
 
 import time
-import weakref
 from typing import Any
 
 from courtyard_sdk import PluginContext, Request, Response, hookimpl
@@ -19,8 +18,7 @@ from .gateway import Gateway, Limited
 from .rules import ConfigError
 from .store import RedisBucketStore
 
-_gateways: weakref.WeakKeyDictionary[PluginContext, Gateway] = weakref.WeakKeyDictionary()
-_STATE = "_courtyard_gateway"  # the request attribute carrying `Limited` to the response
+_LIMITED = "_courtyard_gateway"  # the request attribute carrying `Limited` to the response
 
 
 @hookimpl
@@ -34,7 +32,7 @@ async def courtyard_startup(ctx: PluginContext) -> None:
     if url:
         # Raises StoreUnavailable ("cannot reach Redis at ...") and fails the plugin.
         gateway.store = await RedisBucketStore.connect(url, logger=ctx.logger)
-    _gateways[ctx] = gateway
+    ctx.state[Gateway] = gateway
     ctx.logger.info(
         "%d rate-limit rule(s), %d CORS rule(s), %d trusted proxy network(s), buckets in %s",
         len(gateway.rules.rules),
@@ -47,7 +45,7 @@ async def courtyard_startup(ctx: PluginContext) -> None:
 @hookimpl
 async def courtyard_shutdown(ctx: PluginContext) -> None:
     """Forget the generation's gateway (and its buckets); close its Redis client."""
-    gateway = _gateways.pop(ctx, None)
+    gateway = ctx.state.pop(Gateway, None)
     if gateway is not None and isinstance(gateway.store, RedisBucketStore):
         await gateway.store.aclose()
 
@@ -55,7 +53,7 @@ async def courtyard_shutdown(ctx: PluginContext) -> None:
 @hookimpl
 async def courtyard_request(ctx: PluginContext, request: Request) -> Any:
     """Answer CORS preflights, then take a token; a refused request gets 429."""
-    gateway = _gateways.get(ctx)
+    gateway = ctx.state.get(Gateway)
     if gateway is None:
         return None
     if (
@@ -77,7 +75,7 @@ async def courtyard_request(ctx: PluginContext, request: Request) -> Any:
     limited = await gateway.limit(request)
     if limited is None:
         return None
-    setattr(request, _STATE, limited)
+    setattr(request, _LIMITED, limited)
     if limited.retry_after is not None:
         message = (
             f"rate limit of {limited.budget.describe()} exceeded; retry in {limited.retry_after} s"
@@ -91,14 +89,14 @@ async def courtyard_request(ctx: PluginContext, request: Request) -> Any:
 @hookimpl
 def courtyard_response(ctx: PluginContext, request: Request, response: Response) -> None:
     """Add the X-RateLimit-* headers of a limited route, and CORS headers for its origin."""
-    limited: Limited | None = getattr(request, _STATE, None)
+    limited: Limited | None = getattr(request, _LIMITED, None)
     if limited is not None:
         headers = response.headers
         headers["X-RateLimit-Limit"] = str(limited.budget.limit)
         headers["X-RateLimit-Remaining"] = str(limited.remaining)
-        # A Unix timestamp, as seeds 002 and 004 document (when the bucket is full again).
+        # A Unix timestamp: when the bucket is full again.
         headers["X-RateLimit-Reset"] = str(_ceil(time.time() + max(0.0, limited.reset)))
-    gateway = _gateways.get(ctx)
+    gateway = ctx.state.get(Gateway)
     if gateway is None or not gateway.has_cors:
         return
     if "Access-Control-Allow-Origin" in response.headers:

@@ -4,13 +4,13 @@ Each generation gets its own queue service (`service.QueueService`): `courtyard_
 opens the task store (the runtime's database, or Redis), loads the queue configuration
 files and starts this instance's sweeper; `courtyard_shutdown` wakes every long poll and
 closes it all. Routes are built before startup and reach the service through the
-generation's `State`. The `courtyard worker` command comes from `worker/`.
+generation's `State`, kept in the plugin context (`ctx.state[State]`). The
+`courtyard worker` command comes from `worker/`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,11 +35,9 @@ class State:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
-_states: weakref.WeakKeyDictionary[PluginContext, State] = weakref.WeakKeyDictionary()
-
-
 def _state(ctx: PluginContext) -> State:
-    return _states.setdefault(ctx, State())
+    """The generation's `State`, made by the first hook that asks (`courtyard_provides`)."""
+    return ctx.state.setdefault(State, State())
 
 
 def options(settings: Any) -> Options:
@@ -169,7 +167,7 @@ async def courtyard_startup(ctx: PluginContext) -> None:
 @hookimpl
 async def courtyard_shutdown(ctx: PluginContext) -> None:
     """Wake every long poll, stop the background tasks, close the store."""
-    state = _states.pop(ctx, None)
+    state = ctx.state.pop(State, None)
     if state is None:
         return
     for task in state.tasks:

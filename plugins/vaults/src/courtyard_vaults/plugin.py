@@ -1,13 +1,12 @@
 """The vaults plugin's hooks.
 
 `courtyard_provides` reads the master key from the environment and makes the generation's
-`Vaults` (the service other plugins get with `ctx.get_plugin("vaults")`); the routes and
-the page are served by it; the CLI group works on the same database.
+`Vaults` (the service other plugins get with `ctx.get_plugin("vaults")`), kept in the plugin
+context (`ctx.state[Vaults]`); the routes and the page are served by it; the CLI group works
+on the same database.
 """
 
 from __future__ import annotations
-
-import weakref
 
 import click
 from courtyard_sdk import Blueprint, PluginContext, hookimpl
@@ -15,28 +14,26 @@ from courtyard_sdk import Blueprint, PluginContext, hookimpl
 from . import api, cli, page
 from .service import Vaults
 
-_vaults: weakref.WeakKeyDictionary[PluginContext, Vaults] = weakref.WeakKeyDictionary()
-
 
 @hookimpl
 def courtyard_provides(ctx: PluginContext) -> Vaults:
     """The generation's vaults, keyed from RUNQY_VAULT_MASTER_KEY."""
     vaults = Vaults.from_environ(ctx.db)
-    _vaults[ctx] = vaults
+    ctx.state[Vaults] = vaults
     return vaults
 
 
 @hookimpl
 def courtyard_routes(ctx: PluginContext) -> list[Blueprint]:
     """`/api/vaults...` (runqy's API) and the page at the plugin's base."""
-    vaults = _vaults[ctx]
+    vaults = ctx.state[Vaults]
     return [api.blueprint(vaults), page.blueprint(vaults)]
 
 
 @hookimpl
 def courtyard_startup(ctx: PluginContext) -> None:
     """Say whether vaults are enabled, and under which key id (never the key)."""
-    vaults = _vaults[ctx]
+    vaults = ctx.state[Vaults]
     if vaults.keyring is None:
         ctx.logger.warning("%s; every vault route answers 503", vaults.disabled_reason)
         return

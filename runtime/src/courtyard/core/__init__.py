@@ -1,21 +1,62 @@
-"""The runtime's own API (Buntime's API): health, plugins, docs, discovery."""
+"""The runtime's own API (Buntime's API): health, plugins, apps, keys, audit, events, docs.
+
+The core's routes are written against `Runtime`, the narrow view of the dispatcher they
+need: its state, its services and apps, and the operations that change the plugin set.
+They never see the dispatcher object itself (host.py implements this protocol).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from quart import current_app
 
 if TYPE_CHECKING:
+    from ..apps.router import AppRouter
     from ..generation import Generation
-    from ..host import Host
+    from ..services import Services
+
+RUNTIME = "courtyard.runtime"  # app.extensions key of the Runtime serving the app
+GENERATION = "courtyard.generation"  # app.extensions key of the app's generation
 
 
-def current_host() -> Host:
-    """The Host serving the current request."""
-    return current_app.extensions["courtyard.host"]
+class Runtime(Protocol):
+    """What the core API may ask of the runtime serving it."""
+
+    state: str
+    """`starting`, `ready`, `stopping` or `failed`."""
+    services: Services
+    apps: AppRouter
+
+    async def reload(self) -> Generation:
+        """Build a generation from the plugin files and serve it.
+
+        :raises BuildError: the old generation serves on.
+        """
+        ...
+
+    async def install_plugin(self, name: str, content: Path, destination: Path) -> Generation:
+        """Put a plugin's files in place and serve a generation in which it loads, or put
+        the previous files back.
+
+        :raises BuildError: naming why the plugin did not load.
+        """
+        ...
+
+    async def remove_plugin(self, root: Path) -> Generation:
+        """Delete a directory plugin's folder and serve a generation without it.
+
+        :raises BuildError: the files are gone but the new generation failed to build.
+        """
+        ...
+
+
+def current_runtime() -> Runtime:
+    """The runtime serving the current request."""
+    return current_app.extensions[RUNTIME]
 
 
 def current_generation() -> Generation:
     """The generation the current request runs on."""
-    return current_app.extensions["courtyard.generation"]
+    return current_app.extensions[GENERATION]

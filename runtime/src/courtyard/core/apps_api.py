@@ -16,7 +16,7 @@ from quart_schema import DataSource, document_querystring, document_request, doc
 
 from ..apps.registry import App, AppManifestError, InvalidAppName, read_app_manifest
 from ..installs import install_tree, remove_path, remove_tree
-from . import current_generation, current_host, uploads
+from . import current_generation, current_runtime, uploads
 from .openapi import AppUploadQuery, ArchiveUpload, archive_errors
 
 blueprint = Blueprint("apps", __name__, url_prefix="/api/apps")
@@ -59,7 +59,7 @@ class Success(BaseModel):
 @require("apps:read")
 async def list_apps() -> list[dict[str, Any]]:
     """Apps installed in the app directories (`workerDirs`), with their versions."""
-    registry = current_host().apps.registry
+    registry = current_runtime().apps.registry
     registry.invalidate()
     return [
         {"name": app.name, "path": str(app.path), "versions": app.sorted_versions()}
@@ -83,7 +83,7 @@ async def upload_app() -> dict[str, Any]:
     Versions are immutable: uploading one that exists is 409 `VERSION_EXISTS` unless the
     query has `overwrite=true`.
     """
-    host = current_host()
+    host = current_runtime()
     settings = current_generation().settings
     if not settings.app_folders:
         raise ApiError(400, "NO_WORKER_DIRS", "No workerDirs configured")
@@ -133,7 +133,7 @@ def _installed_app(scope: str, name: str, missing: ApiError) -> tuple[str, App]:
     full = name if scope == "_" else f"{scope}/{name}"
     app = None
     if (scope == "_" or scope.startswith("@")) and is_valid_name(full):
-        app = current_host().apps.registry.get(full)
+        app = current_runtime().apps.registry.get(full)
     if app is None:
         raise missing
     settings = current_generation().settings
@@ -149,7 +149,7 @@ def _installed_app(scope: str, name: str, missing: ApiError) -> tuple[str, App]:
 @require("apps:remove")
 async def delete_app(scope: str, name: str) -> dict[str, bool]:
     """Remove an app and all its versions (`_` as scope for an unscoped app)."""
-    host = current_host()
+    host = current_runtime()
     async with _changes:
         host.apps.registry.invalidate()
         missing = ApiError(404, "APP_NOT_FOUND", f"App {scope}/{name} not found")
@@ -169,7 +169,7 @@ async def delete_app(scope: str, name: str) -> dict[str, bool]:
 @require("apps:remove")
 async def delete_version(scope: str, name: str, version: str) -> dict[str, bool]:
     """Remove one version of an app; its workers stop once their requests are done."""
-    host = current_host()
+    host = current_runtime()
     async with _changes:
         host.apps.registry.invalidate()
         missing = ApiError(

@@ -23,7 +23,7 @@ from quart_schema import document_querystring, document_response, tag
 from sqlalchemy import func, select
 
 from ..services.audit import KINDS, TABLE
-from . import current_host
+from . import current_runtime
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -267,6 +267,6 @@ async def list_entries() -> dict[str, Any]:
             )
         args["tenant"] = own
     limit = _limit(args.pop("limit", None))
-    database = current_host().services.database
+    database = current_runtime().services.database
     entries, last = await _page(database, _statement(args, database.dialect), limit)
     return {"entries": entries, "next_cursor": None if last is None else encode_cursor(last)}

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from quart import Blueprint, Response, request
 from quart_schema import document_querystring, tag
 
-from . import current_host
+from . import current_runtime
 
 blueprint = Blueprint("events", __name__)
 MAX_PATTERNS = 32
@@ -47,7 +47,7 @@ async def stream() -> Response:
     if named not in ("true", "false"):
         raise ApiError(400, "VALIDATION_ERROR", "named: expected true or false")
     return sse_response(
-        current_host().services.events,
+        current_runtime().services.events,
         *topics,
         tenant=current_identity().tenant_id,
         named=named == "true",

@@ -7,7 +7,7 @@ from quart import Blueprint
 from quart_schema import document_response, tag
 
 from .. import __version__
-from . import current_host
+from . import current_runtime
 
 blueprint = Blueprint("health", __name__, url_prefix="/api/health")
 
@@ -38,7 +38,7 @@ async def health() -> tuple[dict[str, object], int]:
 @document_response(HealthStatus, 503)
 async def ready() -> tuple[dict[str, object], int]:
     """Readiness probe: 200 once a generation serves, 503 while starting or stopping."""
-    state = current_host().state
+    state = current_runtime().state
     return _status(state == "ready", state)
 
 

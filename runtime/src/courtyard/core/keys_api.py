@@ -16,7 +16,7 @@ from quart import Blueprint
 from quart_schema import document_response, tag, validate_request
 
 from ..services.auth import parse_duration
-from . import current_host
+from . import current_runtime
 
 blueprint = Blueprint("keys", __name__, url_prefix="/api/keys")
 
@@ -66,7 +66,7 @@ async def list_keys() -> list[dict[str, Any]]:
 
     A caller bound to a tenant sees that tenant's keys only.
     """
-    auth = current_host().services.auth
+    auth = current_runtime().services.auth
     return [info.to_json() for info in await auth.list_keys(by=current_identity())]
 
 
@@ -85,7 +85,7 @@ async def create_key(data: NewKey) -> tuple[dict[str, Any], int]:
     `INVALID_EXPIRY`, `NO_PERMISSIONS`; 403 `AUTHORIZATION_FAILED` for permissions (or a
     tenant) the caller does not hold itself.
     """
-    auth = current_host().services.auth
+    auth = current_runtime().services.auth
     info, secret = await auth.create_key(
         name=data.name,
         roles=tuple(data.roles),
@@ -105,5 +105,5 @@ async def create_key(data: NewKey) -> tuple[dict[str, Any], int]:
 async def revoke_key(key_id: str) -> dict[str, Any]:
     """Revoke a key: it stops working at once, on every instance. The key stays listed
     as `revoked`; revoking it again changes nothing. 404 `KEY_NOT_FOUND`."""
-    auth = current_host().services.auth
+    auth = current_runtime().services.auth
     return (await auth.revoke_key(key_id, by=current_identity())).to_json()

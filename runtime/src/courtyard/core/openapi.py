@@ -46,6 +46,8 @@ from quart_schema import OpenAPIProvider
 from quart_schema.openapi import APIKeySecurityScheme, HttpSecurityScheme
 from werkzeug.routing import Rule
 
+from ..routes import CORE, owner_of
+
 # The two ways to present a credential (docs/security.md).
 SECURITY_SCHEMES: dict[str, Any] = {
     "bearer": HttpSecurityScheme(scheme="bearer", bearer_format="API key or JWT"),
@@ -242,7 +244,6 @@ class CourtyardOpenAPIProvider(OpenAPIProvider):
 
     def build_paths(self, rule: Rule) -> tuple[dict, dict]:
         """quart-schema's path objects, completed as the module's doc says."""
-        from ..app import CORE, owner_of
 
         paths, components = super().build_paths(rule)
         func = self._app.view_functions[rule.endpoint]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import tomllib
@@ -13,14 +12,14 @@ from courtyard_sdk import ApiError, Manifest, ManifestError, Menu, is_valid_name
 from courtyard_sdk.identity import require
 from courtyard_sdk.manifest import MANIFEST_FILE
 from courtyard_sdk.openapi import errors
+from courtyard_sdk.status import PluginStatus
 from pydantic import BaseModel
 from quart import Blueprint, request
 from quart_schema import DataSource, document_request, document_response, tag
 
 from ..discovery import scan
-from ..generation import FAILED, BuildError, Generation, PluginRecord
-from ..installs import install_tree, remove_path, remove_tree, restore_tree
-from . import current_generation, current_host, uploads
+from ..generation import BuildError, Generation, PluginRecord
+from . import current_generation, current_runtime, uploads
 from .openapi import ArchiveUpload, archive_errors
 
 blueprint = Blueprint("plugins", __name__, url_prefix="/api/plugins")
@@ -103,11 +102,11 @@ async def list_plugins() -> list[dict[str, Any]]:
         if rec is not None:
             status, error = rec.status, rec.error
         elif cand.manifest is None:
-            status, error = "failed", cand.error
+            status, error = PluginStatus.FAILED, cand.error
         elif cand.shadowed_by is not None:
-            status, error = "disabled", cand.shadow_note
+            status, error = PluginStatus.DISABLED, cand.shadow_note
         else:
-            status, error = "unloaded", None
+            status, error = PluginStatus.UNLOADED, None
         out.append(
             {
                 "name": cand.name,
@@ -160,9 +159,7 @@ def _reload_result(generation: Generation) -> dict[str, Any]:
             for r in generation.loaded
             if r.candidate.manifest is not None
         ],
-        "failed": [
-            {"name": r.name, "error": r.error} for r in generation.records if r.status == "failed"
-        ],
+        "failed": [{"name": r.name, "error": r.error} for r in generation.failed],
     }
 
 
@@ -179,7 +176,7 @@ async def reload_plugins() -> dict[str, Any]:
     old one keeps serving and the answer is 422 `RELOAD_FAILED`.
     """
     try:
-        generation = await current_host().reload()
+        generation = await current_runtime().reload()
     except BuildError as exc:
         raise ApiError(422, "RELOAD_FAILED", str(exc)) from None
     return _reload_result(generation)
@@ -233,7 +230,6 @@ async def upload_plugin() -> dict[str, Any]:
     load it, the previous files (if any) come back, the previous plugin set keeps serving,
     and the answer is 422 `PLUGIN_LOAD_FAILED` with the cause.
     """
-    host = current_host()
     settings = current_generation().settings
     if not settings.plugin_folders:
         raise ApiError(400, "NO_PLUGIN_DIRS", "No pluginDirs configured")
@@ -242,22 +238,11 @@ async def upload_plugin() -> dict[str, Any]:
         manifest = _uploaded_manifest(content)
         destination = plugin_dir / manifest.name
 
-        def loads_it(generation: Generation) -> str | None:
-            rec = next((r for r in generation.records if r.candidate.root == destination), None)
-            if rec is None:
-                return f"{manifest.name}: not found after install"
-            return f"{manifest.name}: {rec.error}" if rec.status == FAILED else None
-
-        async with host.changing():
-            backup = install_tree(content, destination)
-            try:
-                # The new generation serves only if the plugin loads in it.
-                await host.swap(accept=loads_it)
-            except BuildError as exc:
-                restore_tree(backup, destination)
-                raise ApiError(422, "PLUGIN_LOAD_FAILED", str(exc)) from None
-            if backup is not None:
-                await asyncio.to_thread(remove_path, backup)
+        try:
+            # The new generation serves only if the plugin loads in it.
+            await current_runtime().install_plugin(manifest.name, content, destination)
+        except BuildError as exc:
+            raise ApiError(422, "PLUGIN_LOAD_FAILED", str(exc)) from None
     log.info("installed plugin %s %s at %s", manifest.name, manifest.version, destination)
     return {
         "success": True,
@@ -296,7 +281,6 @@ async def delete_plugin(name: str) -> dict[str, bool]:
         raise ApiError(400, "MISSING_NAME", "Plugin name is required")
     if not is_valid_name(name):
         raise ApiError(400, "PATH_TRAVERSAL", f"Invalid plugin name: {name!r}")
-    host = current_host()
     settings = current_generation().settings
     found = [c for c in scan(settings) if c.name == name]
     folders = [c for c in found if c.source == "directory" and c.shadowed_by is None]
@@ -307,7 +291,7 @@ async def delete_plugin(name: str) -> dict[str, bool]:
     if not any(d.resolve() in root.resolve().parents for d in settings.plugin_folders):
         raise ApiError(400, "PATH_TRAVERSAL", f"{root} is outside the plugin directories")
     try:
-        await host.reload(before=lambda: remove_tree(root))
+        await current_runtime().remove_plugin(root)
     except BuildError as exc:
         raise ApiError(422, "RELOAD_FAILED", f"removed {name}, but: {exc}") from None
     log.info("removed plugin %s from %s", name, root)

@@ -11,13 +11,26 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..settings import Settings
+from ..settings import Settings, check_event_bus
 from . import audit, keys
 from .auth import Auth
 from .database import Database
-from .events import make_event_bus
+from .events import MemoryEventBus
+from .events_redis import RedisEventBus
 
 log = logging.getLogger("courtyard.services")
+
+
+def make_event_bus(settings: Settings) -> MemoryEventBus | RedisEventBus:
+    """The bus the settings ask for (no I/O: `start()` connects).
+
+    :raises SettingsError: see `courtyard.settings.check_event_bus`.
+    """
+    check_event_bus(settings)
+    if settings.event_bus == "memory":
+        return MemoryEventBus(settings.event_history)
+    assert settings.redis_url is not None
+    return RedisEventBus(settings.redis_url, history=settings.event_history)
 
 
 class Services:

@@ -24,14 +24,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from courtyard_sdk.db import model_base
 from courtyard_sdk.identity import current_identity
-from quart import g, has_request_context, has_websocket_context, request, websocket
+from quart import has_request_context, has_websocket_context, request, websocket
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -50,14 +50,10 @@ from sqlalchemy import (
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlmodel import Field
 
-from ..limits import REFUSED
 from ..logs import request_id
 from ..redaction import redact
-from ..security import STATE_CHANGING
 
 if TYPE_CHECKING:
-    from quart import Quart
-
     from ..settings import Settings
     from .database import Database
 
@@ -74,10 +70,8 @@ FLUSH_TIMEOUT = 10.0  # seconds a clean stop waits for the queue to be written
 RETRY_MAX = 30.0  # seconds between two attempts at writing while the database fails
 PURGE_INTERVAL = 24 * 3600.0
 PURGE_CHUNK = 5_000  # rows per DELETE, so a large purge never holds the lock for long
-CLIENT_CLOSED = 499  # the status recorded when the client went away before the answer
 MAX_ACTION, MAX_TARGET, MAX_DETAILS = 128, 1024, 65_536
 KINDS = ("request", "event")
-_AUDITED = "courtyard_audited"  # flag on `g`: this request's entry is queued
 _STOP = object()
 
 
@@ -160,7 +154,7 @@ def _text(value: str | None, limit: int) -> str | None:
     return value
 
 
-def _caller() -> dict[str, Any]:
+def caller_fields() -> dict[str, Any]:
     """Who and where: the identity, tenant and request (or WebSocket) being served, if
     any; outside one (a background task) nobody."""
     if has_request_context():
@@ -306,18 +300,6 @@ class AuditLog:
     def for_plugin(self, name: str) -> PluginAudit:
         """The audit log as plugin `name` sees it (`ctx.audit`)."""
         return PluginAudit(self, name)
-
-    def install(self, app: Quart) -> RequestAudit | None:
-        """Watch `app`'s mutating requests; None while the audit log is off.
-
-        The app's after-request function calls `RequestAudit.after` for POST, PUT, PATCH
-        and DELETE; a teardown function catches those it never saw (see there).
-        """
-        if not self.enabled:
-            return None
-        watcher = RequestAudit(self, app)
-        app.teardown_request(watcher.teardown)
-        return watcher
 
     # Retention ---------------------------------------------------------------------------
 
@@ -483,58 +465,6 @@ class PluginAudit:
         await self._audit.record(action, plugin=self.plugin, target=target, details=details)
 
 
-class RequestAudit:
-    """Records one Quart app's mutating requests.
-
-    Quart runs the after-request functions for every answer, also those of error
-    handlers and of the 500 it makes when an after-request function or an error handler
-    raises; but not when the client goes away (the handler is cancelled), nor when an
-    after-request function raises a second time while the 500 is finalised. The teardown
-    function, which always runs, records those: status 499 for a client that went away,
-    the request limits' answer (413, 408, 503) for a body they stopped, 500 otherwise.
-    """
-
-    def __init__(self, audit: AuditLog, app: Quart) -> None:
-        from ..app import CORE, owner_of  # app.py builds the app this watches
-
-        self._audit = audit
-
-        def plugin_of() -> str | None:
-            rule = request.url_rule
-            owner = None if rule is None else owner_of(app, rule)
-            return None if owner == CORE else owner
-
-        self._plugin_of: Callable[[], str | None] = plugin_of
-
-    def _entry(self, status: int) -> dict[str, Any]:
-        g.setdefault(_AUDITED, True)
-        return {
-            "time": datetime.now(UTC),
-            "kind": "request",
-            **_caller(),
-            "plugin": self._plugin_of(),
-            "status": status,
-            "action": None,
-            "target": None,
-            "details": None,
-        }
-
-    async def after(self, status: int) -> None:
-        """Record the current (mutating) request, answered with `status`."""
-        if _AUDITED not in g:
-            await self._audit.add(self._entry(status))
-
-    async def teardown(self, exc: BaseException | None) -> None:
-        """Record a mutating request that `after` never saw."""
-        if request.method in STATE_CHANGING and _AUDITED not in g:
-            # The request limits (limits.py) answered while the body arrived: the route
-            # was stopped as if the client had gone, but the client got that answer.
-            status = request.scope.get(REFUSED)
-            if status is None:
-                status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else 500
-            self._audit.add_nowait(self._entry(status))
-
-
 def _y(count: int) -> str:
     """The ending of "entry" for `count`."""
     return "y" if count == 1 else "ies"
@@ -587,7 +517,7 @@ def event_entry(
         "method": None,
         "path": None,
         "route": None,
-        **_caller(),
+        **caller_fields(),
         "plugin": plugin,
         "status": None,
         "action": _text(action, MAX_ACTION),
@@ -604,6 +534,6 @@ __all__ = [
     "AuditEntry",
     "AuditLog",
     "PluginAudit",
-    "RequestAudit",
+    "caller_fields",
     "event_entry",
 ]

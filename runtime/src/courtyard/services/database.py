@@ -14,79 +14,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from courtyard_sdk import SettingsError, StartupError
+from courtyard_sdk import StartupError
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from ..database_urls import async_url
 from . import revisions
 from .revisions import MigrationError, MigrationStatus, version_table
 from .tenancy import TenantViolation, scope_to_tenant
 
-_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _CONNECT_TIMEOUT = 10.0  # seconds; asyncpg's own default (60 s) stalls a start too long
-
-
-def async_url(url: str) -> str:
-    """`url` with the async driver Courtyard uses for its dialect, a relative SQLite path
-    made absolute (against the working directory, once, as SQLAlchemy would read it), and
-    `postgres://` and libpq's `sslmode` accepted.
-
-    :raises SettingsError: for a URL that cannot be parsed, another database or driver,
-        or an in-memory SQLite database.
-    """
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise SettingsError(
-            f"database_url {_redacted(url)!r} is not a database URL: use "
-            "sqlite:///path/to/file.db or postgresql://user:password@host/database"
-        ) from None
-    dialect = parsed.get_backend_name()
-    if dialect == "postgres":  # Heroku's and libpq's spelling
-        dialect, parsed = "postgresql", parsed.set(drivername="postgresql")
-    if dialect not in _DRIVERS:
-        raise SettingsError(
-            f"database_url {_redacted(url)!r}: unsupported database {dialect!r}: "
-            "use sqlite or postgresql"
-        )
-    driver = _DRIVERS[dialect]
-    if parsed.drivername not in (dialect, driver):
-        raise SettingsError(
-            f"database_url {_redacted(url)!r}: driver {parsed.drivername!r} is not "
-            f"supported: write {dialect}:// (Courtyard uses {driver})"
-        )
-    parsed = parsed.set(drivername=driver)
-    if dialect == "sqlite":
-        parsed = _sqlite_file(parsed, url)
-    elif "sslmode" in parsed.query and "ssl" not in parsed.query:
-        # asyncpg takes libpq's sslmode values under the name `ssl`.
-        query = dict(parsed.query)
-        query["ssl"] = query.pop("sslmode")
-        parsed = parsed.set(query=query)
-    return parsed.render_as_string(hide_password=False)
-
-
-def _sqlite_file(parsed: URL, url: str) -> URL:
-    database = parsed.database or ""
-    memory = database in ("", ":memory:") or parsed.query.get("mode") == "memory"
-    if memory:
-        raise SettingsError(
-            f"database_url {url!r}: an in-memory SQLite database vanishes with the process "
-            "and each connection gets its own: give a file, sqlite:///path/to/file.db"
-        )
-    if parsed.query.get("uri") in ("true", "1") or database.startswith("file:"):
-        return parsed  # an SQLite URI names its file itself
-    return parsed.set(database=str(Path(database).expanduser().absolute()))
-
-
-def _redacted(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url if "@" not in url else "<unparseable URL with credentials>"
 
 
 class Database:

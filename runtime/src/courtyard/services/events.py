@@ -1,6 +1,6 @@
 """The event bus: `MemoryEventBus` in the process (the default), `RedisEventBus`
-(events_redis.py) shared by several runtime instances; `make_event_bus` picks one from
-the settings. Both implement `courtyard_sdk.services.EventBus`.
+(events_redis.py) shared by several runtime instances; `make_event_bus` (services/__init__)
+picks one from the settings. Both implement `courtyard_sdk.services.EventBus`.
 
 Ids are `<milliseconds>-<sequence>` in both (Redis stream ids; the memory bus makes them
 the same way), so they increase across topics and across restarts, and a client's
@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from courtyard_sdk import SettingsError
 from courtyard_sdk.events import (
     RETIRING,
     check_topic,
@@ -40,9 +39,6 @@ from courtyard_sdk.services import Event, EventBusUnavailable, EventError, Subsc
 if TYPE_CHECKING:
     from quart import Quart
 
-    from ..generation import Generation
-    from ..settings import Settings
-    from .events_redis import RedisEventBus
 
 log = logging.getLogger("courtyard.events")
 
@@ -251,40 +247,6 @@ class MemoryEventBus:
         return newer
 
 
-def check_event_bus(settings: Settings) -> None:
-    """Check the event bus settings (no I/O).
-
-    :raises SettingsError: `event_bus = "redis"` without a valid `redis_url`.
-    """
-    if settings.event_bus != "redis":
-        return
-    if not settings.redis_url:
-        raise SettingsError(
-            'event_bus = "redis" needs redis_url (COURTYARD_REDIS_URL), '
-            "for example redis://127.0.0.1:6379/0"
-        )
-    from redis.asyncio.connection import parse_url
-
-    try:
-        parse_url(settings.redis_url)
-    except ValueError as exc:
-        raise SettingsError(f"redis_url: {exc}") from None
-
-
-def make_event_bus(settings: Settings) -> MemoryEventBus | RedisEventBus:
-    """The bus the settings ask for (no I/O: `start()` connects).
-
-    :raises SettingsError: see `check_event_bus`.
-    """
-    check_event_bus(settings)
-    if settings.event_bus == "memory":
-        return MemoryEventBus(settings.event_history)
-    from .events_redis import RedisEventBus
-
-    assert settings.redis_url is not None
-    return RedisEventBus(settings.redis_url, history=settings.event_history)
-
-
 # The runtime's own events ---------------------------------------------------------------
 
 
@@ -295,25 +257,6 @@ async def announce(bus: Any, topic: str, data: Any) -> None:
         await bus.publish(topic, data)
     except Exception as exc:
         log.warning("could not publish %s: %s: %s", topic, type(exc).__name__, exc)
-
-
-async def announce_generation(bus: Any, generation: Generation) -> None:
-    """`courtyard.plugin.failed` for each plugin the generation excluded, then
-    `courtyard.generation.serving`."""
-    failed = [
-        {"name": r.name, "error": r.error} for r in generation.records if r.status == "failed"
-    ]
-    for plugin in failed:
-        await announce(bus, "courtyard.plugin.failed", {"generation": generation.number, **plugin})
-    await announce(
-        bus,
-        "courtyard.generation.serving",
-        {
-            "generation": generation.number,
-            "plugins": [r.name for r in generation.loaded],
-            "failed": failed,
-        },
-    )
 
 
 def end_streams(app: Quart | None) -> None:
