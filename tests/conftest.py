@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from servers import (
-    REDIS_SERVER,
     PostgresServer,
     RedisServer,
     create_database,
-    postgres_bin,
+    need_postgres,
+    need_redis,
     postgres_server,
     redis_server,
 )
@@ -56,8 +56,7 @@ def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the whole run, on a free loopback port."""
-    if postgres_bin("initdb") is None:
-        pytest.skip("PostgreSQL is not installed (Debian package postgresql)")
+    need_postgres()  # skipped, naming the Debian package, without PostgreSQL
     with postgres_server() as server:
         yield server
 
@@ -84,7 +83,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One Redis server for the whole run, on a free loopback port (tests that share it
     use keys or databases of their own, or flush it)."""
-    if not shutil.which(REDIS_SERVER):
-        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    need_redis()  # skipped, naming the Debian package, without redis-server
     with redis_server(tmp_path_factory.mktemp("redis")) as server:
         yield server

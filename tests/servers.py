@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from courtyard.testing import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -26,6 +27,18 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 def available() -> bool:
     """Whether a redis-server binary is installed."""
     return Path(REDIS_SERVER).is_file()
+
+
+def need_redis() -> None:
+    """Skip the calling test, naming the Debian package, when redis-server is missing."""
+    if not available():
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+
+
+def need_postgres() -> None:
+    """Skip the calling test, naming the Debian package, when PostgreSQL is missing."""
+    if postgres_bin("initdb") is None or postgres_bin("postgres") is None:
+        pytest.skip("PostgreSQL is not installed (Debian package postgresql)")
 
 
 @dataclass
@@ -55,7 +68,9 @@ def _ping(port: int) -> bool:
 
 @contextmanager
 def redis_server(folder: Path, timeout: float = 5.0) -> Iterator[RedisServer]:
-    """Run redis-server in `folder` on a free loopback port until the block ends."""
+    """Run redis-server in `folder` on a free loopback port until the block ends (the
+    test is skipped without redis-server)."""
+    need_redis()
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = (folder / "redis.log").open("wb")
@@ -157,10 +172,10 @@ def postgres_server(timeout: float = 30.0) -> Iterator[PostgresServer]:
 
     The cluster lives in its own folder under the system's temporary directory (the
     `postgres` user cannot enter pytest's, which is private to root) and is removed after.
+    The test is skipped without PostgreSQL.
     """
-    initdb, postgres = postgres_bin("initdb"), postgres_bin("postgres")
-    if initdb is None or postgres is None:
-        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+    need_postgres()
+    initdb, postgres = str(postgres_bin("initdb")), str(postgres_bin("postgres"))
     folder = Path(tempfile.mkdtemp(prefix="courtyard-pg-"))
     data = folder / "data"
     if os.geteuid() == 0:

@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "courtyard.ordering",
             "courtyard.loading",
             "courtyard.tracing",
+            "courtyard.hooks",
             "courtyard.archives",
             "courtyard.installs",
             "courtyard.apps",

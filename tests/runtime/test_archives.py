@@ -266,7 +266,9 @@ def test_zip_path_traversal(tmp_path: Path, target: Path, name: str) -> None:
 
 
 def test_tgz_absolute_path(tmp_path: Path, target: Path) -> None:
-    outside = tmp_path / "outside" / "evil.txt"
+    # Short names: the whole absolute path must stay within the 80 characters an error
+    # message shows of a name, even under pytest-xdist's longer temporary folders.
+    outside = tmp_path / "o" / "e.txt"
     archive = make_tgz(tmp_path / "a.tgz", [tar_file(str(outside))])
     with tarfile.open(archive) as tar:
         assert tar.getnames() == [str(outside)]  # really absolute in the archive
@@ -275,7 +277,9 @@ def test_tgz_absolute_path(tmp_path: Path, target: Path) -> None:
 
 
 def test_zip_absolute_path(tmp_path: Path, target: Path) -> None:
-    outside = tmp_path / "outside" / "evil.txt"
+    # Short names: the whole absolute path must stay within the 80 characters an error
+    # message shows of a name, even under pytest-xdist's longer temporary folders.
+    outside = tmp_path / "o" / "e.txt"
     archive = zip_files(tmp_path / "a.zip", [str(outside)])
     refuse(archive, "zip", target, "PATH_TRAVERSAL", entry=str(outside))
     assert not outside.parent.exists()

@@ -176,6 +176,7 @@ async def test_client_as_refuses_what_create_key_refuses(courtyard):
         await rt.client_as(roles=["wizard"])
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 def test_server_client_as(courtyard_server, plugin_dir):
     add_who(plugin_dir)
     server = courtyard_server(entry_points=False)

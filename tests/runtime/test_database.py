@@ -513,6 +513,7 @@ def upgrade():
 SECOND = 'def upgrade():\n    op.execute("INSERT INTO race VALUES (2)")\n'
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 def test_instances_starting_together_apply_each_revision_once(tmp_path, plugin_dir, database_url):
     """Three `courtyard db upgrade` processes at once, as three instances starting: the
     database's lock makes two of them wait, then find everything applied."""

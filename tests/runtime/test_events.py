@@ -34,7 +34,7 @@ from courtyard_sdk.services import (
     EventError,
     SubscriptionLagged,
 )
-from servers import REDIS_SERVER
+from servers import REDIS_SERVER, need_redis
 from ws_client import WebSocketClient
 
 INTERNAL = {"X-Courtyard-Internal": "true"}
@@ -452,6 +452,7 @@ async def test_redis_bus_refuses_to_start_without_redis():
 @contextmanager
 def redis_on(folder: Path, port: int, *, persistent: bool) -> Iterator[None]:
     """A redis-server on a given loopback port (so that it can come back on it)."""
+    need_redis()  # skipped, naming the Debian package, without redis-server
     folder.mkdir(parents=True, exist_ok=True)
     args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
     args += ["--save", "", "--appendonly", "yes" if persistent else "no"]

@@ -205,3 +205,23 @@ async def test_no_tracing_by_default(courtyard, add_fixture_plugins, caplog):
     with caplog.at_level(logging.INFO, logger="courtyard.hooks"):
         await courtyard(entry_points=False)
     assert not [r for r in caplog.records if r.name == "courtyard.hooks"]
+
+
+async def test_trace_hooks_logs_the_request_path_and_menus_too(courtyard, plugin_dir, caplog):
+    import logging
+
+    write_plugin(
+        plugin_dir,
+        "seen",
+        "",
+        HEADER + "@hookimpl\nasync def courtyard_request(ctx, request):\n    pass\n"
+        "@hookimpl\ndef courtyard_response(response):\n    response.headers['X-Seen'] = '1'\n"
+        "@hookimpl\ndef courtyard_menus(ctx):\n    return None\n",
+    )
+    with caplog.at_level(logging.INFO, logger="courtyard.hooks"):
+        rt = await courtyard(entry_points=False, trace_hooks=True)
+        answer = await rt.client.get("/api/plugins/loaded")
+    assert answer.headers["x-seen"] == "1"
+    lines = [r.getMessage() for r in caplog.records if r.name == "courtyard.hooks"]
+    for hook in ("courtyard_request", "courtyard_response", "courtyard_menus"):
+        assert any(line.startswith(f"{hook} [seen] ctx=<ctx seen> ") for line in lines), hook

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -23,6 +24,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 async def test_scaffold_pack_upload_upgrade_remove(courtyard_server, tmp_path):
     server = courtyard_server(entry_points=False)
     work = tmp_path / "work"

@@ -10,15 +10,15 @@ Errors anywhere become `{"error": {"code", "message"}}` (errors.py).
 from __future__ import annotations
 
 import asyncio
-import inspect
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from courtyard_sdk.events import RETIRING
 from courtyard_sdk.identity import G_ATTRIBUTE, PERMISSIONS_ATTRIBUTE, check
 from courtyard_sdk.origin import allows_without_origin
 from pydantic import BaseModel
 from quart import Quart, Request, Response, g, request, websocket
+from quart.json.provider import DefaultJSONProvider
 from quart_schema import QuartSchema
 
 from . import __version__, errors, security
@@ -41,14 +41,17 @@ from .request_audit import watch_requests
 from .routes import mount_plugins
 
 if TYPE_CHECKING:
+    from quart.typing import ResponseTypes
+
     from .generation import Generation
 
 
 def create_app(runtime: Runtime, generation: Generation) -> Quart:
     """Assemble the Quart app serving `generation`'s loaded plugins."""
     app = Quart("courtyard", static_folder=None)  # no /static route to shadow an app
-    app.request_class = type(
-        "Request", (_Request,), {"upload_max_bytes": generation.settings.upload_max_bytes}
+    app.request_class = cast(
+        "type[_Request]",
+        type("Request", (_Request,), {"upload_max_bytes": generation.settings.upload_max_bytes}),
     )
     app.extensions[RUNTIME] = runtime
     app.extensions[GENERATION] = generation
@@ -71,7 +74,8 @@ def create_app(runtime: Runtime, generation: Generation) -> Quart:
         openapi_provider_class=CourtyardOpenAPIProvider,
         security_schemes=meta.SECURITY_SCHEMES,
     )
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the seed's key order
+    # quart-schema's provider, a DefaultJSONProvider: keep the seed's key order.
+    cast(DefaultJSONProvider, app.json).sort_keys = False
     _skip_conversion_of_plain_values(app)
     meta.configure_docs_script(app, generation.settings.docs_script)
 
@@ -124,6 +128,12 @@ class _Request(Request):
 _PLAIN_VALUES = (dict, list, str, bytes, Response)
 
 
+class _Wrapper(Protocol):
+    """A function wrapped with `functools.wraps`: what it wraps is `__wrapped__`."""
+
+    __wrapped__: Callable[[Any], Awaitable[ResponseTypes]]
+
+
 def _skip_conversion_of_plain_values(app: Quart) -> None:
     """Send plain return values straight to Quart.
 
@@ -132,9 +142,9 @@ def _skip_conversion_of_plain_values(app: Quart) -> None:
     are still serialised by its JSON provider.
     """
     converting = app.make_response
-    plain = converting.__wrapped__  # type: ignore[attr-defined]
+    plain = cast(_Wrapper, converting).__wrapped__  # quart-schema wraps Quart's own
 
-    async def make_response(result: Any) -> Response:
+    async def make_response(result: Any) -> ResponseTypes:
         parts = result if isinstance(result, tuple) else (result,)
         if isinstance(parts[0], _PLAIN_VALUES) and all(
             not isinstance(part, BaseModel) for part in parts[1:]
@@ -142,7 +152,7 @@ def _skip_conversion_of_plain_values(app: Quart) -> None:
             return await plain(result)
         return await converting(result)
 
-    app.make_response = make_response  # type: ignore[method-assign]
+    app.make_response = make_response  # type: ignore[method-assign]  # replaced on purpose
 
 
 def _install_request_path(app: Quart, generation: Generation) -> None:
@@ -151,12 +161,9 @@ def _install_request_path(app: Quart, generation: Generation) -> None:
     hooks; plugins' `courtyard_response` hooks, then the request id on whatever response
     goes out."""
 
-    def callers(hook: str) -> list[Callable[..., Any]]:
-        names = {impl.plugin_name for impl in getattr(generation.pm.hook, hook).get_hookimpls()}
-        return [generation.fast_caller(r, hook) for r in generation.loaded if r.name in names]
-
-    on_request = callers("courtyard_request")
-    on_response = list(reversed(callers("courtyard_response")))
+    # Called directly, not through pluggy's dispatch (hooks.py, Hooks.chain).
+    on_request = generation.hooks.chain(generation.loaded, "courtyard_request")
+    on_response = generation.hooks.chain(reversed(generation.loaded), "courtyard_response")
     audit = watch_requests(generation.services.audit, app)  # None while the log is off
     auth, credentials = generation.services.auth, generation.credentials
 
@@ -175,21 +182,15 @@ def _install_request_path(app: Quart, generation: Generation) -> None:
             security.check_origin(
                 request.scheme, request.host, request.headers, may_omit=allows_without_origin(view)
             )
-        for call in on_request:
-            result = call(request=request)
-            if inspect.isawaitable(result):
-                result = await result
-            if result is not None:
-                return result
+        if on_request:  # the first answer that is not None is sent
+            return await on_request.first(request=request)
         return None
 
     async def after(response: Response) -> Response:
-        for call in on_response:
-            result = call(request=request, response=response)
-            if inspect.isawaitable(result):
-                result = await result
-            if result is not None:
-                response = await app.make_response(result)
+        if on_response:  # each may replace the response
+            response = await on_response.fold(
+                "response", app.make_response, request=request, response=response
+            )
         response.headers["X-Request-Id"] = request_id.get()
         if audit is not None and request.method in security.STATE_CHANGING:
             await audit.after(response.status_code)  # queued: no database write here

@@ -45,7 +45,8 @@ async def send_error(
 
 def header(scope: Scope, name: bytes) -> str | None:
     """The first value of request header `name` (lowercase bytes), decoded."""
-    for key, value in scope.get("headers", ()):
+    headers: Iterable[tuple[bytes, bytes]] = scope.get("headers", ())
+    for key, value in headers:
         if key == name:
             return value.decode("latin-1")
     return None

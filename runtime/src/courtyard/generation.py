@@ -7,24 +7,21 @@ set on disk (new plugin manager, new imports, startup hooks) and swaps it in who
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import logging
 import time
 import types
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pluggy
-from courtyard_sdk import Blueprint, PluginContext, SettingsError, StartupError, hookspecs
+from courtyard_sdk import Blueprint, PluginContext, SettingsError, StartupError
 from courtyard_sdk.names import slug
 from courtyard_sdk.status import PluginStatus
 from werkzeug.exceptions import HTTPException, NotFound
 
-from . import loading, tracing
+from . import loading
 from .discovery import Candidate, scan
+from .hooks import Failure, Hooks
 from .ordering import dependency_order, dependents_of
 from .routes import PluginRoutes, collisions
 from .services.credentials import NO_CREDENTIALS, CredentialSet
@@ -87,16 +84,13 @@ class Generation:
         self.settings = settings
         self.services = services
         self.first = first
-        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
-        self.pm.add_hookspecs(hookspecs)
-        if settings.trace_hooks:
-            tracing.trace(self.pm)
+        # The plugin manager, and every way of calling the plugins' hooks (hooks.py).
+        self.hooks = Hooks(trace=settings.trace_hooks)
         self.records: list[PluginRecord] = []
         self.app: Quart | None = None
         self.active = 0  # requests in flight on this generation
         self.idle = asyncio.Event()
         self.idle.set()
-        self._callers: dict[tuple[str, str], Any] = {}
         # The loaded plugins' active `[[credentials]]`, accepted by the auth service.
         self.credentials: CredentialSet = NO_CREDENTIALS
 
@@ -112,9 +106,7 @@ class Generation:
 
     def hooks_of(self, rec: PluginRecord) -> list[str]:
         """The hooks `rec` implements."""
-        if rec.module is None or not self.pm.is_registered(rec.module):
-            return []
-        return sorted(caller.name for caller in self.pm.get_hookcallers(rec.module) or [])
+        return self.hooks.implemented_by(rec)
 
     def record(self, name: str) -> PluginRecord | None:
         """The loaded plugin called `name`, if any."""
@@ -130,66 +122,6 @@ class Generation:
         except HTTPException:  # wrong method, or a redirect to the slashed path: still ours
             return True
         return True
-
-    # Calling hooks -----------------------------------------------------------------------
-
-    def call(self, rec: PluginRecord, hook: str, **kwargs: Any) -> Any:
-        """Call one plugin's implementation of `hook` through pluggy (so tracing sees it),
-        with the plugin's own context.
-
-        :return: the plugin's result (maybe awaitable), or None when it does not
-            implement the hook.
-        """
-        caller = self._callers.get((hook, rec.name))
-        if caller is None:
-            others = [p for p in self.pm.get_plugins() if p is not rec.module]
-            caller = self.pm.subset_hook_caller(hook, remove_plugins=others)
-            self._callers[(hook, rec.name)] = caller
-        results = caller(ctx=rec.ctx, **kwargs)
-        if isinstance(results, list):
-            return results[0] if results else None
-        return results
-
-    def _implementation(self, rec: PluginRecord, hook: str) -> pluggy.HookImpl | None:
-        """`rec`'s implementation of `hook`, if it has one."""
-        impls = getattr(self.pm.hook, hook).get_hookimpls()
-        return next((impl for impl in impls if impl.plugin is rec.module), None)
-
-    def fast_caller(self, rec: PluginRecord, hook: str) -> Callable[..., Any]:
-        """A caller of `rec`'s implementation of `hook` for the per-request path.
-
-        It calls the function directly with the arguments it declares, as pluggy would,
-        without pluggy's dispatch (a few microseconds per call and plugin). With hook
-        tracing on it goes through pluggy, so that every call is logged.
-        """
-        if self.settings.trace_hooks:
-            return functools.partial(self.call, rec, hook)
-        impl = self._implementation(rec, hook)
-        assert impl is not None, f"{rec.name} does not implement {hook}"
-        function, names, ctx = impl.function, impl.argnames, rec.ctx
-
-        def call(**kwargs: Any) -> Any:
-            kwargs["ctx"] = ctx
-            return function(*[kwargs[name] for name in names])
-
-        return call
-
-    async def call_lifecycle(self, rec: PluginRecord, hook: str) -> None:
-        """Run a startup or shutdown hook within the startup timeout; a sync hook runs in
-        a worker thread, so that it cannot stall the generation that is serving."""
-        impl = self._implementation(rec, hook)
-        if impl is None:
-            return
-
-        # asyncio.timeout, unlike wait_for, needs no task: a hook that never suspends costs
-        # no trip round a busy event loop.
-        async with asyncio.timeout(self.settings.startup_timeout):
-            if inspect.iscoroutinefunction(impl.function):
-                result = self.call(rec, hook)  # only creates the coroutine
-            else:
-                result = await asyncio.to_thread(self.call, rec, hook)
-            if inspect.isawaitable(result):
-                await result
 
     # Building ----------------------------------------------------------------------------
 
@@ -285,7 +217,9 @@ class Generation:
         while changed:  # a failure can make another plugin's dependency unavailable
             changed = False
             for rec in self.loaded:
-                for dep in rec.candidate.manifest.dependencies:  # type: ignore[union-attr]
+                manifest = rec.candidate.manifest
+                assert manifest is not None  # discovery failed the plugins without one
+                for dep in manifest.dependencies:
                     if status.get(dep, LOADED) != LOADED:
                         verb = "is disabled" if status[dep] == DISABLED else "failed"
                         rec.fail(f"dependency {dep} {verb}")
@@ -294,8 +228,12 @@ class Generation:
 
     def _import(self) -> None:
         self._unavailable_dependencies()
-        manifests = {r.name: r.candidate.manifest for r in self.records if r.status == LOADED}
-        order, excluded = dependency_order(manifests)  # type: ignore[arg-type]
+        manifests = {
+            r.name: r.candidate.manifest
+            for r in self.records
+            if r.status == LOADED and r.candidate.manifest is not None  # loaded: it has one
+        }
+        order, excluded = dependency_order(manifests)
         by_name = {r.name: r for r in self.records if r.status == LOADED}
         for name, reason in excluded.items():
             by_name[name].fail(reason)
@@ -305,7 +243,7 @@ class Generation:
         ]
         for name in order:
             rec = by_name[name]
-            failed = [d for d in rec.candidate.manifest.dependencies if by_name[d].status != LOADED]
+            failed = [d for d in manifests[name].dependencies if by_name[d].status != LOADED]
             if failed:
                 rec.fail(f"dependency {failed[0]} failed")
                 continue
@@ -322,12 +260,8 @@ class Generation:
                 rec.module = loading.import_directory_plugin(cand.root, manifest, self.number)
             else:
                 rec.module = types.ModuleType(f"{manifest.name} (manifest only)")
-            self.pm.register(rec.module, name=rec.name)
-            self._callers.clear()  # cached subset callers would not exclude the newcomer
-            self.pm.check_pending()
+            self.hooks.register(rec.module, rec.name)  # left unregistered if it raises
         except Exception as exc:
-            if rec.module is not None and self.pm.is_registered(rec.module):
-                self.pm.unregister(rec.module)
             rec.module = None
             rec.fail(f"import failed: {type(exc).__name__}: {exc}", exc)
             return
@@ -335,17 +269,17 @@ class Generation:
             rec.import_seconds = time.perf_counter() - started
         log.debug("%s | imported in %.1f ms", rec.name, rec.import_seconds * 1000)
         try:
-            rec.service = self.call(rec, "courtyard_provides")
+            rec.service = self.hooks.call(rec, "courtyard_provides")
         except Exception as exc:
-            self._exclude(rec, f"courtyard_provides raised {type(exc).__name__}: {exc}", exc)
+            self._exclude(rec, Failure("courtyard_provides", exc).reason, exc)
 
     def _collect_routes(self) -> None:
-        for rec in self.loaded:
-            try:
-                result = self.call(rec, "courtyard_routes")
-                rec.blueprints = _as_list(result, Blueprint, "courtyard_routes")
-            except Exception as exc:
-                self._exclude(rec, f"courtyard_routes raised {type(exc).__name__}: {exc}", exc)
+        for outcome in self.hooks.each(self.loaded, "courtyard_routes", Blueprint):
+            if outcome.failure is not None:
+                failure = outcome.failure
+                self._exclude(outcome.plugin, failure.reason, failure.error)
+            else:
+                outcome.plugin.blueprints = outcome.items
 
     def _exclude_collisions(self) -> None:
         """Exclude the later of two plugins claiming the same base, menu path or route."""
@@ -372,9 +306,9 @@ class Generation:
             if not found:
                 return
             plugin, reason = found[0]
-            rec = self.record(plugin)
-            assert rec is not None
-            self._exclude(rec, reason)
+            offender = self.record(plugin)
+            assert offender is not None
+            self._exclude(offender, reason)
 
     def plugin_routes(self) -> list[PluginRoutes]:
         """Each loaded plugin's name, base and blueprints, in dependency order."""
@@ -388,8 +322,10 @@ class Generation:
         that requires it."""
         rec.fail(reason, exc)
         loaded = self.loaded
-        manifests = {r.name: r.candidate.manifest for r in loaded}
-        for name in dependents_of(rec.name, manifests, [r.name for r in loaded]):  # type: ignore[arg-type]
+        manifests = {
+            r.name: r.candidate.manifest for r in loaded if r.candidate.manifest is not None
+        }  # every loaded plugin has one
+        for name in dependents_of(rec.name, manifests, [r.name for r in loaded]):
             next(r for r in loaded if r.name == name).fail(f"dependency {rec.name} failed")
 
     def _check_strict(self) -> None:
@@ -423,9 +359,11 @@ class Generation:
         for rec in self.loaded:
             if rec.status != LOADED:  # excluded with a dependency meanwhile
                 continue
+            manifest = rec.candidate.manifest
+            assert manifest is not None  # discovery failed the plugins without one
             try:
                 found += self.services.auth.plugin_credentials(
-                    rec.name, rec.candidate.manifest, self.settings.plugins.get(rec.name, {})
+                    rec.name, manifest, self.settings.plugins.get(rec.name, {})
                 )
             except SettingsError as exc:
                 self._exclude(rec, str(exc))
@@ -439,17 +377,15 @@ class Generation:
         return rec.candidate.root / manifest.migrations
 
     async def _start(self) -> None:
+        timeout = self.settings.startup_timeout
         for rec in self.loaded:
-            try:
-                await self.call_lifecycle(rec, "courtyard_startup")
-            except TimeoutError:
-                self._exclude(
-                    rec, f"courtyard_startup exceeded {self.settings.startup_timeout:g} s"
-                )
-            except Exception as exc:
-                self._exclude(rec, f"courtyard_startup raised {type(exc).__name__}: {exc}", exc)
-            else:
+            failure = await self.hooks.lifecycle(rec, "courtyard_startup", timeout)
+            if failure is None:
                 rec.started = True
+            elif isinstance(failure.error, TimeoutError):  # no traceback for a timeout
+                self._exclude(rec, failure.reason)
+            else:
+                self._exclude(rec, failure.reason, failure.error)
 
     # Retiring ----------------------------------------------------------------------------
 
@@ -462,23 +398,7 @@ class Generation:
                 log.exception("generation %d: app shutdown failed", self.number)
         for rec in reversed([r for r in self.records if r.started]):
             rec.started = False
-            try:
-                await self.call_lifecycle(rec, "courtyard_shutdown")
-            except Exception as exc:
-                log.error("%s | courtyard_shutdown failed: %r", rec.name, exc)
+            timeout = self.settings.startup_timeout
+            if failure := await self.hooks.lifecycle(rec, "courtyard_shutdown", timeout):
+                log.error("%s | courtyard_shutdown failed: %r", rec.name, failure.error)
         loading.forget_generation(self.number)
-
-
-def _as_list(result: Any, kind: type, hook: str) -> list[Any]:
-    """Normalise a hook's `None | item | list of items` result."""
-    if result is None:
-        return []
-    items = (
-        list(result) if isinstance(result, Iterable) and not isinstance(result, kind) else [result]
-    )
-    for item in items:
-        if not isinstance(item, kind):
-            raise TypeError(
-                f"{hook} must return {kind.__name__} objects, got {type(item).__name__}"
-            )
-    return items

@@ -13,9 +13,9 @@ import gc
 import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from courtyard_sdk import ApiError
 from courtyard_sdk.status import PluginStatus
@@ -90,7 +90,10 @@ class Host:
         generation.active += 1
         generation.idle.clear()
         try:
-            await generation.app(scope, receive, send)  # type: ignore[misc]
+            # A serving generation has its Quart app; Quart types the scope and messages as
+            # TypedDicts, which these dicts are.
+            app = cast("Callable[..., Awaitable[None]]", generation.app)
+            await app(scope, receive, send)
         finally:
             generation.active -= 1
             if generation.active == 0:

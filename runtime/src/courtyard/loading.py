@@ -8,10 +8,14 @@ import sys
 import types
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from courtyard_sdk import Manifest
 from courtyard_sdk.names import slug
 from packaging.requirements import Requirement
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 PRIVATE_PREFIX = "_courtyard_g"
 
@@ -23,7 +27,7 @@ class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
     def path_stats(self, path: str) -> dict[str, float]:
         raise OSError("plugin sources are always recompiled")
 
-    def set_data(self, path: str, data: bytes, *, _mode: int = 0o666) -> None:
+    def set_data(self, path: str, data: Buffer, *, _mode: int = 0o666) -> None:
         return None  # write no .pyc into the plugin folder
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from courtyard_sdk import Manifest
 
@@ -51,12 +51,12 @@ def dependency_order(
     return order, excluded
 
 
-def _cycle(start: str, deps: object, among: set[str]) -> str:
+def _cycle(start: str, deps: Callable[[str], Iterable[str]], among: set[str]) -> str:
     """Describe the cycle reached from `start` as 'a -> b -> a' (or what leads into one)."""
     path: list[str] = [start]
     node = start
     while True:
-        nxt = next((d for d in deps(node) if d in among), None)  # type: ignore[operator]
+        nxt = next((d for d in deps(node) if d in among), None)
         if nxt is None:
             return " -> ".join(path)
         if nxt in path:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from quart import Quart, g, request
 
@@ -77,7 +77,7 @@ class RequestAudit:
         if request.method in STATE_CHANGING and _AUDITED not in g:
             # The request limits (limits.py) answered while the body arrived: the route
             # was stopped as if the client had gone, but the client got that answer.
-            status = request.scope.get(REFUSED)
+            status = cast(int | None, request.scope.get(REFUSED))  # set by the limits
             if status is None:
                 status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else 500
             self._audit.add_nowait(self._entry(status))

@@ -21,8 +21,8 @@ _VARIABLE = re.compile(
     r"<(?:(?P<converter>[a-zA-Z_][a-zA-Z0-9_]*)(?:\([^)]*\))?:)?[a-zA-Z_][a-zA-Z0-9_]*>"
 )
 
-PluginRoutes = tuple[str, str, Sequence[Blueprint]]
-"""A plugin's name, its base path and its blueprints."""
+PluginRoutes = tuple[str, str | None, Sequence[Blueprint]]
+"""A plugin's name, its base path (None: `/`) and its blueprints."""
 
 
 def mount_plugins(app: Quart, plugins: Iterable[PluginRoutes]) -> None:
@@ -39,7 +39,8 @@ def mount_plugins(app: Quart, plugins: Iterable[PluginRoutes]) -> None:
 
 def owner_of(app: Quart, rule: Rule) -> str:
     """The plugin owning `rule`, or CORE."""
-    return app.extensions.get(OWNERS, {}).get(rule.endpoint.split(".", 1)[0], CORE)
+    owners: dict[str, str] = app.extensions.get(OWNERS, {})
+    return owners.get(rule.endpoint.split(".", 1)[0], CORE)
 
 
 def collisions(plugins: Iterable[PluginRoutes]) -> list[tuple[str, str]]:

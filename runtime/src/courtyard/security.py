@@ -97,8 +97,8 @@ class HostAllowList:
             or name.endswith(".localhost")
             or name.endswith(self.suffixes)
         )
-        if allowed and len(self._allowed) < 64:
-            self._allowed.add(host)  # type: ignore[arg-type]  # a name, once parsed
+        if allowed and host is not None and len(self._allowed) < 64:  # a name, once parsed
+            self._allowed.add(host)
         return allowed
 
 

@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import logging
 import signal
+from typing import TYPE_CHECKING, cast
 
 from courtyard_sdk import StartupError
 from hypercorn.asyncio import serve as hypercorn_serve
@@ -17,6 +18,9 @@ from .redaction import install_log_redaction
 from .services.credentials import check_secrets
 from .services.exposure import check_before_bind
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from hypercorn.typing import ASGIFramework
 
 log = logging.getLogger("courtyard.server")
 PR_SET_DUMPABLE, PR_GET_DUMPABLE = 4, 3
@@ -50,7 +54,7 @@ def keep_environment_private() -> bool:
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+        return int(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)) == 0  # restype: C int
     except (OSError, AttributeError):  # not Linux
         return False
 
@@ -81,6 +85,8 @@ async def serve(settings: Settings) -> None:
     log.info("courtyard serving on http://%s", bind_address(settings.host, settings.port))
     # Every HTTP request passes the request limits first (limits.py).
     app = RequestLimits(host, settings, for_app=lambda scope: host.app_for(scope) is not None)
-    await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    # An ASGI 3 app: its `dict[str, Any]` scopes and messages take Hypercorn's TypedDicts.
+    framework = cast("ASGIFramework", app)
+    await hypercorn_serve(framework, hypercorn_config(settings), shutdown_trigger=stop.wait)
     if host.startup_error is not None:
         raise StartupError(str(host.startup_error))

@@ -36,17 +36,26 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+async_fixture: Callable[..., Any]  # pytest-asyncio's, else pytest's (their overloads differ)
 try:  # an async fixture that works whatever the author's asyncio_mode
     from pytest_asyncio import fixture as async_fixture
 except ImportError:  # pragma: no cover - the [testing] extra installs pytest-asyncio
     async_fixture = pytest.fixture
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     import httpx
 
     from .host import Host
 
 ORIGIN = "http://localhost"
+
+
+def _asgi(host: Host) -> Callable[..., Awaitable[None]]:
+    """`host` as the ASGI app httpx calls: it takes the dicts httpx passes (typed there as
+    mutable mappings, here as dicts)."""
+    return host
 
 
 def write_plugin(plugin_dir: Path, name: str, manifest: str = "", code: str | None = None) -> Path:
@@ -122,7 +131,7 @@ class Runtime:
             roles=roles, permissions=permissions, tenant=tenant, name=name
         )
         client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.host),  # type: ignore[arg-type]
+            transport=httpx.ASGITransport(app=_asgi(self.host)),
             base_url=ORIGIN,
             headers={"Origin": ORIGIN, "Authorization": f"Bearer {secret}"},
         )
@@ -166,7 +175,7 @@ async def courtyard(tmp_path: Path, plugin_dir: Path) -> AsyncIterator[Callable[
             await host.close()  # its services had started (database, audit writer, ...)
             raise
         client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=host),  # type: ignore[arg-type]
+            transport=httpx.ASGITransport(app=_asgi(host)),
             base_url=ORIGIN,
             headers={"Origin": ORIGIN},
         )

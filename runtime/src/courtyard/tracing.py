@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pluggy
@@ -26,11 +27,16 @@ def trace(pm: pluggy.PluginManager) -> None:
     """
     started = threading.local()  # calls nest and run in worker threads too
 
-    def before(hook: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+    def before(hook: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
         stack = started.__dict__.setdefault("stack", [])
         stack.append(time.perf_counter())
 
-    def after(outcome: Any, hook: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+    def after(
+        outcome: pluggy.Result[Any],
+        hook: str,
+        impls: Sequence[pluggy.HookImpl],
+        kwargs: Mapping[str, Any],
+    ) -> None:
         elapsed = (time.perf_counter() - started.stack.pop()) * 1000
         if not impls:  # asked of a plugin that does not implement the hook
             return

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 from .manifest import Manifest
 from .services import AuditLog, Database, EventBus
@@ -60,7 +60,7 @@ class PluginState:
         value = self._values.get(kind, _ABSENT)
         if value is _ABSENT:
             raise self._missing(kind)
-        return value  # type: ignore[return-value]
+        return cast(_T, value)  # stored by __setitem__ or setdefault: checked a `kind`
 
     def __setitem__(self, kind: type[_T], value: _T) -> None:
         """Store `value` under `kind`, replacing what was there.
@@ -101,7 +101,8 @@ class PluginState:
 
         :raises TypeError: as `ctx.state[kind] = default` would.
         """
-        return self._values.setdefault(kind, _checked(kind, default))  # type: ignore[return-value]
+        # What is stored under `kind` was checked to be one.
+        return cast(_T, self._values.setdefault(kind, _checked(kind, default)))
 
     @overload
     def pop(self, kind: type[_T]) -> _T: ...
@@ -162,9 +163,9 @@ class PluginContext:
     root: Path
     _data_dir: Path = field(repr=False)
     _lookup: Callable[[str], Any] = field(repr=False, default=lambda name: None)
-    db: Database = field(repr=False, default=_Missing("database"))  # type: ignore[assignment]
-    events: EventBus = field(repr=False, default=_Missing("event bus"))  # type: ignore[assignment]
-    audit: AuditLog = field(repr=False, default=_Missing("audit log"))  # type: ignore[assignment]
+    db: Database = field(repr=False, default=_Missing("database"))
+    events: EventBus = field(repr=False, default=_Missing("event bus"))
+    audit: AuditLog = field(repr=False, default=_Missing("audit log"))
     state: PluginState = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -34,7 +34,7 @@ import asyncio
 import fnmatch
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -184,7 +184,7 @@ async def _stream(
     tenant: str | None,
     idle: float | None,
     retiring: asyncio.Event,
-) -> AsyncIterator[object]:
+) -> AsyncGenerator[object, None]:
     """Yield `_OPEN` once subscribed, then events, `_Gap` notices and `_IDLE` after `idle`
     quiet seconds; then, last, why it ended (_RETIRED, _CLOSED or _UNAVAILABLE).
 
@@ -208,8 +208,9 @@ async def _stream(
                     while True:
                         if pending is None:
                             pending = asyncio.ensure_future(_next(subscription))
+                        waiting: set[asyncio.Future[Any]] = {pending, stop}
                         done, _ = await asyncio.wait(
-                            {pending, stop}, timeout=idle, return_when=asyncio.FIRST_COMPLETED
+                            waiting, timeout=idle, return_when=asyncio.FIRST_COMPLETED
                         )
                         if pending in done:
                             event, pending = pending.result(), None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
@@ -81,6 +81,13 @@ _PY_TYPES: dict[str, Any] = {
 }
 
 
+class _Bounds(TypedDict, total=False):
+    """The bounds of a number setting, as `Field` keywords."""
+
+    ge: float
+    le: float
+
+
 class SettingSpec(_Strict):
     """One key of a plugin's config schema (`[config.<key>]` in `plugin.toml`)."""
 
@@ -114,12 +121,12 @@ class SettingSpec(_Strict):
     def annotation(self) -> Any:
         """The type a value must have: strict (no "3" for 3), within choices and bounds."""
         if self.choices:
-            return Literal[self.choices]  # type: ignore[valid-type]
-        bounds = {
-            key: value
-            for key, value in (("ge", self.minimum), ("le", self.maximum))
-            if value is not None
-        }
+            return Literal[self.choices]
+        bounds: _Bounds = {}
+        if self.minimum is not None:
+            bounds["ge"] = self.minimum
+        if self.maximum is not None:
+            bounds["le"] = self.maximum
         return Annotated[_PY_TYPES[self.type], Field(strict=True, **bounds)]
 
 
@@ -283,9 +290,7 @@ class Manifest(_Strict):
             else (spec.annotation() | None, spec.default)
             for key, spec in self.config.items()
         }
-        model = create_model(  # type: ignore[call-overload]
-            "Settings", __config__=ConfigDict(extra="forbid"), **fields
-        )
+        model = create_model("Settings", __config__=ConfigDict(extra="forbid"), **fields)
         try:
             return model.model_validate(values).model_dump()
         except ValidationError as exc:

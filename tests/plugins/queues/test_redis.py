@@ -14,7 +14,9 @@ from courtyard.testing import free_port
 from queues_kit import FAST, enqueue, new_worker, task_info, write_config
 from servers import REDIS_SERVER, _ping, available
 
-pytestmark = pytest.mark.skipif(not available(), reason="redis-server is not installed")
+pytestmark = pytest.mark.skipif(
+    not available(), reason="redis-server is not installed (Debian package redis-server)"
+)
 
 
 class AofRedis:

@@ -141,6 +141,7 @@ async def test_a_missing_requirements_file_installs_nothing(
     assert "no requirements.txt in the repository" in caplog.text
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 async def test_pip_installs_when_asked(tmp_path: Path) -> None:
     source = tmp_path / "source"
     make_repo(source, {"requirements.txt": "# nothing yet\n"})

@@ -253,6 +253,7 @@ def test_cancelling_an_active_task_stops_it(setup: Setup) -> None:
     assert worker.wait(30) == 0
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 def test_sigterm_lets_tasks_in_flight_finish(setup: Setup) -> None:
     worker = setup.worker("jobs", "--concurrency", "2", "--shutdown-timeout", "30")
     try:
@@ -270,6 +271,7 @@ def test_sigterm_lets_tasks_in_flight_finish(setup: Setup) -> None:
         worker.kill()
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 def test_a_busy_worker_takes_its_next_tasks_with_its_completions_and_stops_cleanly(
     setup: Setup,
 ) -> None:
@@ -321,6 +323,7 @@ def test_sigterm_hands_back_what_does_not_finish_in_time(setup: Setup) -> None:
         fresh.wait(30)
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 def test_worker_errors_are_reported_and_exit_1(setup: Setup) -> None:
     wrong_key = start_worker(
         setup.server.url, "jobs", setup.folder / "wrong", api_key="not-the-key"
@@ -342,6 +345,7 @@ def test_worker_errors_are_reported_and_exit_1(setup: Setup) -> None:
     assert "error: DEPLOYMENT_FAILED: git clone of" in nowhere.log
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 def test_the_worker_waits_for_a_server_that_is_not_up_yet(
     courtyard_server: Callable[..., Server], tmp_path: Path
 ) -> None:
@@ -370,6 +374,7 @@ queues:
 """
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 def test_vault_values_reach_the_task_as_environment_variables(
     courtyard_server: Callable[..., Server], tmp_path: Path
 ) -> None:
@@ -406,6 +411,7 @@ def test_vault_values_reach_the_task_as_environment_variables(
         assert "1 vault value(s)" in worker.log
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 def test_a_task_whose_lease_was_lost_is_abandoned(setup: Setup) -> None:
     worker = setup.worker("jobs")
     try:

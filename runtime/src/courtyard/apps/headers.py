@@ -130,7 +130,7 @@ def target(scope: Scope) -> str:
     caller that rewrote `path` may have left it stale, so otherwise `path` is quoted.
     """
     path: str = scope.get("path") or "/"
-    raw = scope.get("raw_path")
+    raw: bytes | None = scope.get("raw_path")
     if raw and raw.isascii() and unquote(raw.decode("ascii")) == path:
         target = raw.decode("ascii")
     else:

@@ -202,7 +202,7 @@ class Supervisor:
         self.sockets = SocketFolders(runtime_dir)
         self._changed = changed
         self._sandbox_checked: asyncio.Future[Sandbox | None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._python_path = worker_python_path()
 
     def new_worker(self, app: WorkerApp) -> Worker:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import h11
 import wsproto
+import wsproto.connection
 import wsproto.events as ws_events
 import wsproto.utilities
 
@@ -394,7 +395,7 @@ async def ws_relay(
                 await connection.writer.drain()
             elif message["type"] == "websocket.disconnect":
                 code = sendable_close_code(message.get("code", 1000))
-                if ws.state is wsproto.ConnectionState.OPEN:
+                if ws.state is wsproto.connection.ConnectionState.OPEN:
                     connection.writer.write(
                         ws.send(ws_events.CloseConnection(code=code, reason=message.get("reason")))
                     )
@@ -423,7 +424,7 @@ async def ws_relay(
                 elif isinstance(event, ws_events.Ping):
                     connection.writer.write(ws.send(event.response()))
                 elif isinstance(event, ws_events.CloseConnection):
-                    if ws.state is wsproto.ConnectionState.REMOTE_CLOSING:
+                    if ws.state is wsproto.connection.ConnectionState.REMOTE_CLOSING:
                         connection.writer.write(ws.send(event.response()))
                     code = event.code if event.code not in (1005, 1006) else 1011
                     if not data:  # the worker vanished without a close frame

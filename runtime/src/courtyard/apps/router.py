@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import quote
 
 from ..asgi import Receive, Scope, Send, send_error
@@ -26,6 +26,14 @@ APP_PATH = re.compile(
     r"(?:@(?P<range>[^/]*))?(?P<rest>/.*)?\Z",
     re.DOTALL,
 )
+
+
+class _PoolOptions(TypedDict):
+    """What `AppRouter` passes on to the `WorkerPool` it starts."""
+
+    app_data_dir: Path | None
+    allow_unsandboxed: bool
+    sandbox_user: str
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,7 @@ class AppRouter:
         self.registry = registry
         self._runtime_dir = runtime_dir
         self._max_workers = max_workers
-        self._pool_options = {
+        self._pool_options: _PoolOptions = {
             "app_data_dir": app_data_dir,
             "allow_unsandboxed": allow_unsandboxed,
             "sandbox_user": sandbox_user,

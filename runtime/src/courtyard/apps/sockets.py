@@ -54,6 +54,7 @@ class Connection:
 
     def usable(self) -> bool:
         """Still open, and nothing unexpected waiting to be read."""
+        # typeshed leaves out StreamReader's private `_buffer` (what is read but not taken).
         return not (
             self.writer.is_closing() or self.reader.at_eof() or self.reader._buffer  # type: ignore[attr-defined]
         )

@@ -100,7 +100,7 @@ def list_entries(
     entries only. With --json: {"entries": [...], "next_cursor": ...} (next_cursor is
     null after --all).
     """
-    params = {query: filters[name] for name, query, _ in _FILTERS if filters[name]}
+    params = {query: value for name, query, _ in _FILTERS if (value := filters[name])}
     params["limit"] = str(limit)
     server = Server(url, api_key)
     entries: list[dict[str, Any]] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import click
 
@@ -48,4 +48,4 @@ def reported(func: F) -> F:
             where = f"{exc.filename}: " if exc.filename else ""
             fail("IO_ERROR", f"{where}{exc.strerror or exc}", as_json)
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)  # functools.wraps: the same signature as `func`

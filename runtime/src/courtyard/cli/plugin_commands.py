@@ -11,7 +11,7 @@ import logging
 
 import click
 
-from ..generation import LOADED, Generation
+from ..generation import Generation
 from ..services import Services
 from ..settings import Settings
 from .options import read_settings
@@ -31,15 +31,12 @@ def plugin_commands(settings: Settings, reserved: set[str]) -> dict[str, click.C
     generation = prepare(settings)
     commands: dict[str, click.Command] = {}
     owners: dict[str, str] = {}
-    for rec in generation.records:
-        if rec.status != LOADED:
+    for outcome in generation.hooks.each(generation.loaded, "courtyard_commands", click.Command):
+        rec = outcome.plugin
+        if outcome.failure is not None:
+            log.error("%s | courtyard_commands failed: %s", rec.name, outcome.failure.error)
             continue
-        try:
-            result = generation.call(rec, "courtyard_commands")
-        except Exception as exc:
-            log.error("%s | courtyard_commands failed: %s", rec.name, exc)
-            continue
-        for command in result if isinstance(result, list) else [result] if result else []:
+        for command in outcome.items:
             name = command.name or ""
             if name in reserved or name in commands:
                 taken_by = "the runtime" if name in reserved else owners[name]

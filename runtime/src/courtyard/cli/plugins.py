@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 import click
+from click.core import ParameterSource
 
 from ..settings import Settings
 from .client import RemoteError, Server
@@ -37,7 +38,7 @@ def list_plugins(
     With --url (or COURTYARD_URL), list those a running server finds instead.
     """
     if url and (config or any(v not in (None, ()) for v in flags.values())):
-        if click.get_current_context().get_parameter_source("url").name == "COMMANDLINE":
+        if click.get_current_context().get_parameter_source("url") is ParameterSource.COMMANDLINE:
             raise click.UsageError("--url lists a server's plugins: it takes no local options")
         url = None  # COURTYARD_URL is set, but local options ask for a local list
     if url:

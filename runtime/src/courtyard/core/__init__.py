@@ -8,7 +8,7 @@ They never see the dispatcher object itself (host.py implements this protocol).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from quart import current_app
 
@@ -54,9 +54,9 @@ class Runtime(Protocol):
 
 def current_runtime() -> Runtime:
     """The runtime serving the current request."""
-    return current_app.extensions[RUNTIME]
+    return cast(Runtime, current_app.extensions[RUNTIME])
 
 
 def current_generation() -> Generation:
     """The generation the current request runs on."""
-    return current_app.extensions[GENERATION]
+    return cast("Generation", current_app.extensions[GENERATION])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 from courtyard_sdk import ApiError, is_valid_name
 from courtyard_sdk.identity import require
@@ -196,6 +196,6 @@ async def delete_version(scope: str, name: str, version: str) -> dict[str, bool]
 @tag(["apps"])
 @errors((400, "MISSING_PARAMS"), only=True)  # the answer to a malformed path
 @require("apps:remove")
-async def delete_without_params(rest: str = "") -> None:
+async def delete_without_params(rest: str = "") -> NoReturn:
     """Answer `400 MISSING_PARAMS`: scope and name (and version) belong in the path."""
     raise ApiError(400, "MISSING_PARAMS", "Scope and name are required: /api/apps/:scope/:name")

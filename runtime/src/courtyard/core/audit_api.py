@@ -26,7 +26,9 @@ from ..services.audit import KINDS, TABLE
 from . import current_runtime
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
+
+    from sqlalchemy import RowMapping
 
     from ..services.database import Database
 
@@ -91,7 +93,7 @@ class AuditPage(BaseModel):
     next_cursor: str | None
 
 
-def as_json(row: Mapping[str, Any]) -> dict[str, Any]:
+def as_json(row: RowMapping) -> dict[str, Any]:
     """An `audit_log` row as the API shows it."""
     moment: datetime = row["time"]
     return {

@@ -57,7 +57,8 @@ class DocsScript:
 
 def vendored() -> dict[str, Any]:
     """`vendor/scalar/scalar.json`: the vendored build's version, licence and integrity."""
-    return json.loads((VENDORED / "scalar.json").read_text(encoding="utf-8"))
+    info: dict[str, Any] = json.loads((VENDORED / "scalar.json").read_text(encoding="utf-8"))
+    return info
 
 
 def file_integrity(path: Path) -> str:

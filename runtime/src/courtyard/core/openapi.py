@@ -29,7 +29,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from courtyard_sdk.identity import PERMISSIONS_ATTRIBUTE
 from courtyard_sdk.names import slug
@@ -242,12 +242,12 @@ class CourtyardOpenAPIProvider(OpenAPIProvider):
 
     # -- one rule -------------------------------------------------------------------------
 
-    def build_paths(self, rule: Rule) -> tuple[dict, dict]:
+    def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:
         """quart-schema's path objects, completed as the module's doc says."""
 
         paths, components = super().build_paths(rule)
         func = self._app.view_functions[rule.endpoint]
-        owner = owner_of(self._app, rule)
+        owner = owner_of(cast(Quart, self._app), rule)  # a weak proxy to the app
         qualifier = CORE_QUALIFIER if owner == CORE else owner
         endpoint_bp, _, view = rule.endpoint.rpartition(".")
         blueprint = endpoint_bp.partition("__")[2] if owner != CORE else endpoint_bp or "app"
@@ -324,11 +324,11 @@ class CourtyardOpenAPIProvider(OpenAPIProvider):
             if str(status) in responses:
                 continue
             self._statuses.add(status)
-            answer: dict[str, Any] = {"$ref": f"#/components/responses/{_component_name(status)}"}
+            error: dict[str, Any] = {"$ref": f"#/components/responses/{_component_name(status)}"}
             if wanted[status]:
                 codes = ", ".join(f"`{c}`" for c in wanted[status])
-                answer["description"] = f"{_error_response(status)['description']}. Codes: {codes}"
-            responses[str(status)] = answer
+                error["description"] = f"{_error_response(status)['description']}. Codes: {codes}"
+            responses[str(status)] = error
         responses.setdefault("default", {"$ref": "#/components/responses/Error"})
         return {s: responses[s] for s in sorted(responses, key=_status_order)}
 

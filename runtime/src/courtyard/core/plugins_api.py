@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from courtyard_sdk import ApiError, Manifest, ManifestError, Menu, is_valid_name, read_manifest
 from courtyard_sdk.identity import require
@@ -19,6 +18,7 @@ from quart_schema import DataSource, document_request, document_response, tag
 
 from ..discovery import scan
 from ..generation import BuildError, Generation, PluginRecord
+from ..hooks import Outcome
 from . import current_generation, current_runtime, uploads
 from .openapi import ArchiveUpload, archive_errors
 
@@ -126,28 +126,35 @@ async def list_plugins() -> list[dict[str, Any]]:
 async def loaded_plugins() -> list[dict[str, Any]]:
     """Plugins the serving generation runs, in dependency order, with their menus."""
     generation = current_generation()
+    plugins = [rec for rec in generation.loaded if rec.candidate.manifest is not None]
     return [
         {
-            "name": rec.name,
-            "base": rec.candidate.manifest.base,
-            "dependencies": list(rec.candidate.manifest.dependencies),
-            "optionalDependencies": list(rec.candidate.manifest.optional_dependencies),
-            "menus": [m.to_json() for m in await _menus(generation, rec)],
+            "name": outcome.plugin.name,
+            "base": manifest.base,
+            "dependencies": list(manifest.dependencies),
+            "optionalDependencies": list(manifest.optional_dependencies),
+            "menus": [m.to_json() for m in [*manifest.menus, *_menus(outcome)]],
         }
-        for rec in generation.loaded
-        if rec.candidate.manifest is not None
+        async for outcome in generation.hooks.each_async(
+            plugins, "courtyard_menus", (Menu, dict), request=request
+        )
+        if (manifest := outcome.plugin.candidate.manifest) is not None
     ]
 
 
-async def _menus(generation: Generation, rec: PluginRecord) -> list[Menu]:
-    menus = list(rec.candidate.manifest.menus) if rec.candidate.manifest else []
-    try:
-        extra = generation.call(rec, "courtyard_menus", request=request)
-        if inspect.isawaitable(extra):
-            extra = await extra
-        menus.extend(m if isinstance(m, Menu) else Menu.model_validate(m) for m in extra or [])
-    except Exception as exc:
-        log.error("%s | courtyard_menus failed: %s", rec.name, exc)
+def _menus(outcome: Outcome[PluginRecord]) -> list[Menu]:
+    """The menus a plugin's `courtyard_menus` hook added, up to the first that is not a
+    valid menu; the failure is logged."""
+    error = outcome.failure.error if outcome.failure is not None else None
+    menus: list[Menu] = []
+    for entry in outcome.items:
+        try:
+            menus.append(entry if isinstance(entry, Menu) else Menu.model_validate(entry))
+        except Exception as exc:
+            error = exc
+            break
+    if error is not None:
+        log.error("%s | courtyard_menus failed: %s", outcome.plugin.name, error)
     return menus
 
 
@@ -260,7 +267,7 @@ async def upload_plugin() -> dict[str, Any]:
 @tag(["plugins"])
 @errors((400, "MISSING_NAME"), only=True)
 @require("plugins:remove")
-async def delete_without_name() -> None:
+async def delete_without_name() -> NoReturn:
     """Answer `400 MISSING_NAME`: the plugin's name belongs in the path."""
     raise ApiError(400, "MISSING_NAME", "Plugin name is required")
 

@@ -54,6 +54,8 @@ from ..logs import request_id
 from ..redaction import redact
 
 if TYPE_CHECKING:
+    from sqlmodel import SQLModel
+
     from ..settings import Settings
     from .database import Database
 
@@ -96,13 +98,17 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-Model = model_base()
+# A base class of its own (its own registry and MetaData); a type checker sees SQLModel.
+if TYPE_CHECKING:
+    Model = SQLModel
+else:
+    Model = model_base()
 
 
-class AuditEntry(Model, table=True):  # type: ignore[misc, call-arg]
+class AuditEntry(Model, table=True):
     """One row of `audit_log` (its migrations: `migrations/audit/`)."""
 
-    __tablename__ = "audit_log"  # type: ignore[assignment]
+    __tablename__ = "audit_log"
     __table_args__ = (
         *(
             Index(f"ix_audit_log_{c}", c, "id")
@@ -136,6 +142,7 @@ class AuditEntry(Model, table=True):  # type: ignore[misc, call-arg]
     details: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON()))
 
 
+# SQLModel's types do not declare the `__table__` every table model has.
 TABLE = AuditEntry.__table__  # type: ignore[attr-defined]
 
 

@@ -31,21 +31,22 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from courtyard_sdk import ApiError, Manifest
 from courtyard_sdk.identity import ANONYMOUS, OPEN, Identity, grants
 from quart import has_request_context, has_websocket_context, request, websocket
 
+from ..security import is_loopback_host
 from . import credentials as plugin_credentials
 from . import tokens
 from .credentials import NO_CREDENTIALS, CredentialSet, PluginCredential
 from .keys import KeyInfo, KeyStore, is_key_id, looks_like_key, now
 from .roles import Roles
 from .throttle import FailureThrottle
-from .tokens import TokenVerifier, is_loopback_host
+from .tokens import TokenVerifier
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -60,6 +61,14 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_LIFETIME = timedelta(days=3650)
 LIFETIME_RULE = "a key lives 1 second to 10 years"
 _TENANT = re.compile(r"[^\s]{1,128}")
+
+
+class HeaderPairs(Protocol):
+    """Request headers as auth reads them: a mapping, or werkzeug's `Headers`."""
+
+    def items(self) -> Iterable[tuple[str, str]]:
+        """Every (name, value) pair."""
+        ...
 
 
 def parse_duration(text: str | int) -> timedelta:
@@ -82,7 +91,7 @@ def parse_duration(text: str | int) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def presented_secret(headers: Mapping[str, str]) -> str | None:
+def presented_secret(headers: HeaderPairs) -> str | None:
     """The credential a request presents: `Authorization: Bearer <secret>` or
     `X-API-Key: <secret>` (other `Authorization` schemes are not Courtyard's).
 
@@ -111,7 +120,7 @@ def presented_secret(headers: Mapping[str, str]) -> str | None:
     return bearer or api_key
 
 
-def _presents_credential(headers: Mapping[str, str]) -> bool:
+def _presents_credential(headers: HeaderPairs) -> bool:
     """Whether `headers` carry `Authorization` or `X-API-Key` (one pass, as above)."""
     for name, _ in headers.items():  # werkzeug Headers iterate as pairs
         if (len(name) == 13 and name.lower() == "authorization") or (
@@ -218,7 +227,7 @@ class Auth:
 
     async def identify(
         self,
-        headers: Mapping[str, str],
+        headers: HeaderPairs,
         credentials: CredentialSet = NO_CREDENTIALS,
         client: str | None = None,
     ) -> Identity:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from courtyard_sdk import StartupError
+from courtyard_sdk.db import TenantViolation
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -23,7 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from ..database_urls import async_url
 from . import revisions
 from .revisions import MigrationError, MigrationStatus, version_table
-from .tenancy import TenantViolation, scope_to_tenant
+from .tenancy import scope_to_tenant
 
 _CONNECT_TIMEOUT = 10.0  # seconds; asyncpg's own default (60 s) stalls a start too long
 

@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from courtyard_sdk.events import format_event_id, parse_event_id
@@ -51,6 +51,11 @@ MIN_STREAM = 1000  # the readers' buffer, whatever event_history says
 BLOCK_MS = 5000
 PAGE = 500
 ZERO: Key = (0, 0)
+
+# The clients decode responses: a stream entry is (id, fields), all str. XREAD answers
+# None when it times out, [[stream, entries]] in RESP2 and {stream: entries} in RESP3.
+_Entries = list[tuple[str, dict[str, str]]]
+_Reply = dict[str, _Entries] | list[list[Any]] | None
 
 # KEYS[1]: the stream; ARGV: max length, topic, JSON data, time, tenant ('' for none).
 APPEND_SCRIPT = """
@@ -226,8 +231,11 @@ class RedisEventBus:
             held: list[Event] = []
             start = after
             while True:
-                entries = await self._client.xrange(
-                    self.key, min=f"({format_event_id(start)}", max="+", count=PAGE
+                entries = cast(
+                    _Entries,
+                    await self._client.xrange(
+                        self.key, min=f"({format_event_id(start)}", max="+", count=PAGE
+                    ),
                 )
                 for entry_id, fields in entries:
                     event = self._event(entry_id, fields)
@@ -270,8 +278,11 @@ class RedisEventBus:
                     await self._recover()
                     log.info("Redis is back; the event reader continues after %s", self._cursor)
                     delay, down = 0.1, False
-                reply = await self._reader_client.xread(
-                    {self.key: format_event_id(self._cursor)}, count=PAGE, block=self.block_ms
+                reply = cast(
+                    _Reply,
+                    await self._reader_client.xread(
+                        {self.key: format_event_id(self._cursor)}, count=PAGE, block=self.block_ms
+                    ),
                 )
             except Exception as exc:
                 if not isinstance(exc, RedisError | OSError):

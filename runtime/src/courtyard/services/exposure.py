@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 from courtyard_sdk import StartupError
 
+from ..security import is_loopback_host
 from . import tokens
 from .auth import exposure_message
 from .database import Database
 from .keys import MIGRATIONS, OWNER, KeyStore
-from .tokens import is_loopback_host
 
 if TYPE_CHECKING:
     from ..settings import Settings

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import sqlalchemy as sa
 from courtyard_sdk.db import model_base
@@ -33,6 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import Field
 
 from .database import Database
+
+if TYPE_CHECKING:
+    from sqlmodel import SQLModel
 
 log = logging.getLogger("courtyard.auth")
 
@@ -43,10 +46,14 @@ _ID_LENGTH = 16  # hex digits: 64 bits, unique enough for a primary key chosen a
 _SECRET_BYTES = 32
 TOUCH_INTERVAL = 60.0  # seconds between two writes of a key's last use
 
-Model = model_base()
+# A base class of its own (its own registry and MetaData); a type checker sees SQLModel.
+if TYPE_CHECKING:
+    Model = SQLModel
+else:
+    Model = model_base()
 
 
-class ApiKey(Model, table=True):  # type: ignore[call-arg]
+class ApiKey(Model, table=True):
     """One API key (its hash, never the key)."""
 
     __tablename__ = "courtyard_api_keys"
@@ -64,6 +71,7 @@ class ApiKey(Model, table=True):  # type: ignore[call-arg]
     last_used_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
 
 
+# SQLModel's types do not declare the `__table__` every table model has.
 TABLE: sa.Table = ApiKey.__table__  # type: ignore[attr-defined]
 
 
@@ -72,6 +80,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def _utc(value: datetime) -> datetime: ...
+@overload
+def _utc(value: None) -> None: ...
 def _utc(value: datetime | None) -> datetime | None:
     """SQLite hands datetimes back without their zone: they were stored in UTC."""
     if value is None or value.tzinfo is not None:
@@ -153,7 +165,7 @@ def _info(row: Any) -> KeyInfo:
         roles=tuple(row.roles or ()),
         permissions=tuple(row.permissions or ()),
         tenant=row.tenant_id,
-        created_at=_utc(row.created_at),  # type: ignore[arg-type]
+        created_at=_utc(row.created_at),
         created_by=row.created_by,
         expires_at=_utc(row.expires_at),
         revoked_at=_utc(row.revoked_at),
@@ -182,6 +194,7 @@ class KeyStore:
         """Store a new key and return it with its secret (the only time it exists)."""
         key_id = secrets.token_hex(_ID_LENGTH // 2)
         key = f"{PREFIX}{key_id}_{secrets.token_urlsafe(_SECRET_BYTES)}"
+        created_at = now()
         values = {
             "id": key_id,
             "name": name,
@@ -189,7 +202,7 @@ class KeyStore:
             "roles": list(roles),
             "permissions": list(permissions),
             "tenant_id": tenant,
-            "created_at": now(),
+            "created_at": created_at,
             "created_by": created_by,
             "expires_at": expires_at,
         }
@@ -201,7 +214,7 @@ class KeyStore:
             roles=roles,
             permissions=permissions,
             tenant=tenant,
-            created_at=values["created_at"],
+            created_at=created_at,
             created_by=created_by,
             expires_at=expires_at,
             revoked_at=None,

@@ -171,7 +171,8 @@ def status(connection: Connection, owner: str, folder: Path) -> MigrationStatus:
     context = MigrationContext.configure(connection, opts={"version_table": version_table(owner)})
     current = context.get_current_revision()
     try:
-        steps = script._upgrade_revs("heads", (current,) if current else ())
+        # Alembic's own `upgrade` passes its heads tuple here: the `str` annotation is narrow.
+        steps = script._upgrade_revs("heads", (current,) if current else ())  # type: ignore[arg-type]
     except Exception:  # the database holds a revision this folder does not know
         return MigrationStatus(owner, current, head, [], known=False)
     return MigrationStatus(owner, current, head, [s.revision.revision for s in steps], True)

@@ -9,10 +9,10 @@ tenant, and a flush or statement that would write another tenant's row raises
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from courtyard_sdk.db import TenantScoped, TenantViolation
-from sqlalchemy import BindParameter, event, literal_column
+from sqlalchemy import BindParameter, Insert, event, literal_column
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 from sqlalchemy.orm.exc import ObjectDeletedError
@@ -92,12 +92,13 @@ def _rows(parameters: Any) -> list[dict[str, Any]]:
 def _inline_values(statement: Any) -> dict[str, Any]:
     values = dict(getattr(statement, "_values", None) or {})
     values.update(dict(getattr(statement, "_ordered_values", None) or ()))
-    return {getattr(key, "key", key): value for key, value in values.items()}
+    # A key is a column (its `key` is its name) or the name itself.
+    return {cast(str, getattr(key, "key", key)): value for key, value in values.items()}
 
 
 def _stamp_insert(state: ORMExecuteState, tenant: str) -> None:
     """Give every row an ORM INSERT statement writes the session's tenant."""
-    statement = state.statement
+    statement = cast(Insert, state.statement)  # called when `state.is_insert`
     if (
         getattr(statement, "_multi_values", None)
         or getattr(statement, "select", None) is not None
