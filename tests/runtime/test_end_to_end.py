@@ -5,11 +5,13 @@ import signal
 import time
 
 import httpx
+import pytest
 from courtyard.testing import write_plugin
 
 INTERNAL = {"X-Buntime-Internal": "true"}
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 async def test_twenty_reloads_under_load_drop_nothing(
     courtyard_server, add_fixture_plugins, plugin_dir
 ):

@@ -295,6 +295,7 @@ def test_a_busy_worker_takes_its_next_tasks_with_its_completions_and_stops_clean
             assert setup.info(task_id)["retried"] == 0
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 def test_sigterm_hands_back_what_does_not_finish_in_time(setup: Setup) -> None:
     worker = setup.worker("jobs", "--shutdown-timeout", "0.5")
     try:

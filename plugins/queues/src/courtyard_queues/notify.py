@@ -78,7 +78,13 @@ class Notifier:
 
 class RedisRelay:
     """One subscription per instance to the Redis store's notify channel, relayed to the
-    local notifier. Reconnects after an error, with a growing pause."""
+    local notifier. Reconnects after an error, with a growing pause.
+
+    It stops when asked (`close`), between two reads, rather than by cancellation: a
+    pubsub cancelled in the middle of a read may take its socket timeout to close.
+    """
+
+    POLL_SECONDS = 0.5  # how long a read waits before the stop flag is looked at again
 
     def __init__(
         self, client: Redis, channel: str, notifier: Notifier, logger: logging.Logger
@@ -87,23 +93,39 @@ class RedisRelay:
         self.channel = channel
         self.notifier = notifier
         self.log = logger
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Relay in a background task until `close`."""
+        self._task = asyncio.create_task(self.run(), name="queues-relay")
+
+    async def close(self) -> None:
+        """Stop relaying: `run` returns after its current read (at most `POLL_SECONDS`)."""
+        self._stopping.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
 
     async def run(self) -> None:
-        """Relay until cancelled."""
+        """Relay until stopped."""
         pause = 0.1
-        while True:
+        while not self._stopping.is_set():
             try:
                 async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
                     pause = 0.1
                     # After a reconnect, tasks may have arrived unannounced.
                     self.notifier.ready_anywhere()
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
+                    while not self._stopping.is_set():
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=self.POLL_SECONDS
+                        )
+                        if message is not None and message.get("type") == "message":
                             self.notifier.ready(str(message["data"]))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.log.warning("queue notifications from Redis interrupted: %s", exc)
-                await asyncio.sleep(pause)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), pause)
                 pause = min(pause * 2, 5.0)

@@ -10,8 +10,7 @@ generation's `State`, kept in the plugin context (`ctx.state[State]`). The
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from courtyard_sdk import ApiError, Blueprint, PluginContext, SettingsError, hookimpl
@@ -29,10 +28,10 @@ from .worker_routes import VaultValues, worker_routes
 
 @dataclass(eq=False)
 class State:
-    """One generation's service, and the background tasks that go with it."""
+    """One generation's service, and the relay of other instances' enqueues (Redis)."""
 
     service: QueueService | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    relay: RedisRelay | None = None
 
 
 def _state(ctx: PluginContext) -> State:
@@ -151,8 +150,8 @@ async def courtyard_startup(ctx: PluginContext) -> None:
     from .redis_store import RedisTaskStore
 
     if isinstance(store, RedisTaskStore):
-        relay = RedisRelay(store.client, store.notify_channel, notifier, ctx.logger)
-        state.tasks.append(asyncio.create_task(relay.run(), name="queues-relay"))
+        state.relay = RedisRelay(store.client, store.notify_channel, notifier, ctx.logger)
+        state.relay.start()
     events = _event_bus(ctx)
     if events is not None:
         service.on_finished.append(_publisher(events))
@@ -166,13 +165,12 @@ async def courtyard_startup(ctx: PluginContext) -> None:
 
 @hookimpl
 async def courtyard_shutdown(ctx: PluginContext) -> None:
-    """Wake every long poll, stop the background tasks, close the store."""
+    """Wake every long poll, stop the relay, close the store."""
     state = ctx.state.pop(State, None)
     if state is None:
         return
-    for task in state.tasks:
-        task.cancel()
-    await asyncio.gather(*state.tasks, return_exceptions=True)
+    if state.relay is not None:
+        await state.relay.close()
     if state.service is not None:
         await state.service.close()
 

@@ -122,6 +122,7 @@ class QueueService:
         self.notifier = notifier or Notifier()
         self.on_finished: list[Any] = []  # callables(task) told of completed/archived tasks
         self._sweeper: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         """Connect, load the configuration files, start the sweeper.
@@ -138,7 +139,11 @@ class QueueService:
     async def close(self) -> None:
         """Stop the sweeper, wake every long poll, close the store."""
         self.notifier.close()
+        self._stopping.set()
         if self._sweeper is not None:
+            # Cancelling ends a sweep in progress; the flag ends the loop even where a
+            # client library swallowed the cancellation (redis-py's may, when it closes a
+            # connection mid-command), which left the sweeper asleep for a whole interval.
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
         await self.store.close()
@@ -394,7 +399,7 @@ class QueueService:
 
     async def _sweep_forever(self) -> None:
         failing = False
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.sweep_once()
                 if failing:
@@ -406,7 +411,8 @@ class QueueService:
                 if not failing:  # once per outage, not once per second
                     self.log.error("the queue sweeper failed: %r", exc)
                 failing = True
-            await asyncio.sleep(self.options.sweep_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.options.sweep_seconds)
 
 
 def check_request(request: Request) -> None:
