@@ -1,6 +1,7 @@
 """Stopping the queues service is prompt, whatever its store does with a cancellation."""
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -27,10 +28,8 @@ class SwallowingStore:
 
     async def sweep(self, backoff: object, forget_after: float) -> Sweep:
         self.sweeps += 1
-        try:
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed: the sweep returns
             await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            pass  # swallowed: the sweep just returns
         return Sweep()
 
 
