@@ -122,7 +122,7 @@ class QueueService:
         self.notifier = notifier or Notifier()
         self.on_finished: list[Any] = []  # callables(task) told of completed/archived tasks
         self._sweeper: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._closing = asyncio.Event()  # set by close(): the sweeper ends
 
     async def start(self) -> None:
         """Connect, load the configuration files, start the sweeper.
@@ -139,7 +139,7 @@ class QueueService:
     async def close(self) -> None:
         """Stop the sweeper, wake every long poll, close the store."""
         self.notifier.close()
-        self._stopping.set()
+        self._closing.set()
         if self._sweeper is not None:
             # Cancelling ends a sweep in progress; the flag ends the loop even where a
             # client library swallowed the cancellation (redis-py's may, when it closes a
@@ -399,7 +399,7 @@ class QueueService:
 
     async def _sweep_forever(self) -> None:
         failing = False
-        while not self._stopping.is_set():
+        while not self._closing.is_set():
             try:
                 await self.sweep_once()
                 if failing:
@@ -412,7 +412,7 @@ class QueueService:
                     self.log.error("the queue sweeper failed: %r", exc)
                 failing = True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.options.sweep_seconds)
+                await asyncio.wait_for(self._closing.wait(), self.options.sweep_seconds)
 
 
 def check_request(request: Request) -> None:
