@@ -117,10 +117,10 @@ def quart_app():
 
 def courtyard_app(plugin_dir: Path, data_dir: Path):
     """Courtyard serving the routes plugin, with every installed plugin loaded too."""
-    from courtyard.host import Host
+    from courtyard.dispatcher import Dispatcher
     from courtyard.settings import Settings
 
-    return Host(Settings(plugin_dirs=(plugin_dir,), data_dir=data_dir, log_level="warning"))
+    return Dispatcher(Settings(plugin_dirs=(plugin_dir,), data_dir=data_dir, log_level="warning"))
 
 
 def hypercorn_config(port: int) -> Config:

@@ -1,10 +1,11 @@
 """Shared test set-up. The runtime fixtures (`courtyard`, `courtyard_server`, `plugin_dir`)
-come from the SDK's pytest plugin, courtyard.testing: one harness for plugin authors
+come from the runtime's pytest plugin, courtyard.testing: one harness for plugin authors
 and for this project."""
 
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,13 @@ from servers import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: two workers per core. A test spends much of its time waiting (on
+    subprocesses, servers, timers), so twice as many workers keep the cores busy: on 2
+    cores the default run takes two thirds of the time it takes with one per core."""
+    return 2 * len(os.sched_getaffinity(0))
 
 
 @pytest.fixture

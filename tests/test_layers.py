@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("generation", ("courtyard.generation",)),
     ("core API", ("courtyard.core",)),
     ("app assembly", ("courtyard.app", "courtyard.request_audit")),
-    ("dispatcher", ("courtyard.host",)),
+    ("dispatcher", ("courtyard.dispatcher",)),
     ("server and CLI", ("courtyard",)),
     ("plugins", ("courtyard_",)),
 ]
@@ -175,8 +175,8 @@ def test_an_upward_import_or_a_cycle_would_be_caught():
     # An import under TYPE_CHECKING counts like any other.
     settings = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x\n")
     assert any(isinstance(node, ast.Import) for node in ast.walk(settings))
-    bad = {**GRAPH, "courtyard.settings": GRAPH["courtyard.settings"] | {"courtyard.host"}}
+    bad = {**GRAPH, "courtyard.settings": GRAPH["courtyard.settings"] | {"courtyard.dispatcher"}}
     assert upward_imports(bad) == [
-        "courtyard.settings (leaves) imports courtyard.host (dispatcher)"
+        "courtyard.settings (leaves) imports courtyard.dispatcher (dispatcher)"
     ]
     assert import_cycles(bad)  # the host imports the settings

@@ -126,8 +126,8 @@ async def start(courtyard, database_url, **settings):
 
 async def rows(rt) -> list[dict[str, Any]]:
     """Every entry written so far, oldest first, straight from the table."""
-    await rt.host.services.audit.flush()
-    async with rt.host.services.database.engine.connect() as connection:
+    await rt.dispatcher.services.audit.flush()
+    async with rt.dispatcher.services.database.engine.connect() as connection:
         result = await connection.execute(select(TABLE).order_by(TABLE.c.id))
         return [dict(row) for row in result.mappings()]
 
@@ -289,7 +289,7 @@ async def test_a_request_whose_client_went_away_is_recorded_as_499(courtyard, da
         "client": ("127.0.0.1", 1234),
         "server": ("127.0.0.1", 80),
     }
-    call = asyncio.create_task(rt.host(scope, receive, send))
+    call = asyncio.create_task(rt.dispatcher(scope, receive, send))
     await asyncio.sleep(0.2)  # the handler is sleeping now
     disconnect.set()
     await asyncio.wait_for(call, 5)
@@ -362,7 +362,7 @@ async def test_plugins_record_domain_events_from_a_websocket(courtyard, database
         "server": ("127.0.0.1", 80),
         "subprotocols": [],
     }
-    await asyncio.wait_for(rt.host(scope, receive, send), 5)
+    await asyncio.wait_for(rt.dispatcher(scope, receive, send), 5)
     (entry,) = [r for r in await rows(rt) if r["action"] == "notes.watched"]
     assert (entry["kind"], entry["plugin"], entry["target"]) == ("event", "notes", "all")
     assert (entry["path"], entry["route"], entry["method"]) == ("/notes/live", "/notes/live", None)
@@ -388,7 +388,7 @@ async def test_bad_domain_events_are_refused_at_once(
     courtyard, plugin_dir, action, target, details, error
 ):
     rt = await courtyard(entry_points=False)
-    audit = rt.host.services.audit.for_plugin("notes")
+    audit = rt.dispatcher.services.audit.for_plugin("notes")
     with pytest.raises(error):
         await audit.record(action, target=target, details=details)
     assert await rows(rt) == []
@@ -397,7 +397,7 @@ async def test_bad_domain_events_are_refused_at_once(
 async def test_details_are_copied_when_recorded(courtyard, plugin_dir):
     rt = await courtyard(entry_points=False)
     details: dict[str, Any] = {"items": [1]}
-    await rt.host.services.audit.for_plugin("notes").record("x.y", details=details)
+    await rt.dispatcher.services.audit.for_plugin("notes").record("x.y", details=details)
     details["items"].append(2)
     (entry,) = await rows(rt)
     assert entry["details"] == {"items": [1]}
@@ -418,7 +418,7 @@ async def seed(rt) -> None:
     await rt.client.post(
         "/notes/event", json={"action": "note.shared", "target": "n1"}, headers=alice("t1")
     )
-    await rt.host.services.audit.flush()
+    await rt.dispatcher.services.audit.flush()
 
 
 async def test_listing_is_newest_first_with_every_field(courtyard, database_url, notes):
@@ -472,11 +472,11 @@ async def test_filters(courtyard, database_url, notes, params, expected):
 async def test_request_id_and_time_filters(courtyard, database_url, notes):
     rt = await start(courtyard, database_url)
     await rt.client.post("/notes/early", headers={"X-Request-Id": "early"})
-    await rt.host.services.audit.flush()
+    await rt.dispatcher.services.audit.flush()
     middle = datetime.now(UTC)
     await asyncio.sleep(0.01)
     await rt.client.post("/notes/late", headers={"X-Request-Id": "late"})
-    await rt.host.services.audit.flush()
+    await rt.dispatcher.services.audit.flush()
     only = (await listing(rt, request_id="early"))["entries"]
     assert [e["path"] for e in only] == ["/notes/early"]
     stamp = middle.isoformat().replace("+00:00", "Z")
@@ -533,7 +533,7 @@ async def test_pages_have_no_duplicates_or_gaps_while_rows_are_added(
     rt = await start(courtyard, database_url)
     for number in range(23):
         await rt.client.post(f"/notes/n{number}")
-    await rt.host.services.audit.flush()
+    await rt.dispatcher.services.audit.flush()
     existing = [r["id"] for r in await rows(rt) if r["kind"] == "request"]
     seen: list[int] = []
     cursor = None
@@ -545,7 +545,7 @@ async def test_pages_have_no_duplicates_or_gaps_while_rows_are_added(
         pages += 1
         # New entries arrive between pages; they are newer than the first page.
         await rt.client.post(f"/notes/new{pages}")
-        await rt.host.services.audit.flush()
+        await rt.dispatcher.services.audit.flush()
         cursor = body["next_cursor"]
         if cursor is None:
             break
@@ -557,7 +557,7 @@ async def test_limit_bounds_the_page(courtyard, notes):
     rt = await courtyard(entry_points=False)
     for number in range(3):
         await rt.client.post(f"/notes/n{number}")
-    await rt.host.services.audit.flush()
+    await rt.dispatcher.services.audit.flush()
     body = await listing(rt, kind="request", limit="500")
     assert len(body["entries"]) == 3 and body["next_cursor"] is None
     body = await listing(rt, kind="request", limit="3")
@@ -604,16 +604,16 @@ async def test_a_clean_stop_writes_every_queued_entry(courtyard, database_url, n
     rt = await start(courtyard, database_url)
     answers = await asyncio.gather(*(rt.client.post(f"/notes/n{i}") for i in range(300)))
     assert {a.status_code for a in answers} == {201}
-    await rt.host.close()  # no flush first: close must write what is queued
+    await rt.dispatcher.close()  # no flush first: close must write what is queued
     entries = await read_table(database_url)
     assert len([e for e in entries if e["kind"] == "request"]) == 300
-    assert rt.host.services.audit.dropped == 0
+    assert rt.dispatcher.services.audit.dropped == 0
 
 
 async def test_retention_purges_old_entries_at_start(courtyard, database_url, notes):
     rt = await start(courtyard, database_url, audit_retention_days=0)
     now = datetime.now(UTC)
-    async with rt.host.services.database.engine.begin() as connection:
+    async with rt.dispatcher.services.database.engine.begin() as connection:
         await connection.execute(
             insert(TABLE),
             [
@@ -622,7 +622,7 @@ async def test_retention_purges_old_entries_at_start(courtyard, database_url, no
                 {"time": now - timedelta(hours=1), "kind": "event", "action": "new"},
             ],
         )
-    await rt.host.close()
+    await rt.dispatcher.close()
     again = await start(courtyard, database_url, audit_retention_days=30)
     deadline = asyncio.get_running_loop().time() + 10
     while True:
@@ -632,7 +632,7 @@ async def test_retention_purges_old_entries_at_start(courtyard, database_url, no
         await asyncio.sleep(0.05)
     assert sorted(a for a in actions if a != "notes.started") == ["new", "recent"]
     # Then once a day; here, by hand, a day later.
-    purged = await again.host.services.audit.purge(now=now + timedelta(days=1, hours=1))
+    purged = await again.dispatcher.services.audit.purge(now=now + timedelta(days=1, hours=1))
     assert purged == 1
     left = [r["action"] for r in await rows(again) if r["action"] != "notes.started"]
     assert left == ["new"]
@@ -641,13 +641,13 @@ async def test_retention_purges_old_entries_at_start(courtyard, database_url, no
 async def test_purge_deletes_in_chunks(courtyard, monkeypatch, plugin_dir):
     monkeypatch.setattr(audit_module, "PURGE_CHUNK", 7)
     rt = await courtyard(entry_points=False, audit_retention_days=0)
-    rt.host.services.audit.retention_days = 1  # no purge at start to race with
+    rt.dispatcher.services.audit.retention_days = 1  # no purge at start to race with
     old = datetime.now(UTC) - timedelta(days=3)
-    async with rt.host.services.database.engine.begin() as connection:
+    async with rt.dispatcher.services.database.engine.begin() as connection:
         await connection.execute(
             insert(TABLE), [{"time": old, "kind": "event", "action": "old"}] * 30
         )
-    assert await rt.host.services.audit.purge() == 30
+    assert await rt.dispatcher.services.audit.purge() == 30
     assert await rows(rt) == []
 
 
@@ -657,15 +657,15 @@ async def test_audit_off_records_nothing(courtyard, database_url, notes):
     answer = await rt.client.post("/notes/event", json={"action": "note.shared"})
     assert answer.status_code == 200
     assert (await rt.client.post("/no/where")).status_code == 404
-    await rt.host.close()
+    await rt.dispatcher.close()
     assert await read_table(database_url) == []
-    assert rt.host.services.audit.dropped == 0
+    assert rt.dispatcher.services.audit.dropped == 0
 
 
 async def test_audit_off_still_checks_domain_events(courtyard, plugin_dir):
     rt = await courtyard(entry_points=False, audit=False)
     with pytest.raises(ValueError):
-        await rt.host.services.audit.for_plugin("notes").record("")
+        await rt.dispatcher.services.audit.for_plugin("notes").record("")
 
 
 async def test_migrations_match_the_model(database_url, tmp_path):
@@ -726,7 +726,7 @@ async def test_a_full_queue_drops_with_a_warning_and_never_blocks_long(
 
 async def test_a_row_the_database_refuses_is_dropped_alone(courtyard, postgres_url, caplog):
     rt = await courtyard(entry_points=False, database_url=postgres_url)
-    audit = rt.host.services.audit
+    audit = rt.dispatcher.services.audit
     good = audit_module.event_entry("good", plugin=None)
     bad = {**good, "action": "bad", "method": "M" * 40}  # over its column's 16 characters
     # Queued together, so that they share a batch.

@@ -31,7 +31,7 @@ async def test_plugin_routes_see_the_identity_and_enforce_require(courtyard, plu
     untenanted = await rt.client_as(roles=["editor"])
     me = (await writer.get("/who/me")).json()
     assert me["kind"] == "key" and me["tenant"] == "t1" and me["permissions"] == ["notes:write"]
-    keys = await rt.host.services.auth.keys.list_keys()
+    keys = await rt.dispatcher.services.auth.keys.list_keys()
     assert me["subject"] == next(k.id for k in keys if k.name == "writer")
     assert (await writer.post("/who/notes")).json() == {"tenant": "t1", "by": me["subject"]}
     refused = await reader.post("/who/notes")
@@ -54,7 +54,7 @@ async def test_websockets_get_the_identity_too(courtyard, plugin_dir):
     add_who(plugin_dir)
     rt = await courtyard(entry_points=False)
     secret = await rt.create_key(roles=["viewer"], tenant="t3")
-    app = rt.host.current.app
+    app = rt.dispatcher.current.app
     client = app.test_client()
     async with client.websocket("/who/ws", headers=bearer(secret)) as ws:
         seen = await ws.receive_json()
@@ -124,14 +124,14 @@ async def test_a_plugin_credential_from_the_operators_setting(courtyard, plugin_
     )
     me = (await rt.client.get("/who/me", headers=bearer("set-by-the-operator-0123"))).json()
     assert me["kind"] == "credential"
-    assert rt.host.current.credentials and len(rt.host.current.credentials) == 1
+    assert rt.dispatcher.current.credentials and len(rt.dispatcher.current.credentials) == 1
 
 
 async def test_an_unset_credential_is_off(courtyard, plugin_dir, monkeypatch):
     write_plugin(plugin_dir, "queues", QUEUE_CREDENTIAL)
     monkeypatch.setenv("RUNQY_API_KEY", "")
     rt = await courtyard(entry_points=False)
-    assert not rt.host.current.credentials
+    assert not rt.dispatcher.current.credentials
     assert (await rt.client.post("/api/plugins/reload")).status_code == 200  # still open
 
 
@@ -145,7 +145,7 @@ async def test_credentials_of_a_plugin_that_failed_do_not_count(courtyard, plugi
     )
     monkeypatch.setenv("RUNQY_API_KEY", "runqy-secret-from-the-environment")
     rt = await courtyard(entry_points=False)
-    assert not rt.host.current.credentials
+    assert not rt.dispatcher.current.credentials
     answer = await rt.client.get(
         "/api/health/", headers=bearer("runqy-secret-from-the-environment")
     )
@@ -167,7 +167,7 @@ async def test_a_credential_with_an_unknown_role_fails_its_plugin(
     assert "unknown role 'operator'" in listed["queues"]["error"]
     # With the role configured, it loads.
     rt2 = await courtyard(entry_points=False, roles={"operator": ["queues:*"]})
-    assert rt2.host.current.record("queues") is not None
+    assert rt2.dispatcher.current.record("queues") is not None
 
 
 async def test_client_as_refuses_what_create_key_refuses(courtyard):

@@ -131,7 +131,7 @@ def test_long_owner_names_keep_distinct_version_tables():
 
 async def test_the_default_sqlite_database_has_wal_and_foreign_keys(courtyard, tmp_path):
     rt = await courtyard(entry_points=False)
-    database = rt.host.services.database
+    database = rt.dispatcher.services.database
     assert database.dialect == "sqlite"
     assert (tmp_path / "data" / "courtyard.db").is_file()
     async with database.engine.connect() as connection:
@@ -361,7 +361,7 @@ def write_notes(plugin_dir: Path, name: str = "notes", extra_fields: str = "") -
 async def test_a_plugin_migrates_at_start_and_uses_its_tables(courtyard, plugin_dir, database_url):
     write_notes(plugin_dir, "@acme/notes")
     rt = await courtyard(database_url=database_url, entry_points=False, strict=True)
-    database = rt.host.services.database
+    database = rt.dispatcher.services.database
     assert {"notes_note", "alembic_version_acme__notes"} <= await tables(database)
     assert await database.current("@acme/notes", plugin_dir / "@acme/notes/migrations") == (
         "n1",
@@ -391,7 +391,7 @@ async def test_installed_on_an_existing_database_then_upgraded_by_a_reload(
         """,
     )
     rt = await courtyard(database_url=database_url, entry_points=False, strict=True)
-    database = rt.host.services.database
+    database = rt.dispatcher.services.database
     assert "notes_note" not in await tables(database)
 
     write_notes(plugin_dir)  # installed later, on the same database
@@ -481,7 +481,7 @@ async def test_a_failing_migration_excludes_the_plugin_and_leaves_nothing_behind
     assert (await rt.client.post("/notes/", json={"text": "still here"})).status_code == 200
 
     # All of bad's revisions went back, the one that worked too; its dependent ran none.
-    found = await tables(rt.host.services.database)
+    found = await tables(rt.dispatcher.services.database)
     assert found.isdisjoint({"bad_one", "bad_two", "alembic_version_bad", "nb"})
     assert {"notes_note", "alembic_version_notes"} <= found
 
@@ -489,7 +489,7 @@ async def test_a_failing_migration_excludes_the_plugin_and_leaves_nothing_behind
     write_revision(bad / "migrations", "b2", "b1", create_one.replace("bad_one", "bad_two"))
     answer = (await rt.reload()).json()
     assert answer["failed"] == []
-    assert {"bad_one", "bad_two", "nb"} <= await tables(rt.host.services.database)
+    assert {"bad_one", "bad_two", "nb"} <= await tables(rt.dispatcher.services.database)
 
 
 async def test_a_failing_migration_fails_a_strict_start(courtyard, plugin_dir, database_url):

@@ -807,7 +807,7 @@ async def test_websocket_streams_events_and_resumes(courtyard_server, feed_plugi
 
 async def test_the_runtime_announces_generations_and_failed_plugins(courtyard, plugin_dir):
     runtime = await courtyard(entry_points=False)
-    bus = runtime.host.services.events
+    bus = runtime.dispatcher.services.events
     async with bus.subscribe("courtyard.*") as events:
         write_plugin(plugin_dir, "broken", "", "raise RuntimeError('no luck')\n")
         answer = await runtime.reload()
@@ -823,7 +823,9 @@ async def test_the_runtime_announces_generations_and_failed_plugins(courtyard, p
             "failed": [{"name": "broken", "error": failed.data["error"]}],
         }
 
-        runtime.host.settings = runtime.host.settings.model_copy(update={"strict": True})
+        runtime.dispatcher.settings = runtime.dispatcher.settings.model_copy(
+            update={"strict": True}
+        )
         answer = await runtime.reload()
         assert answer.status_code == 422
         (failure,) = await take(events, 1)
@@ -841,7 +843,7 @@ async def test_plugins_get_the_bus_in_their_context(courtyard, plugin_dir):
         "    await ctx.events.publish('starter.up', {'name': ctx.name})\n",
     )
     runtime = await courtyard(entry_points=False)
-    bus = runtime.host.services.events
+    bus = runtime.dispatcher.services.events
     async with bus.subscribe("starter.*", last_event_id="0-0") as events:
         (event,) = await take(events, 1)
         assert event.data == {"name": "starter"}

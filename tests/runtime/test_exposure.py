@@ -12,8 +12,8 @@ import pytest
 from auth_kit import SECRET, bearer
 from click.testing import CliRunner
 from courtyard.cli import main
+from courtyard.dispatcher import Dispatcher
 from courtyard.generation import BuildError
-from courtyard.host import Host
 from courtyard.services.exposure import check_before_bind
 from courtyard.services.tokens import is_loopback_host
 from courtyard.settings import Settings
@@ -56,14 +56,14 @@ def settings_for(tmp_path, plugin_dir, **values) -> Settings:
     )
 
 
-async def start(settings: Settings) -> Host:
-    host = Host(settings)
+async def start(settings: Settings) -> Dispatcher:
+    dispatcher = Dispatcher(settings)
     try:
-        await host.start()
+        await dispatcher.start()
     except BaseException:
-        await host.close()
+        await dispatcher.close()
         raise
-    return host
+    return dispatcher
 
 
 async def test_an_open_runtime_refuses_to_serve_beyond_loopback(tmp_path, plugin_dir):
@@ -78,26 +78,26 @@ async def test_insecure_serves_openly(tmp_path, plugin_dir, caplog):
     settings = settings_for(tmp_path, plugin_dir, host="0.0.0.0", insecure=True)
     await check_before_bind(settings)
     assert "anyone who can reach it may do anything" in caplog.text
-    host = await start(settings)
+    dispatcher = await start(settings)
     try:
-        assert host.services.auth.exposed is False
-        assert await host.services.auth.enabled() is False
+        assert dispatcher.services.auth.exposed is False
+        assert await dispatcher.services.auth.enabled() is False
     finally:
-        await host.close()
+        await dispatcher.close()
 
 
 async def test_loopback_needs_no_auth(tmp_path, plugin_dir):
     settings = settings_for(tmp_path, plugin_dir, host="::1")
     await check_before_bind(settings)
-    host = await start(settings)
-    await host.close()
+    dispatcher = await start(settings)
+    await dispatcher.close()
 
 
 async def test_a_token_issuer_allows_serving_beyond_loopback(tmp_path, plugin_dir):
     settings = settings_for(tmp_path, plugin_dir, host="0.0.0.0", jwt_secret=SECRET)
     await check_before_bind(settings)
-    host = await start(settings)
-    await host.close()
+    dispatcher = await start(settings)
+    await dispatcher.close()
 
 
 async def test_an_exposed_runtime_never_opens_even_without_keys(tmp_path, plugin_dir):
@@ -108,12 +108,12 @@ async def test_an_exposed_runtime_never_opens_even_without_keys(tmp_path, plugin
     key = made.stdout.strip()
     settings = settings_for(tmp_path, plugin_dir, host="0.0.0.0")
     await check_before_bind(settings)
-    host = await start(settings)
+    dispatcher = await start(settings)
     try:
         import httpx
 
         client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=host),
+            transport=httpx.ASGITransport(app=dispatcher),
             base_url="http://localhost",
             headers={"Origin": "http://localhost"},
         )
@@ -125,12 +125,12 @@ async def test_an_exposed_runtime_never_opens_even_without_keys(tmp_path, plugin
             revoked = await client.delete(f"/api/keys/{key_id}", headers=bearer(key))
             assert revoked.status_code == 200
             # No key is left: on loopback that would be open mode; here it stays closed.
-            host.services.auth.keys_changed()
-            assert await host.services.auth.enabled() is True
+            dispatcher.services.auth.keys_changed()
+            assert await dispatcher.services.auth.enabled() is True
             answer = await client.post("/api/plugins/reload")
             assert answer.status_code == 401
     finally:
-        await host.close()
+        await dispatcher.close()
 
 
 async def test_a_plugin_credential_allows_serving_beyond_loopback(
@@ -143,8 +143,8 @@ async def test_a_plugin_credential_allows_serving_beyond_loopback(
         await check_before_bind(settings)
     monkeypatch.setenv("RUNQY_API_KEY", "runqy-secret-from-the-environment")
     await check_before_bind(settings)
-    host = await start(settings)
-    await host.close()
+    dispatcher = await start(settings)
+    await dispatcher.close()
 
 
 async def test_credentials_of_a_plugin_that_fails_do_not_allow_it(

@@ -16,7 +16,7 @@ async def test_health_endpoints_answer_the_seed_json(courtyard):
 
 async def test_ready_is_503_while_stopping(courtyard):
     rt = await courtyard()
-    rt.host.begin_shutdown()
+    rt.dispatcher.begin_shutdown()
     answer = await rt.client.get("/api/health/ready")
     assert answer.status_code == 503
     assert answer.json()["ok"] is False
@@ -25,12 +25,12 @@ async def test_ready_is_503_while_stopping(courtyard):
 
 async def test_before_the_first_generation_only_liveness_answers(tmp_path):
     import httpx
-    from courtyard.host import Host
+    from courtyard.dispatcher import Dispatcher
     from courtyard.settings import Settings
 
-    host = Host(Settings(data_dir=tmp_path, entry_points=False))
+    dispatcher = Dispatcher(Settings(data_dir=tmp_path, entry_points=False))
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=host), base_url="http://localhost"
+        transport=httpx.ASGITransport(app=dispatcher), base_url="http://localhost"
     ) as client:
         assert (await client.get("/api/health/live")).status_code == 200
         ready = await client.get("/api/health/ready")
@@ -40,6 +40,6 @@ async def test_before_the_first_generation_only_liveness_answers(tmp_path):
         assert other.status_code == 503
         assert other.json()["error"]["code"] == "NOT_READY"
         assert other.headers["x-request-id"]
-        await host.start()
+        await dispatcher.start()
         assert (await client.get("/api/health/ready")).status_code == 200
-        await host.close()
+        await dispatcher.close()

@@ -32,10 +32,10 @@ async def test_courtyard_startup_and_courtyard_shutdown_run_once_per_generation(
     assert events.read_text().split() == ["startup"]
     await rt.reload()
     await rt.reload()
-    await rt.host.close()
+    await rt.dispatcher.close()
     # Old generations retire in the background, so only the counts are fixed.
     assert sorted(events.read_text().split()) == ["shutdown"] * 3 + ["startup"] * 3
-    await rt.host.close()  # closing twice runs nothing twice
+    await rt.dispatcher.close()  # closing twice runs nothing twice
     assert events.read_text().count("shutdown") == 3
 
 
@@ -50,7 +50,7 @@ async def test_courtyard_shutdown_failure_does_not_stop_the_others(
         HEADER + "@hookimpl\ndef courtyard_shutdown(ctx):\n    raise RuntimeError('x')\n",
     )
     rt = await courtyard(entry_points=False)
-    await rt.host.close()
+    await rt.dispatcher.close()
     events = plugin_dir.parent / "data" / "plugin-data" / "hello" / "events.log"
     assert events.read_text().split() == ["startup", "shutdown"]
 
@@ -171,11 +171,11 @@ async def test_retired_generations_are_freed(courtyard, add_fixture_plugins):
 
     add_fixture_plugins("hello", "@acme/greeter")
     rt = await courtyard(entry_points=False)
-    first = weakref.ref(rt.host.current)
+    first = weakref.ref(rt.dispatcher.current)
     first_modules = [name for name in sys.modules if name.startswith("_courtyard_g1_")]
     assert first_modules
     assert (await rt.reload()).status_code == 200
-    while rt.host._retiring:
+    while rt.dispatcher._retiring:
         await asyncio.sleep(0.01)
     gc.collect()
     assert first() is None

@@ -238,7 +238,7 @@ async def test_an_expired_key_is_refused(courtyard, database_url):
     rt = await courtyard(entry_points=False, database_url=database_url)
     keep = await rt.create_key(roles=["viewer"])
     key = await rt.create_key(roles=["admin"])
-    database = rt.host.services.database
+    database = rt.dispatcher.services.database
 
     async def expire(secret: str) -> None:
         past = datetime.now(UTC) - timedelta(minutes=1)
@@ -254,7 +254,7 @@ async def test_an_expired_key_is_refused(courtyard, database_url):
     assert answer.json()["error"]["code"] == "API_KEY_EXPIRED"
     # Expired keys do not keep auth on: with no active key left the runtime is open again.
     await expire(keep)
-    rt.host.services.auth.keys_changed()
+    rt.dispatcher.services.auth.keys_changed()
     assert (await rt.client.post("/api/plugins/reload")).status_code == 200
 
 
@@ -280,7 +280,7 @@ async def test_last_use_is_recorded(courtyard):
     rt = await courtyard(entry_points=False)
     admin = await rt.client_as(roles=["admin"], name="watched")
     assert (await admin.get("/api/keys/")).status_code == 200
-    await rt.host.services.auth.keys.close()  # the write happens in the background
+    await rt.dispatcher.services.auth.keys.close()  # the write happens in the background
     (listed,) = [k for k in (await admin.get("/api/keys/")).json() if k["name"] == "watched"]
     assert listed["lastUsedAt"] is not None
 
@@ -347,7 +347,9 @@ async def test_a_tenant_bound_manager_sees_and_makes_its_tenants_keys_only(court
         "/api/keys/", json={"name": "x", "roles": ["viewer"], "tenant": "t2"}
     )
     assert foreign.status_code == 403
-    other_id = next(k.id for k in await rt.host.services.auth.keys.list_keys() if k.tenant == "t2")
+    other_id = next(
+        k.id for k in await rt.dispatcher.services.auth.keys.list_keys() if k.tenant == "t2"
+    )
     assert (await manager.delete(f"/api/keys/{other_id}")).status_code == 404
     assert (await other.get("/api/plugins/")).status_code == 200
 

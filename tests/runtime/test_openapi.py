@@ -124,7 +124,7 @@ async def test_every_served_route_is_listed(courtyard):
     rt = await _everything(courtyard)
     spec = (await rt.client.get("/api/openapi.json")).json()
     listed = {(m.upper(), p) for p, m, _ in _operations(spec)}
-    app = rt.host.current.app
+    app = rt.dispatcher.current.app
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":  # Quart's, with no static folder: only 404s
             continue
@@ -223,7 +223,7 @@ async def test_error_answers_are_listed_with_the_shared_envelope(courtyard):
 
 async def test_the_document_is_built_once_per_generation(courtyard, plugin_dir):
     rt = await courtyard(entry_points=False)
-    provider = rt.host.current.app.extensions["QUART_SCHEMA"].openapi_provider
+    provider = rt.dispatcher.current.app.extensions["QUART_SCHEMA"].openapi_provider
     built = []
     build = provider._build
     provider._build = lambda: built.append(1) or build()

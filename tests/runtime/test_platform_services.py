@@ -20,7 +20,7 @@ async def test_notes_are_kept_per_tenant_and_audited(courtyard, add_fixture_plug
     assert (await reader.post("/notes/", json={"text": "x"})).status_code == 403
     assert (await rt.client.get("/notes/")).status_code == 401
 
-    await rt.host.services.audit.flush()
+    await rt.dispatcher.services.audit.flush()
     assert (await rt.client.get("/api/audit/")).status_code == 401  # auth is on
     admin = await rt.client_as(roles=["admin"])
     entries = (await admin.get("/api/audit/", params={"action": "note.added"})).json()

@@ -92,4 +92,4 @@ async def test_every_listed_status_is_a_plugin_status(courtyard, add_fixture_plu
         "off": PluginStatus.DISABLED,
         "newcomer": PluginStatus.UNLOADED,
     }
-    assert rt.host.current.record("hello").status is PluginStatus.LOADED
+    assert rt.dispatcher.current.record("hello").status is PluginStatus.LOADED

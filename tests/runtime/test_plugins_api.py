@@ -83,7 +83,7 @@ async def test_strict_reload_failure_keeps_the_old_generation(
     assert answer.status_code == 422
     assert answer.json()["error"]["code"] == "RELOAD_FAILED"
     assert "broken" in answer.json()["error"]["message"]
-    assert rt.host.current.number == 1
+    assert rt.dispatcher.current.number == 1
     assert (await rt.client.get("/hello/")).status_code == 200
 
 
@@ -155,7 +155,7 @@ async def test_a_plugin_that_fails_to_load_on_upload_never_replaces_the_serving_
     assert issubclass(BuildError, StartupError)
     add_fixture_plugins("hello")
     rt = await courtyard(entry_points=False)
-    serving = rt.host.current
+    serving = rt.dispatcher.current
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w:gz") as tar:
         for name, text in [
@@ -171,5 +171,5 @@ async def test_a_plugin_that_fails_to_load_on_upload_never_replaces_the_serving_
     assert answer.status_code == 422
     assert answer.json()["error"]["code"] == "PLUGIN_LOAD_FAILED"
     assert "bad release" in answer.json()["error"]["message"]
-    assert rt.host.current is serving  # no generation without the plugin ever served
+    assert rt.dispatcher.current is serving  # no generation without the plugin ever served
     assert (await rt.client.get("/hello/")).json() == {"message": "hello"}

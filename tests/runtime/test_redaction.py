@@ -120,7 +120,7 @@ async def test_the_audit_log_records_paths_redacted(courtyard, plugin_dir: Path)
     rt = await courtyard(entry_points=False)
     await rt.client.post(f"/echo/{KEY}")
     await rt.client.delete(f"/api/keys/{KEY}")
-    await rt.host.services.audit.flush()
+    await rt.dispatcher.services.audit.flush()
     entries = (await rt.client.get("/api/audit/", params={"kind": "request"})).json()["entries"]
     paths = sorted(e["path"] for e in entries)
     assert paths == [

@@ -125,7 +125,7 @@ async def test_websocket_handshakes_from_another_site_are_refused(courtyard, plu
 
     write_plugin(plugin_dir, "form", "", FORM_PLUGIN)
     rt = await courtyard(entry_points=False)
-    client = rt.host.current.app.test_client()
+    client = rt.dispatcher.current.app.test_client()
     async with client.websocket("/form/ws") as ws:  # a program: no Origin
         assert await ws.receive() == "hi"
     async with client.websocket("/form/ws", headers={"Origin": "ws://localhost"}) as ws:

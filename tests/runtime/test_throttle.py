@@ -19,7 +19,7 @@ class Clock:
 
 def client_from(rt, address: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
     client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=rt.host, client=(address, 40000)),
+        transport=httpx.ASGITransport(app=rt.dispatcher, client=(address, 40000)),
         base_url=ORIGIN,
         headers={"Origin": ORIGIN, **(headers or {})},
     )
@@ -70,7 +70,7 @@ async def test_an_open_runtime_counts_nothing(courtyard) -> None:
     rt = await courtyard(entry_points=False, auth_failures_per_minute=1)
     for _ in range(3):  # no credential exists: a bad one is ignored, not refused
         assert (await rt.client.get("/api/plugins/", headers=BAD)).status_code == 200
-    assert len(rt.host.services.auth.failures) == 0
+    assert len(rt.dispatcher.services.auth.failures) == 0
 
 
 def test_failures_slide_out_of_the_minute() -> None:

@@ -20,7 +20,7 @@ from auth_kit import (
     rsa_key,
     sign,
 )
-from courtyard.host import Host
+from courtyard.dispatcher import Dispatcher
 from courtyard.settings import Settings
 from courtyard_sdk import SettingsError
 from joserfc import jwt
@@ -242,7 +242,7 @@ async def test_public_key_tokens_from_a_jwks_url(courtyard, plugin_dir, make_key
         assert len(server.requests) == 1  # cached
         # Rotation: a token with an unknown kid makes the runtime fetch the set again...
         server.document = jwks(first, second)
-        verifier = rt.host.services.auth.tokens
+        verifier = rt.dispatcher.services.auth.tokens
         verifier.refetch_interval = 0.5
         time.sleep(0.6)
         assert (await who(rt, sign(second, claims(), alg, kid="k2"))).status_code == 200
@@ -270,7 +270,7 @@ async def test_an_unreachable_jwks_url_fails_closed_then_recovers(courtyard, plu
         anonymous = await rt.client.post("/api/plugins/reload")
         assert anonymous.status_code == 401  # never open meanwhile
         server.status = 200
-        rt.host.services.auth.tokens.refetch_interval = 0
+        rt.dispatcher.services.auth.tokens.refetch_interval = 0
         assert (await who(rt, token)).status_code == 200
 
 
@@ -311,4 +311,4 @@ async def test_an_algorithm_outside_the_allow_list_is_refused(courtyard):
 )
 def test_bad_auth_settings_refuse_the_start(tmp_path, settings, message):
     with pytest.raises(SettingsError, match=message):
-        Host(Settings.model_validate({"data_dir": tmp_path, **settings}))
+        Dispatcher(Settings.model_validate({"data_dir": tmp_path, **settings}))

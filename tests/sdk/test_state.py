@@ -168,11 +168,11 @@ async def test_state_set_at_startup_is_seen_by_routes_and_hooks(courtyard, plugi
 async def test_a_reload_starts_with_fresh_state(courtyard, plugin_dir):
     write_plugin(plugin_dir, "stateful", "", STATEFUL)
     rt = await courtyard(entry_points=False)
-    old = rt.host.current.record("stateful")
+    old = rt.dispatcher.current.record("stateful")
     for _ in range(3):
         await rt.client.get("/stateful/")
     assert (await rt.reload()).status_code == 200
-    new = rt.host.current.record("stateful")
+    new = rt.dispatcher.current.record("stateful")
     assert new.ctx is not old.ctx and new.ctx.state is not old.ctx.state
     assert (await rt.client.get("/stateful/")).json()["hits"] == 1
     # Each generation imports the plugin afresh, so each has its own State class too.
@@ -202,8 +202,8 @@ def courtyard_routes(ctx):
     rt = await courtyard(entry_points=False)
     assert (await rt.client.get("/left/")).json() == {"owner": "left"}
     assert (await rt.client.get("/right/")).json() == {"owner": "right"}
-    left = rt.host.current.record("left").ctx.state[types.SimpleNamespace]
-    right = rt.host.current.record("right").ctx.state[types.SimpleNamespace]
+    left = rt.dispatcher.current.record("left").ctx.state[types.SimpleNamespace]
+    right = rt.dispatcher.current.record("right").ctx.state[types.SimpleNamespace]
     assert left is not right
 
 

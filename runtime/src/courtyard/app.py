@@ -1,6 +1,6 @@
 """The request path. Each generation's Quart app is assembled here.
 
-Hypercorn -> Host (host.py: picks the serving generation) -> this app:
+Hypercorn -> Dispatcher (dispatcher.py: picks the serving generation) -> this app:
     request id, identity, CSRF -> plugin `courtyard_request` hooks (_install_request_path)
     core routes (courtyard/core/) and plugin blueprints
     plugin `courtyard_response` hooks -> X-Request-Id            (_install_request_path)

@@ -12,7 +12,7 @@ from courtyard_sdk import StartupError
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
-from .host import Host
+from .dispatcher import Dispatcher
 from .limits import RequestLimits
 from .redaction import install_log_redaction
 from .services.credentials import check_secrets
@@ -71,22 +71,24 @@ async def serve(settings: Settings) -> None:
     install_log_redaction()  # no secret sent in a URL reaches the log
     check_secrets(settings)  # plugin secrets too short to resist guessing refuse the start
     await check_before_bind(settings)  # never listen beyond loopback while open
-    host = Host(settings)
+    dispatcher = Dispatcher(settings)
     stop = asyncio.Event()
 
     def request_stop() -> None:
-        host.begin_shutdown()
+        dispatcher.begin_shutdown()
         stop.set()
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_stop)
-    host.on_fatal = stop.set
+    dispatcher.on_fatal = stop.set
     log.info("courtyard serving on http://%s", bind_address(settings.host, settings.port))
     # Every HTTP request passes the request limits first (limits.py).
-    app = RequestLimits(host, settings, for_app=lambda scope: host.app_for(scope) is not None)
+    app = RequestLimits(
+        dispatcher, settings, for_app=lambda scope: dispatcher.app_for(scope) is not None
+    )
     # An ASGI 3 app: its `dict[str, Any]` scopes and messages take Hypercorn's TypedDicts.
     framework = cast("ASGIFramework", app)
     await hypercorn_serve(framework, hypercorn_config(settings), shutdown_trigger=stop.wait)
-    if host.startup_error is not None:
-        raise StartupError(str(host.startup_error))
+    if dispatcher.startup_error is not None:
+        raise StartupError(str(dispatcher.startup_error))

@@ -47,15 +47,15 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from .host import Host
+    from .dispatcher import Dispatcher
 
 ORIGIN = "http://localhost"
 
 
-def _asgi(host: Host) -> Callable[..., Awaitable[None]]:
-    """`host` as the ASGI app httpx calls: it takes the dicts httpx passes (typed there as
+def _asgi(dispatcher: Dispatcher) -> Callable[..., Awaitable[None]]:
+    """`dispatcher` as the ASGI app httpx calls: it takes the dicts httpx passes (typed there as
     mutable mappings, here as dicts)."""
-    return host
+    return dispatcher
 
 
 def write_plugin(plugin_dir: Path, name: str, manifest: str = "", code: str | None = None) -> Path:
@@ -90,7 +90,7 @@ class Runtime:
     `client` sends `Origin` matching the server, as a browser on the same site would.
     """
 
-    host: Host
+    dispatcher: Dispatcher
     client: httpx.AsyncClient
     clients: list[httpx.AsyncClient] = field(default_factory=list)  # closed after the test
 
@@ -110,7 +110,7 @@ class Runtime:
 
         :raises ApiError: `UNKNOWN_ROLE`, `INVALID_PERMISSION`, `NO_PERMISSIONS`, ...
         """
-        _, secret = await self.host.services.auth.create_key(
+        _, secret = await self.dispatcher.services.auth.create_key(
             name=name, roles=tuple(roles), permissions=tuple(permissions), tenant=tenant
         )
         return secret
@@ -131,7 +131,7 @@ class Runtime:
             roles=roles, permissions=permissions, tenant=tenant, name=name
         )
         client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=_asgi(self.host)),
+            transport=httpx.ASGITransport(app=_asgi(self.dispatcher)),
             base_url=ORIGIN,
             headers={"Origin": ORIGIN, "Authorization": f"Bearer {secret}"},
         )
@@ -161,25 +161,25 @@ async def courtyard(tmp_path: Path, plugin_dir: Path) -> AsyncIterator[Callable[
     """Start an in-process runtime: `rt = await courtyard(strict=True, plugins={...})`."""
     import httpx
 
-    from .host import Host
+    from .dispatcher import Dispatcher
     from .settings import Settings
 
     started: list[Runtime] = []
 
     async def start(**overrides: Any) -> Runtime:
         settings = Settings.model_validate(_settings(tmp_path, plugin_dir, overrides))
-        host = Host(settings)
+        dispatcher = Dispatcher(settings)
         try:
-            await host.start()
+            await dispatcher.start()
         except BaseException:
-            await host.close()  # its services had started (database, audit writer, ...)
+            await dispatcher.close()  # its services had started (database, audit writer, ...)
             raise
         client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=_asgi(host)),
+            transport=httpx.ASGITransport(app=_asgi(dispatcher)),
             base_url=ORIGIN,
             headers={"Origin": ORIGIN},
         )
-        runtime = Runtime(host, client)
+        runtime = Runtime(dispatcher, client)
         started.append(runtime)
         return runtime
 
@@ -187,7 +187,7 @@ async def courtyard(tmp_path: Path, plugin_dir: Path) -> AsyncIterator[Callable[
     for runtime in started:
         for client in (runtime.client, *runtime.clients):
             await client.aclose()
-        await runtime.host.close()
+        await runtime.dispatcher.close()
 
 
 @dataclass

@@ -18,7 +18,7 @@ from gateway_kit import ROUTES
 def client_from(rt: Any, ip: str) -> httpx.AsyncClient:
     """A client on the same runtime whose direct peer address is `ip`."""
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=rt.host, client=(ip, 40000)),
+        transport=httpx.ASGITransport(app=rt.dispatcher, client=(ip, 40000)),
         base_url=ORIGIN,
         headers={"Origin": ORIGIN},
     )

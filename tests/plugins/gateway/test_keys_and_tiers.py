@@ -21,7 +21,7 @@ from gateway_kit import as_identity
 def client_from(rt: Any, ip: str) -> httpx.AsyncClient:
     """A client on the same runtime whose direct peer address is `ip`."""
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=rt.host, client=(ip, 40000)),
+        transport=httpx.ASGITransport(app=rt.dispatcher, client=(ip, 40000)),
         base_url=ORIGIN,
         headers={"Origin": ORIGIN},
     )
@@ -29,7 +29,7 @@ def client_from(rt: Any, ip: str) -> httpx.AsyncClient:
 
 def bucket_keys(rt: Any) -> list[str]:
     """The keys of the serving generation's in-memory buckets."""
-    rec = rt.host.current.record("gateway")
+    rec = rt.dispatcher.current.record("gateway")
     return list(rec.ctx.state[rec.module.Gateway].store._buckets)
 
 

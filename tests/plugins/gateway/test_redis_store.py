@@ -87,7 +87,7 @@ async def test_two_runtimes_share_one_budget(start, redis_url, redis_client):
     rule = {"path": "/svc/items", "limit": 5, "per": 60}
     one = await start(rules=[rule], redis_url=redis_url)
     two = await start(rules=[rule], redis_url=redis_url)
-    assert one.host is not two.host
+    assert one.dispatcher is not two.dispatcher
     for rt in (one, two):
         assert (await plugin_status(rt))["status"] == "loaded"
 

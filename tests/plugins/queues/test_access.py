@@ -33,7 +33,7 @@ def _client(rt, key: str | None) -> httpx.AsyncClient:
     if key:
         headers["Authorization"] = f"Bearer {key}"
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=rt.host), base_url=ORIGIN, headers=headers
+        transport=httpx.ASGITransport(app=rt.dispatcher), base_url=ORIGIN, headers=headers
     )
 
 
@@ -224,7 +224,7 @@ async def test_another_plugin_enqueues_through_the_service(courtyard, plugin_dir
 
 async def test_finished_tasks_are_published_on_the_event_bus(sqlite_queues):
     rt = await sqlite_queues()
-    bus = rt.host.services.events
+    bus = rt.dispatcher.services.events
     async with bus.subscribe("queues.task.*") as events:
         done = await enqueue(rt.client, "simple")
         failed = await enqueue(rt.client, "simple", max_retry=0)
@@ -257,4 +257,4 @@ async def test_a_plugin_that_cannot_start_says_why(courtyard, tmp_path):
         listed = (await rt.client.get("/api/plugins/")).json()
         queues = next(p for p in listed if p["name"] == "queues")
         assert queues["status"] == "failed" and expected in queues["error"], queues
-        await rt.host.close()
+        await rt.dispatcher.close()

@@ -343,7 +343,7 @@ async def test_tasks_and_api_configs_survive_a_restart(queues):
     worker = new_worker(first.client, "simple")
     await worker.dequeue()
     await worker.call(done, "complete", result={"r": 1})
-    await first.host.close()
+    await first.dispatcher.close()
 
     second = await queues()
     assert (await task_info(second.client, task_id))["state"] == "pending"

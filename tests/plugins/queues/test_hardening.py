@@ -92,7 +92,7 @@ async def test_task_options_are_bounded_before_anything_is_stored(queues):
 
 async def test_other_plugins_cannot_store_unbounded_options_either(queues):
     rt = await queues()
-    service = rt.host.current.record("queues").service
+    service = rt.dispatcher.current.record("queues").service
     for options in (
         {"timeout": math.inf},
         {"timeout": math.nan},
@@ -118,7 +118,7 @@ async def test_other_plugins_cannot_store_unbounded_options_either(queues):
 async def test_a_stored_row_out_of_bounds_does_not_break_listings(queues):
     """Rows written before the bounds existed (here, straight into the store) still list."""
     rt = await queues()
-    store = rt.host.current.record("queues").service._service().store
+    store = rt.dispatcher.current.record("queues").service._service().store
     ids = [str(uuid.uuid4()) for _ in range(3)]
     await store.enqueue(
         [
@@ -383,7 +383,7 @@ def queues_and_vaults(courtyard, tmp_path, monkeypatch):
 
 async def test_exactly_the_program_routes_accept_no_origin(queues_and_vaults):
     rt = await queues_and_vaults()
-    app = rt.host.current.app
+    app = rt.dispatcher.current.app
     marked = set()
     state_changing = set()
     for rule in app.url_map.iter_rules():
@@ -403,7 +403,7 @@ async def test_programs_without_origin_in_the_open_mode(queues_and_vaults):
     routes; a foreign Origin is refused everywhere."""
     rt = await queues_and_vaults()
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=rt.host), base_url=ORIGIN
+        transport=httpx.ASGITransport(app=rt.dispatcher), base_url=ORIGIN
     ) as program:
         added = await program.post("/queue/add", json={"queue": "simple", "data": {}})
         assert added.status_code == 200, added.text

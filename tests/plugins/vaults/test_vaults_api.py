@@ -226,7 +226,7 @@ async def test_concurrent_writers(start, master_key, database_url):
     )
     assert [a.status_code for a in sets] == [200] * 10
     assert (await client.get("/api/vaults/race/entries")).json()["count"] == 1
-    service_values = await rt.host.current.record("vaults").service.values(["race"])
+    service_values = await rt.dispatcher.current.record("vaults").service.values(["race"])
     assert service_values["K"] in {f"value-{i}" for i in range(10)}
 
 

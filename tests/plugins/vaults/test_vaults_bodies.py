@@ -56,7 +56,7 @@ async def test_description_and_names_refuse_nul(start, master_key):
 
 async def test_no_vault_route_accepts_a_request_without_origin(start, master_key):
     rt = await start()
-    app = rt.host.current.app
+    app = rt.dispatcher.current.app
     routes = [
         rule
         for rule in app.url_map.iter_rules()

@@ -33,7 +33,7 @@ async def test_the_sqlite_files_hold_no_plaintext(start, master_key, tmp_path):
     # While serving (the rows are in the WAL) and once the WAL is checkpointed away.
     for stage in ("serving", "closed"):
         if stage == "closed":
-            await rt.host.services.database.close()
+            await rt.dispatcher.services.database.close()
         data = raw()
         assert b"OPENAI_API_KEY" in data, f"{stage}: the test does not read the right files"
         for plaintext in (value, plain_too):

@@ -25,14 +25,14 @@ def secret(label: str = "s") -> str:
 
 def service(runtime: Any) -> Vaults:
     """The `Vaults` the serving generation's vaults plugin provides."""
-    record = runtime.host.current.record("vaults")
+    record = runtime.dispatcher.current.record("vaults")
     assert record is not None, "the vaults plugin is not loaded"
     return record.service
 
 
 def engine(runtime: Any) -> AsyncEngine:
     """A separate engine on the runtime's database, as an outside reader would have."""
-    return create_async_engine(runtime.host.services.database.url)
+    return create_async_engine(runtime.dispatcher.services.database.url)
 
 
 async def fill(client: Any, vault: str, entries: dict[str, str], **extra: Any) -> None:

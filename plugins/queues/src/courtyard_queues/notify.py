@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 
@@ -81,7 +82,8 @@ class RedisRelay:
     local notifier. Reconnects after an error, with a growing pause.
 
     It stops when asked (`close`), between two reads, rather than by cancellation: a
-    pubsub cancelled in the middle of a read may take its socket timeout to close.
+    pubsub cancelled in the middle of a read may take its socket timeout to close. `close`
+    wakes the read at once with a message on a channel of this relay's own.
     """
 
     POLL_SECONDS = 0.5  # how long a read waits before the stop flag is looked at again
@@ -94,6 +96,7 @@ class RedisRelay:
         self.notifier = notifier
         self.log = logger
         self._stopping = asyncio.Event()
+        self._wake = f"{channel}:wake:{uuid.uuid4().hex}"
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -101,8 +104,11 @@ class RedisRelay:
         self._task = asyncio.create_task(self.run(), name="queues-relay")
 
     async def close(self) -> None:
-        """Stop relaying: `run` returns after its current read (at most `POLL_SECONDS`)."""
+        """Stop relaying: `run` returns after its current read, which the wake message
+        ends (or, if Redis is unreachable, `POLL_SECONDS` does)."""
         self._stopping.set()
+        with contextlib.suppress(Exception):
+            await self.client.publish(self._wake, "")
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
 
@@ -112,7 +118,7 @@ class RedisRelay:
         while not self._stopping.is_set():
             try:
                 async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self.channel)
+                    await pubsub.subscribe(self.channel, self._wake)
                     pause = 0.1
                     # After a reconnect, tasks may have arrived unannounced.
                     self.notifier.ready_anywhere()
@@ -120,7 +126,11 @@ class RedisRelay:
                         message = await pubsub.get_message(
                             ignore_subscribe_messages=True, timeout=self.POLL_SECONDS
                         )
-                        if message is not None and message.get("type") == "message":
+                        if (
+                            message is not None
+                            and message.get("type") == "message"
+                            and message.get("channel") != self._wake
+                        ):
                             self.notifier.ready(str(message["data"]))
             except asyncio.CancelledError:
                 raise

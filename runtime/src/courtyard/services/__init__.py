@@ -3,7 +3,7 @@ the database, authentication, the event bus and the audit log.
 
 They outlive reloads (a reload rebuilds plugins, not connections); plugins reach them
 through their `PluginContext` (`ctx.db`, `ctx.events`, `ctx.audit`), the request path
-through `Host.services`.
+through `Dispatcher.services`.
 """
 
 from __future__ import annotations

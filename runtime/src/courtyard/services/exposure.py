@@ -4,7 +4,7 @@ Checked twice by `courtyard serve`. Before binding (`check_before_bind`): a toke
 an active key in the database, or a plugin declaring a credential whose secret is set
 (read from the manifests, nothing imported) lets it bind, so that an open server never
 listens on a public address even for a moment. After the first generation is built
-(`Auth.exposure_refusal`, through `Host.start`): the credentials of the plugins that
+(`Auth.exposure_refusal`, through `Dispatcher.start`): the credentials of the plugins that
 actually loaded count, and a runtime left with none refuses to serve.
 """
 

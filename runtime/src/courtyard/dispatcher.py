@@ -1,6 +1,6 @@
 """The ASGI entry point: routes each request to the serving generation, swaps generations.
 
-Hypercorn calls `Host`. A reload builds a new generation beside the serving one and swaps
+Hypercorn calls `Dispatcher`. A reload builds a new generation beside the serving one and swaps
 the reference in one step; requests already running finish on the old generation, whose
 shutdown hooks run once it is idle.
 """
@@ -40,10 +40,10 @@ from .services import Services
 from .services.events import announce, end_streams
 from .settings import Settings
 
-log = logging.getLogger("courtyard.host")
+log = logging.getLogger("courtyard.dispatcher")
 
 
-class Host:
+class Dispatcher:
     """Serves the current generation and manages its replacement.
 
     :ivar state: "starting" until the first generation serves, then "ready", then
@@ -360,4 +360,4 @@ async def _announce_serving(bus: Any, generation: Generation) -> None:
     )
 
 
-__all__ = ["BuildError", "Host"]
+__all__ = ["BuildError", "Dispatcher"]
