@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 from courtyard.services import audit as audit_module
-from courtyard.services.audit import TABLE, AuditLog
+from courtyard.services.audit import AuditLog
+from courtyard.services.audit_entries import TABLE, AuditEntry
 from courtyard.services.database import Database
 from courtyard.settings import Settings
 from courtyard.testing import write_plugin
@@ -678,7 +679,7 @@ async def test_migrations_match_the_model(database_url, tmp_path):
 
         def differences(connection):
             context = MigrationContext.configure(connection)
-            return compare_metadata(context, audit_module.AuditEntry.metadata)
+            return compare_metadata(context, AuditEntry.metadata)
 
         async with database.engine.connect() as connection:
             found = await connection.run_sync(differences)

@@ -22,7 +22,8 @@ from quart import Quart, g, request
 from .limits import REFUSED
 from .routes import CORE, owner_of
 from .security import STATE_CHANGING
-from .services.audit import AuditLog, caller_fields
+from .services.audit import AuditLog
+from .services.audit_entries import caller_fields
 
 CLIENT_CLOSED = 499  # the status recorded when the client went away before the answer
 _AUDITED = "courtyard_audited"  # flag on `g`: this request's entry is queued

@@ -22,7 +22,7 @@ from quart import Blueprint, request
 from quart_schema import document_querystring, document_response, tag
 from sqlalchemy import func, select
 
-from ..services.audit import KINDS, TABLE
+from ..services.audit_entries import KINDS, TABLE
 from . import current_runtime
 
 if TYPE_CHECKING:
