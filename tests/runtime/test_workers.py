@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 import wsproto.events as ws_events
+from apps_kit import alive, client, descendants, make_app, spawned, until
 from courtyard.apps.pool import (
     APP_DATA_ENV,
     ENV_ALLOW_LIST,
@@ -58,15 +59,6 @@ def apps(tmp_path: Path) -> Path:
     return target
 
 
-def make_app(apps: Path, name: str, key: str | None = None, entry: str | None = None, **kw: Any):
-    return WorkerApp(
-        key=key or f"{name}@1.0.0",
-        root=apps / name / "1.0.0",
-        entry=entry or f"{name}_app:app",
-        settings=AppSettings(**kw),
-    )
-
-
 @pytest.fixture
 async def make_pool(tmp_path: Path) -> AsyncIterator[Callable[..., WorkerPool]]:
     """`make_pool(**options)`; every pool is closed after the test, leaving no process."""
@@ -96,50 +88,6 @@ async def make_pool(tmp_path: Path) -> AsyncIterator[Callable[..., WorkerPool]]:
         assert pool.stats() == []
         pids = spawned(pool)
         assert not [pid for pid in pids if alive(pid)]
-
-
-def spawned(pool: WorkerPool, key: str | None = None) -> list[int]:
-    """The process ids (as the runtime sees them) of every worker the pool started."""
-    workers = pool.spawned  # type: ignore[attr-defined]
-    return [w.pid for w in workers if w.pid and (key is None or w.app.key == key)]
-
-
-def descendants(pid: int) -> list[int]:
-    """`pid`'s live child processes, their children, and so on."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            for child in (task / "children").read_text().split():
-                found += [int(child), *descendants(int(child))]
-    return found
-
-
-def client(pool: WorkerPool, app: WorkerApp, root_path: str = "") -> httpx.AsyncClient:
-    async def asgi(scope: Scope, receive: Any, send: Any) -> None:
-        await pool.handle(app, scope, receive, send)
-
-    transport = httpx.ASGITransport(app=asgi, root_path=root_path)  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=transport, base_url="http://apps.test", timeout=30)
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie waiting for a reaper counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def error_code(response: httpx.Response) -> str:

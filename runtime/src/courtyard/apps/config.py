@@ -28,8 +28,9 @@ class AppSettings(BaseModel):
         every request and stops it after.
     :ivar max_requests: a worker is recycled, as for `ttl`, after serving this many.
     :ivar max_body_size: a request body above it (bytes) is refused with 413.
-    :ivar max_memory_mb: the worker's address-space limit (RLIMIT_AS), and the size of its
-        private /tmp; 0 for none.
+    :ivar max_memory_mb: the resident memory of the worker and what it started, past
+        which it is recycled (its address space is capped at four times that), and the size of
+        its private /tmp; 0 for none.
     :ivar env: the app's own environment variables, the only ones it gets besides a short
         allow-list (`launch.ENV_ALLOW_LIST`) and the runtime's own few.
     :ivar public_routes: stored for the auth layer; no effect here.

@@ -28,6 +28,8 @@ log = logging.getLogger("courtyard.apps.workers")  # the logger of every part of
 
 WORKER_MAIN = Path(__file__).with_name("worker_main.py")
 WORKER_ENV = Path(__file__).with_name("worker_env.py")  # a sandboxed worker's first step
+WORKER_TREE = Path(__file__).with_name("tree.py")  # loaded by worker_main.py
+ADDRESS_SPACE_FACTOR = 4  # RLIMIT_AS, as a multiple of max_memory_mb
 
 # Variables a worker inherits from the runtime: what Python and common libraries need to
 # run, nothing that could hold a secret. Everything else comes from the app's own `env`.
@@ -84,8 +86,11 @@ def launch(
         str(app.root),
         "--entry",
         app.entry,
-        "--max-memory-mb",
-        str(app.settings.max_memory_mb),
+        "--address-space-mb",
+        # The address space, a backstop for a runaway allocation between two checks of
+        # the resident memory (process.py), which is what the limit is about; generous, as
+        # threads reserve address space they never use (glibc: 64 MiB per arena).
+        str(ADDRESS_SPACE_FACTOR * app.settings.max_memory_mb),
         "--graceful-timeout",
         str(grace),
     ]
@@ -155,7 +160,7 @@ async def find_sandbox(
     """The sandbox for workers, located and self-tested; None (and a line in the log) if
     there is none here."""
     try:
-        extra = [str(WORKER_MAIN), str(WORKER_ENV)]
+        extra = [str(WORKER_MAIN), str(WORKER_ENV), str(WORKER_TREE)]
         extra += filter(None, python_path.split(os.pathsep))
         sandbox = Sandbox.locate(bwrap, user, extra, protect)
         await sandbox.self_test()

@@ -19,7 +19,18 @@ Sandbox (sandbox.py)
     it on), SIGKILL to the whole group; the worker's end takes the rest of the sandbox.
 
 A crash of the runtime loses nothing here: workers die with it (bwrap's parent-death
-signal, and the worker's watch on its stdin).
+signal, and the worker's watch on its stdin), and take what their app started with them
+(tree.py).
+
+A worker's end is its process's exit, never the end of its output: the pipes are the
+pool's own, not asyncio's, because asyncio's `Process.wait()` also waits for every pipe
+to close, which a process the app detached may hold open for ever. Output still unread a
+second after the exit is given up.
+
+Memory: every second, the resident memory of the worker and everything it started is
+compared with `max_memory_mb`; past it, the worker is recycled (stopped gracefully, its
+successor started by the next request). A limit inside the process would not do: a
+framework may turn the `MemoryError` into a 500 and serve on, bloated.
 """
 
 from __future__ import annotations
@@ -42,12 +53,15 @@ from .errors import START_FAILED, Refusal, WorkerGone
 from .launch import find_sandbox, launch, worker_python_path
 from .sandbox import Sandbox
 from .sockets import SOCKET_NAME, Connection, SocketFolders
+from .tree import kill_descendants, resident_bytes
 
 log = logging.getLogger("courtyard.apps.workers")  # the logger of every part of the pool
 State = Literal["starting", "ready", "retiring", "stopping", "dead"]
 
 _OUTPUT_HEAD_LINES = 20
 _OUTPUT_HEAD_CHARS = 4000
+_OUTPUT_AFTER_EXIT = 1.0  # seconds the output is read after the worker has exited
+MEMORY_CHECK_INTERVAL = 1.0  # seconds between two looks at a worker's resident memory
 
 
 class Worker:
@@ -59,6 +73,9 @@ class Worker:
         self.socket_path = socket_dir / SOCKET_NAME
         self.token = secrets.token_hex(16).encode()
         self.process: asyncio.subprocess.Process | None = None  # bwrap, when sandboxed
+        self.stdin: asyncio.WriteTransport | None = None  # closed: the worker exits
+        self.output: asyncio.StreamReader | None = None  # its stdout and stderr
+        self.output_pipe: asyncio.ReadTransport | None = None
         self.sandboxed = False
         self.app_pid: int | None = None  # the sandboxed worker's pid, as the host sees it
         self.foreign_socket = False  # its socket led to another process (logged once)
@@ -244,36 +261,58 @@ class Supervisor:
             python_path=self._python_path,
         )
         worker.sandboxed = sandbox is not None
+        stdin_read, stdin_write = os.pipe()
+        output_read, output_write = os.pipe()
+        info_read, info_write = plan.info if plan.info else (None, None)
         try:
             process = await asyncio.create_subprocess_exec(
                 *plan.command,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+                stdin=stdin_read,
+                stdout=output_write,
+                stderr=output_write,
                 cwd=app.root,
                 env=plan.env,
                 start_new_session=True,
-                pass_fds=(plan.info[1],) if plan.info else (),
+                pass_fds=(info_write,) if info_write is not None else (),
             )
         except OSError as exc:
             log.error("%s: cannot start a worker: %s", app.key, exc)
-            if plan.info:
-                os.close(plan.info[0])
+            for fd in (stdin_write, output_read, info_read):
+                if fd is not None:
+                    os.close(fd)
             self._never_started(worker)
             raise Refusal(502, "APP_START_FAILED", START_FAILED) from None
         finally:
-            if plan.info:
-                os.close(plan.info[1])
+            for fd in (stdin_read, output_write, info_write):
+                if fd is not None:
+                    os.close(fd)
         worker.process = process
-        assert process.stdin is not None
-        process.stdin.write(plan.stdin)
+        await self._connect_pipes(worker, stdin_write, output_read)
+        assert worker.stdin is not None
+        worker.stdin.write(plan.stdin)
         self.background(self._read_output(worker))
         self.background(self._watch(worker))
-        if plan.info:
-            worker.app_pid = await _child_pid(plan.info[0])
+        if app.settings.max_memory_mb:
+            self.background(self._watch_memory(worker))
+        if info_read is not None:
+            worker.app_pid = await _child_pid(info_read)
         if worker.state == "stopping":  # the pool stopped it first
-            _signal_group(process.pid, signal.SIGKILL)
+            _kill(process.pid)
         await self._wait_until_listening(worker)
+
+    @staticmethod
+    async def _connect_pipes(worker: Worker, stdin: int, output: int) -> None:
+        """Its stdin and output as the event loop's transports (see the module docstring:
+        why these pipes are not asyncio's)."""
+        loop = asyncio.get_running_loop()
+        worker.stdin, _ = await loop.connect_write_pipe(
+            asyncio.Protocol, os.fdopen(stdin, "wb", buffering=0)
+        )
+        worker.output = asyncio.StreamReader(loop=loop)
+        protocol = asyncio.StreamReaderProtocol(worker.output, loop=loop)
+        worker.output_pipe, _ = await loop.connect_read_pipe(
+            lambda: protocol, os.fdopen(output, "rb", buffering=0)
+        )
 
     def _never_started(self, worker: Worker) -> None:
         """Settle a worker that never got a process."""
@@ -338,8 +377,8 @@ class Supervisor:
 
     async def _read_output(self, worker: Worker) -> None:
         """Log what the worker prints, keeping the first lines; never let the pipe fill."""
-        assert worker.process is not None and worker.process.stdout is not None
-        stream = worker.process.stdout
+        assert worker.output is not None
+        stream = worker.output
         pending = b""
         try:
             while chunk := await stream.read(65536):
@@ -359,9 +398,14 @@ class Supervisor:
         """Wait for the process to end, then clean up after it."""
         assert worker.process is not None
         code = await worker.process.wait()
-        if worker.process.stdin is not None:
-            worker.process.stdin.close()
+        if worker.stdin is not None:
+            worker.stdin.close()
         _signal_group(worker.process.pid, signal.SIGKILL)  # whatever the app left running
+        try:
+            await asyncio.wait_for(worker.output_done.wait(), _OUTPUT_AFTER_EXIT)
+        except TimeoutError:  # a process it started escaped and holds the pipe
+            if worker.output_pipe is not None:
+                worker.output_pipe.close()
         if worker.state in ("ready", "retiring"):
             log.warning("%s: worker %d exited with code %s", worker.app.key, worker.pid, code)
         worker.state = "dead"
@@ -371,12 +415,32 @@ class Supervisor:
         worker.exited.set()
         self._changed(worker)
 
+    async def _watch_memory(self, worker: Worker) -> None:
+        """Recycle the worker once it and what it started hold more than `max_memory_mb`
+        resident."""
+        limit = worker.app.settings.max_memory_mb * 1024 * 1024
+        while worker.state in ("starting", "ready", "retiring"):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker.exited.wait(), MEMORY_CHECK_INTERVAL)
+            if worker.pid is None or worker.state not in ("ready", "retiring"):
+                continue
+            used = await asyncio.to_thread(resident_bytes, worker.pid)
+            if used > limit and worker.state in ("ready", "retiring"):
+                log.warning(
+                    "%s: worker %d holds %d MiB, over its max_memory_mb (%d): recycling it",
+                    worker.app.key,
+                    worker.pid,
+                    used // (1024 * 1024),
+                    limit // (1024 * 1024),
+                )
+                self.stop_later(worker)
+
     def stop_later(self, worker: Worker, kill: bool = False) -> None:
         """Stop a worker in the background; from now on it takes no request and no longer
         counts as live."""
         if worker.state in ("stopping", "dead"):
             if kill and worker.process is not None and worker.state == "stopping":
-                _signal_group(worker.process.pid, signal.SIGKILL)
+                _kill(worker.process.pid)
             return
         worker.state = "stopping"
         worker.close_connections()
@@ -394,14 +458,14 @@ class Supervisor:
             await worker.exited.wait()
             return
         if kill:
-            _signal_group(worker.process.pid, signal.SIGKILL)
+            _kill(worker.process.pid)
         else:
             _terminate(worker)
         try:
             await asyncio.wait_for(worker.exited.wait(), self.grace)
         except TimeoutError:
             log.warning("%s: worker %d ignored SIGTERM; killing it", worker.app.key, worker.pid)
-            _signal_group(worker.process.pid, signal.SIGKILL)
+            _kill(worker.process.pid)
             await worker.exited.wait()
 
     def background(self, coroutine: Awaitable[Any]) -> asyncio.Future[Any]:
@@ -439,6 +503,13 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+def _kill(pid: int) -> None:
+    """SIGKILL a worker's process group, and first every process it started, so that
+    none outlives it (see tree.py)."""
+    kill_descendants(pid)
+    _signal_group(pid, signal.SIGKILL)
+
+
 def _terminate(worker: Worker) -> None:
     """Ask a worker to stop (SIGTERM): Hypercorn finishes its requests, then exits."""
     assert worker.process is not None
@@ -449,7 +520,7 @@ def _terminate(worker: Worker) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(worker.app_pid, signal.SIGTERM)
     else:  # its pid is not known yet: it has not started serving either
-        _signal_group(worker.process.pid, signal.SIGKILL)
+        _kill(worker.process.pid)
 
 
 async def _child_pid(fd: int) -> int | None:

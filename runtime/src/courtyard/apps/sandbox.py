@@ -5,7 +5,8 @@ What a sandboxed worker sees (everything else of the host's file system is absen
 
 - read-only: /usr and the /bin, /sbin, /lib* links or folders; a few /etc files that DNS,
   TLS and user look-ups need (`ETC_FILES`); the Python interpreter's prefixes (the
-  virtual environment and its base installation); `worker_main.py`; its own version folder;
+  virtual environment and its base installation); `worker_main.py` (and the `tree.py` it
+  loads); its own version folder;
 - read-write: its app's data folder (`<data_dir>/app-data/<name>/`, kept across restarts),
   its own socket folder (mounted at `/run/courtyard`), a private `/tmp` and `/dev/shm`;
 - fresh PID, IPC and mount namespaces (its own `/proc` shows only its own processes), and

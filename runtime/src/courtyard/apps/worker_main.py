@@ -24,18 +24,25 @@ request, headers that only it can set (they are stripped before the app sees the
 
 Lifetime: SIGTERM stops it gracefully (Hypercorn finishes in-flight requests; before
 Hypercorn runs it ends the process at once, also as the PID 1 of a sandbox, which gets
-only the signals it handles). It also
-exits, killing its whole process group, as soon as its stdin reaches end of file: the
-runtime has gone, however it died (on Linux the kernel's parent-death signal backs this up).
-A `MemoryError` escaping the app ends the process: after one, its state is unknown.
+only the signals it handles). It also exits as soon as its stdin reaches end of file: the
+runtime has gone, however it died (on Linux the kernel's parent-death signal backs this
+up). A `MemoryError` escaping the app ends the process: after one, its state is unknown.
+
+It is a child subreaper: whatever the app starts, detached or double-forked, stays in its
+process tree instead of being adopted by init, and however the worker ends (those ways, or
+the app returning), it first kills every process left in that tree (tree.py). A worker
+killed outright (SIGKILL) leaves that to the pool, which kills the tree first, and, in a
+sandbox, to the kernel: the namespace ends with its PID 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hmac
 import importlib
+import importlib.util
 import os
 import resource
 import signal
@@ -43,6 +50,8 @@ import sys
 import threading
 import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
@@ -66,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--socket", required=True, help="unix socket path to listen on")
     parser.add_argument("--root", required=True, help="the app's version folder")
     parser.add_argument("--entry", required=True, help="module:attr of the ASGI app")
-    parser.add_argument("--max-memory-mb", type=int, default=0, help="RLIMIT_AS; 0: none")
+    parser.add_argument("--address-space-mb", type=int, default=0, help="RLIMIT_AS; 0: none")
     parser.add_argument("--graceful-timeout", type=float, default=5.0)
     return parser.parse_args(argv)
 
@@ -81,9 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     sys.dont_write_bytecode = True
     os.umask(0o077)  # the socket (and anything the app creates) is private to this user
     token = _read_token()
+    _become_subreaper()
     _follow_parent()
-    if args.max_memory_mb > 0:
-        _limit_memory(args.max_memory_mb * 1024 * 1024)
+    if args.address_space_mb > 0:
+        _limit_memory(args.address_space_mb * 1024 * 1024)
     sys.path.insert(0, args.root)
     os.chdir(args.root)
     try:
@@ -93,8 +103,11 @@ def main(argv: list[str] | None = None) -> None:
         summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         print(f"cannot load {args.entry!r}: {summary}", file=sys.stderr, flush=True)
         traceback.print_exc()
-        sys.exit(EXIT_LOAD_FAILED)
-    asyncio.run(_serve(_Forwarded(app, token), args))
+        _exit(EXIT_LOAD_FAILED)
+    try:
+        asyncio.run(_serve(_Forwarded(app, token), args))
+    finally:
+        _TREE.kill_descendants(os.getpid())
 
 
 def load_entry(entry: str) -> ASGIApp:
@@ -148,7 +161,7 @@ class _Forwarded:
             await self.app(scope, receive, send)
         except MemoryError:
             os.write(2, b"courtyard worker: out of memory, exiting\n")
-            os._exit(EXIT_OUT_OF_MEMORY)
+            _exit(EXIT_OUT_OF_MEMORY)
 
 
 async def _forbidden(scope: Scope, receive: Receive, send: Send) -> None:
@@ -196,7 +209,42 @@ def _read_token() -> bytes:
 
 def _exit_at_once(signum: int, frame: object) -> None:
     """SIGTERM before Hypercorn serves (it then handles SIGTERM itself)."""
-    os._exit(128 + signum)
+    _exit(128 + signum)
+
+
+def _exit(code: int) -> None:
+    """End now, with every process the app started."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        _TREE.kill_descendants(os.getpid())
+    finally:
+        os._exit(code)
+
+
+def _load_tree() -> ModuleType:
+    """tree.py, loaded by path: this script imports nothing of the runtime, and the app's
+    folder, first on sys.path, must not be able to stand in for it."""
+    spec = importlib.util.spec_from_file_location(
+        "_courtyard_worker_tree", Path(__file__).with_name("tree.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_TREE = _load_tree()
+
+
+def _become_subreaper() -> None:
+    """Keep what the app starts in this process's tree (PR_SET_CHILD_SUBREAPER)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(36, 1)
 
 
 def _limit_memory(limit: int) -> None:
@@ -214,7 +262,9 @@ def _follow_parent() -> None:
             import ctypes
 
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            # PR_SET_PDEATHSIG with SIGTERM, not SIGKILL: this process gets to end the
+            # processes its app started (`_exit_at_once`, or Hypercorn's shutdown).
+            libc.prctl(1, signal.SIGTERM)
         except (OSError, AttributeError):
             pass
 
@@ -233,6 +283,7 @@ def _follow_parent() -> None:
 
 def _kill_group() -> None:
     try:
+        _TREE.kill_descendants(os.getpid())
         if os.getpgrp() == os.getpid():  # our own session (the pool starts us in one)
             os.killpg(os.getpgrp(), signal.SIGKILL)
     finally:
