@@ -43,12 +43,27 @@ def need_postgres() -> None:
 
 @dataclass
 class RedisServer:
-    process: subprocess.Popen[bytes]
     port: int
     url: str
+    args: list[str]
+    folder: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 5.0) -> None:
+        """(Re)start the server on its port and wait until it answers."""
+        with (self.folder / "redis.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                self.args, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while not _ping(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log_text = (self.folder / "redis.log").read_text()[-2000:]
+                raise RuntimeError(f"redis-server did not start: {log_text}")
+            time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=5)
@@ -73,28 +88,14 @@ def redis_server(folder: Path, timeout: float = 5.0) -> Iterator[RedisServer]:
     need_redis()
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log = (folder / "redis.log").open("wb")
     args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     args += ["--appendonly", "no", "--dir", str(folder)]
-    process = subprocess.Popen(
-        args,
-        cwd=folder,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    server = RedisServer(process, port, f"redis://127.0.0.1:{port}/0")
+    server = RedisServer(port, f"redis://127.0.0.1:{port}/0", args, folder)
     try:
-        deadline = time.monotonic() + timeout
-        while not _ping(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"redis-server did not start: {(folder / 'redis.log').read_text()[-2000:]}"
-                )
-            time.sleep(0.02)
+        server.start(timeout)
         yield server
     finally:
         server.stop()
-        log.close()
 
 
 # PostgreSQL ----------------------------------------------------------------------------
@@ -108,16 +109,34 @@ def postgres_bin(tool: str) -> str | None:
 
 @dataclass
 class PostgresServer:
-    process: subprocess.Popen[bytes]
     port: int
     folder: Path
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        """(Re)start the server on its port and wait until it accepts connections."""
+        with (self.folder / "postgres.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                self.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.folder,
+                **_as_postgres_user(),
+            )
+        deadline = time.monotonic() + timeout
+        while not _ready(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log_text = (self.folder / "postgres.log").read_text()[-2000:]
+                raise RuntimeError(f"postgres did not start: {log_text}")
+            time.sleep(0.05)
 
     def url(self, database: str = "postgres") -> str:
         """A SQLAlchemy URL for `database` on this server (superuser, no password)."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             # Fast shutdown: ends the sessions clients left open (a smart shutdown would
             # wait for them) and exits cleanly in a fraction of a second.
             self.process.send_signal(signal.SIGINT)
@@ -189,23 +208,12 @@ def postgres_server(timeout: float = 30.0) -> Iterator[PostgresServer]:
         **_as_postgres_user(),
     )
     port = free_port()
-    log = (folder / "postgres.log").open("wb")
     args = [postgres, "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1"]
     args += ["-c", "unix_socket_directories=", "-c", "fsync=off", "-c", "max_connections=200"]
-    process = subprocess.Popen(
-        args, stdout=log, stderr=subprocess.STDOUT, cwd=folder, **_as_postgres_user()
-    )
-    server = PostgresServer(process, port, folder)
+    server = PostgresServer(port, folder, args)
     try:
-        deadline = time.monotonic() + timeout
-        while not _ready(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"postgres did not start: {(folder / 'postgres.log').read_text()[-2000:]}"
-                )
-            time.sleep(0.05)
+        server.start(timeout)
         yield server
     finally:
         server.stop()
-        log.close()
         shutil.rmtree(folder, ignore_errors=True)

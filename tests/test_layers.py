@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "courtyard.database_urls",
             "courtyard.asgi",
             "courtyard.errors",
+            "courtyard.outages",
             "courtyard.security",
             "courtyard.redaction",
             "courtyard.limits",

@@ -17,6 +17,7 @@ from courtyard.cli import main
 from courtyard.services.auth import Auth
 from courtyard.services.database import Database
 from courtyard.settings import Settings
+from courtyard_sdk import ApiError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 ORIGIN = "http://localhost"
@@ -354,14 +355,21 @@ async def test_a_tenant_bound_manager_sees_and_makes_its_tenants_keys_only(court
     assert (await other.get("/api/plugins/")).status_code == 200
 
 
-async def test_auth_fails_closed_when_the_keys_cannot_be_read(tmp_path):
+async def test_auth_answers_503_while_the_keys_cannot_be_read(tmp_path):
+    """Neither open (everything granted) nor 401 (a key demanded of an open server)."""
     from courtyard.testing import free_port
 
     settings = Settings(data_dir=tmp_path)
     database = Database(f"postgresql://nobody@127.0.0.1:{free_port()}/nothing")
     auth = Auth(settings, database)
     try:
-        assert await auth.enabled() is True
+        with pytest.raises(ApiError) as refused:
+            await auth.enabled()
+        assert (refused.value.status, refused.value.code) == (503, "AUTH_UNAVAILABLE")
+        assert refused.value.headers == {"Retry-After": "5"}
+        with pytest.raises(ApiError) as refused:
+            await auth.verify("cyk_" + "0" * 16 + "_" + "s" * 40)
+        assert refused.value.code == "AUTH_UNAVAILABLE"
     finally:
         await database.close()
 

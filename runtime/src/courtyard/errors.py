@@ -2,6 +2,9 @@
 
 Messages are redacted (redaction.py): a secret sent in a URL never comes back in one.
 
+An exception that shows a dependency down (the database, Redis, a full disk) answers 503
+or 507 with `Retry-After` (outages.py), logged once per interval rather than per request.
+
 A safety net turns what a client's malformed request data makes the parsers raise
 (`UnicodeDecodeError` for bytes that are not UTF-8, `RecursionError` for JSON nested too
 deeply, `OSError` "File name too long" for a name no file system takes) into 400 answers
@@ -20,6 +23,7 @@ from quart import Quart, Response, jsonify
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
+from .outages import OutageLog, classify
 from .redaction import redact
 
 log = logging.getLogger("courtyard.errors")
@@ -84,6 +88,7 @@ def bad_request_data(exc: BaseException) -> ApiError | None:
 
 def install(app: Quart) -> None:
     """Register the handlers that turn every exception into the error envelope."""
+    outages = OutageLog()
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
@@ -108,5 +113,9 @@ def install(app: Quart) -> None:
         if (refusal := bad_request_data(exc)) is not None:
             log.info("refused malformed request data (%s)", type(exc).__name__)
             return error_response(refusal.status, refusal.code, refusal.message)
+        if (outage := classify(exc)) is not None:  # a dependency is down (outages.py)
+            outages.note(outage, exc)
+            error = outage.error()
+            return error_response(error.status, error.code, error.message, error.headers)
         log.exception("unhandled error")
         return error_response(500, "INTERNAL_ERROR", "internal server error")

@@ -32,7 +32,7 @@ from quart import g, has_request_context, has_websocket_context
 
 from .errors import ApiError
 
-IdentityKind = Literal["anonymous", "open", "key", "token", "credential"]
+IdentityKind = Literal["anonymous", "open", "unknown", "key", "token", "credential"]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 G_ATTRIBUTE = "courtyard_identity"
 PERMISSIONS_ATTRIBUTE = "__courtyard_permissions__"
@@ -69,7 +69,8 @@ class Identity:
     :ivar subject: a stable id: the key's id, the token's `sub` (or `user_id`), or the
         credential's name.
     :ivar kind: `key`, `token` or `credential` when a credential was verified;
-        `anonymous` when none was presented; `open` when the runtime has no auth set up.
+        `anonymous` when none was presented; `open` when the runtime has no auth set up;
+        `unknown` when none was presented and the runtime cannot read its API keys.
     :ivar tenant_id: the tenant the caller acts for, if any (JWT `tenant_id`, a key's).
     :ivar roles: role names (`admin`, `editor`, `viewer` or custom ones).
     :ivar permissions: every permission held, roles already expanded.
@@ -101,6 +102,21 @@ OPEN = Identity(
 )
 """Every caller while the runtime has no key or token issuer configured."""
 
+UNKNOWN = Identity(subject="anonymous", kind="unknown")
+"""A caller who presented no credential while the runtime cannot tell whether one is
+needed (its API keys cannot be read): public routes serve it, the others answer 503
+`AUTH_UNAVAILABLE` rather than grant everything or demand a key."""
+
+
+def auth_unavailable() -> ApiError:
+    """The answer while the runtime cannot read its API keys: 503 `AUTH_UNAVAILABLE`."""
+    return ApiError(
+        503,
+        "AUTH_UNAVAILABLE",
+        "the API keys cannot be read now; try again shortly",
+        {"Retry-After": "5"},
+    )
+
 
 def current_identity() -> Identity:
     """The identity of the request (or WebSocket) being served.
@@ -117,11 +133,14 @@ def check(*permissions: str) -> Identity:
     """Return the current identity if it holds every one of `permissions`.
 
     :raises ApiError: 401 `AUTHENTICATION_REQUIRED` when no credential was presented,
-        403 `AUTHORIZATION_FAILED` when the caller lacks a permission.
+        403 `AUTHORIZATION_FAILED` when the caller lacks a permission, 503
+        `AUTH_UNAVAILABLE` for `UNKNOWN`.
     """
     identity = current_identity()
     missing = [p for p in permissions if not identity.can(p)]
     if missing:
+        if identity.kind == "unknown":
+            raise auth_unavailable()
         if not identity.authenticated:
             raise ApiError(401, "AUTHENTICATION_REQUIRED", "Authentication token required")
         raise ApiError(
@@ -161,6 +180,8 @@ def require_tenant() -> str:
     """
     identity = current_identity()
     if identity.tenant_id is None:
+        if identity.kind == "unknown":
+            raise auth_unavailable()
         if not identity.authenticated and identity.kind != "open":
             raise ApiError(401, "AUTHENTICATION_REQUIRED", "Authentication token required")
         raise ApiError(403, "TENANT_REQUIRED", "this request needs a tenant-scoped identity")
@@ -170,7 +191,9 @@ def require_tenant() -> str:
 __all__ = [
     "ANONYMOUS",
     "OPEN",
+    "UNKNOWN",
     "Identity",
+    "auth_unavailable",
     "check",
     "current_identity",
     "grants",

@@ -20,6 +20,12 @@ class HealthStatus(BaseModel):
     version: str
 
 
+class ReadyStatus(HealthStatus):
+    """The readiness probe's answer: with `unavailable`, what fails, by dependency."""
+
+    unavailable: dict[str, str] | None = None
+
+
 def _status(ok: bool, status: str) -> tuple[dict[str, object], int]:
     return {"ok": ok, "status": status, "version": __version__}, 200 if ok else 503
 
@@ -34,12 +40,19 @@ async def health() -> tuple[dict[str, object], int]:
 
 @blueprint.get("/ready")
 @tag(["health"])
-@document_response(HealthStatus)
-@document_response(HealthStatus, 503)
+@document_response(ReadyStatus)
+@document_response(ReadyStatus, 503)
 async def ready() -> tuple[dict[str, object], int]:
-    """Readiness probe: 200 once a generation serves, 503 while starting or stopping."""
-    state = current_runtime().state
-    return _status(state == "ready", state)
+    """Readiness probe: 200 once a generation serves; 503 while starting or stopping, or
+    while the database, Redis or the data folder's disk fails (status `unavailable`, and
+    what fails in `unavailable`)."""
+    runtime = current_runtime()
+    if runtime.state != "ready":
+        return _status(False, runtime.state)
+    if problems := await runtime.services.readiness.problems():
+        body, status = _status(False, "unavailable")
+        return {**body, "unavailable": problems}, status
+    return _status(True, "ready")
 
 
 @blueprint.get("/live")

@@ -17,6 +17,7 @@ from .auth import Auth
 from .database import Database
 from .events import MemoryEventBus
 from .events_redis import RedisEventBus
+from .readiness import Readiness
 
 log = logging.getLogger("courtyard.services")
 
@@ -47,6 +48,7 @@ class Services:
         self.migrations.append((keys.OWNER, keys.MIGRATIONS))
         # The event bus (services/events.py); a bad event_bus setting refuses here.
         self.events = make_event_bus(settings)
+        self.readiness = Readiness(self.database, self.events, settings.data_dir)
 
     async def start(self) -> None:
         """Connect and bring the runtime's own tables up to date."""

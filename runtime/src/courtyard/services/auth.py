@@ -14,9 +14,12 @@ to open mode, even when its last key is revoked.
 
 Keys may be made out of band (the CLI on the same database, another instance), so
 whether one exists is read from the database once a second, in the background (no
-request waits for it; a change this process makes is read at once), and taken as "yes"
-when it cannot be read (fail closed). A key itself is looked up on every request that
-presents one: revoking it takes effect at once.
+request waits for it; a change this process makes is read at once). While it cannot be
+read (the database is down), a request that does not bring a token or a plugin credential
+answers `503 AUTH_UNAVAILABLE` with `Retry-After`: neither open (which would grant
+everything) nor 401 (which would tell a client of an open server that it needs a key). A
+key itself is looked up on every request that presents one: revoking it takes effect at
+once.
 
 Failed authentications are counted per client address (throttle.py): past
 `auth_failures_per_minute`, a presented credential is refused with 429 before it is
@@ -36,9 +39,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from courtyard_sdk import ApiError, Manifest
-from courtyard_sdk.identity import ANONYMOUS, OPEN, Identity, grants
+from courtyard_sdk.identity import ANONYMOUS, OPEN, UNKNOWN, Identity, auth_unavailable, grants
 from quart import has_request_context, has_websocket_context, request, websocket
 
+from ..outages import classify
 from ..security import is_loopback_host
 from . import credentials as plugin_credentials
 from . import tokens
@@ -163,10 +167,10 @@ class Auth:
         self.tokens = TokenVerifier(settings) if tokens.configured(settings) else None
         # Listening beyond loopback without --insecure: never open, whatever happens.
         self.exposed = not is_loopback_host(settings.host) and not settings.insecure
-        self._keys_active = True  # fail closed until the table has been read
+        self._keys_active: bool | None = None  # None: not known (not read, or unreadable)
         self._fresh_until = -math.inf
         self._lock = asyncio.Lock()
-        self._refreshing: asyncio.Task[bool] | None = None
+        self._refreshing: asyncio.Task[bool | None] | None = None
         self.failures = FailureThrottle(settings.auth_failures_per_minute)
 
     async def start(self) -> None:
@@ -193,28 +197,38 @@ class Auth:
         if self.exposed or self.tokens is not None or credentials:
             return True
         if self._fresh_until == -math.inf:  # this process changed the keys: read them now
-            return await self._refresh_flag()
-        if time.monotonic() >= self._fresh_until and self._refreshing is None:
-            # Out-of-band changes (the CLI, another instance) are read in the background:
-            # under load a read in the request path stalled every request in flight.
-            self._refreshing = asyncio.create_task(self._refresh_flag())
-            self._refreshing.add_done_callback(self._refreshed)
-        return self._keys_active
+            active = await self._refresh_flag()
+        else:
+            if time.monotonic() >= self._fresh_until and self._refreshing is None:
+                # Out-of-band changes (the CLI, another instance) are read in the
+                # background: under load a read in the request path stalled every request.
+                self._refreshing = asyncio.create_task(self._refresh_flag())
+                self._refreshing.add_done_callback(self._refreshed)
+            active = self._keys_active
+        if active is None:
+            raise auth_unavailable()
+        return active
 
-    def _refreshed(self, task: asyncio.Task[bool]) -> None:
+    def _refreshed(self, task: asyncio.Task[bool | None]) -> None:
         self._refreshing = None
         if not task.cancelled():
-            task.exception()  # _refresh_flag logs its own failures and fails closed
+            task.exception()  # _refresh_flag logs its own failures
 
-    async def _refresh_flag(self) -> bool:
+    async def _refresh_flag(self) -> bool | None:
+        """Read whether an active key exists; None when it cannot be read."""
         async with self._lock:  # one read at a time; the others use its answer
             if time.monotonic() < self._fresh_until:
                 return self._keys_active
+            active: bool | None
             try:
                 active = await self.keys.any_active()
             except Exception as exc:
-                log.error("cannot read the API keys (%s): requiring authentication", exc)
-                active = True
+                active = None
+                if self._keys_active is not None or self._fresh_until == -math.inf:
+                    log.error("cannot read the API keys (%s): answering 503 meanwhile", exc)
+            else:
+                if self._keys_active is None and self._fresh_until != -math.inf:
+                    log.warning("the API keys can be read again")
             self._keys_active = active
             self._fresh_until = time.monotonic() + FLAG_TTL
             return active
@@ -255,7 +269,10 @@ class Auth:
                 raise throttled(wait)  # before the credential is even looked at
             secret = presented_secret(headers)
             if secret is None:
-                return ANONYMOUS if await self.enabled(credentials) else OPEN
+                try:
+                    return ANONYMOUS if await self.enabled(credentials) else OPEN
+                except ApiError:  # the keys cannot be read: public routes still serve
+                    return UNKNOWN
             return await self.verify(secret, credentials)
         except ApiError as exc:
             if await self.enabled(credentials):
@@ -290,7 +307,12 @@ class Auth:
         raise ApiError(401, "INVALID_API_KEY", INVALID_KEY)
 
     async def _verify_key(self, secret: str) -> Identity:
-        info = await self.keys.find(secret)
+        try:
+            info = await self.keys.find(secret)
+        except Exception as exc:
+            if classify(exc) is None:
+                raise
+            raise auth_unavailable() from exc
         if info is None:
             raise ApiError(401, "INVALID_API_KEY", INVALID_KEY)
         status = info.status()

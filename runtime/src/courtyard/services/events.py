@@ -180,6 +180,9 @@ class MemoryEventBus:
     async def start(self) -> None:
         """Nothing to connect to."""
 
+    async def ping(self) -> None:
+        """Always answers: the bus is in this process (see `RedisEventBus.ping`)."""
+
     async def close(self) -> None:
         """End every subscription; later publishes and subscribes are refused."""
         self._closed = True

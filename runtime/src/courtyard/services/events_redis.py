@@ -169,6 +169,13 @@ class RedisEventBus:
         self._cursor = state.last if state else ZERO
         self._reader = asyncio.create_task(self._read(), name="courtyard event reader")
 
+    async def ping(self) -> None:
+        """Check that Redis answers (readiness.py).
+
+        :raises RedisError: it does not.
+        """
+        await self._client.ping()
+
     async def close(self) -> None:
         """Stop the reader, end every subscription, close the connections."""
         self._closed = True
