@@ -264,10 +264,14 @@ async def test_silence_and_garbage_are_transport_errors(
             await http.close()
 
 
-async def test_overload_answers_are_retried(raw_server: Callable[..., Awaitable[str]]) -> None:
+async def test_server_errors_are_retried(raw_server: Callable[..., Awaitable[str]]) -> None:
+    """Overload, a gateway, or the server's own dependency down: a report sent again in
+    its lease window is not run twice."""
     answers = [
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 507 Insufficient Storage\r\nContent-Length: 0\r\n\r\n",
         b'HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n{"cancel": true }',
     ]
 

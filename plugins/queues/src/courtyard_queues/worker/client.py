@@ -1,9 +1,11 @@
 """The worker's side of the worker protocol: HTTP calls to the queues server.
 
-Every call retries on what a restart or a network blip causes (a refused or reset
-connection, a timeout, 502/503/504) with exponential backoff and jitter, up to a deadline
-the caller chooses; an answer that retrying cannot change (401, 404, a validation error)
-raises at once. `409 LEASE_LOST` becomes `LeaseLost`: the task went to someone else.
+Every call retries on what a restart, an outage or a network blip causes (a refused or
+reset connection, a timeout, any 5xx: the server's database or Redis may be down for a
+moment) with exponential backoff and jitter, up to a deadline the caller chooses (for a
+report, the end of the task's lease: a report that gets through in time is not run
+twice); an answer that retrying cannot change (401, 404, a validation error) raises at
+once. `409 LEASE_LOST` becomes `LeaseLost`: the task went to someone else.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from .messages import Assignment, Registration
 
 log = logging.getLogger("courtyard.worker")
 
-RETRY_STATUSES = frozenset({502, 503, 504})
 CONNECT_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 30.0
 
@@ -127,7 +128,7 @@ class WorkerClient:
             except TransportError as exc:
                 problem = Unreachable("CONNECTION_FAILED", f"{self.server}{path}: {exc}")
             else:
-                if answer.status not in RETRY_STATUSES:
+                if answer.status < 500:  # 5xx: retried (see the module docstring)
                     if answer.ok:
                         return answer
                     raise _error_of(answer)
