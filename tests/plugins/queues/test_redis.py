@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from courtyard.testing import free_port
 from queues_kit import FAST, enqueue, new_worker, task_info, write_config
-from servers import REDIS_SERVER, _ping, available
+from servers import REDIS_SERVER, _ping, available, redis_server
 
 pytestmark = pytest.mark.skipif(
     not available(), reason="redis-server is not installed (Debian package redis-server)"
@@ -103,6 +103,43 @@ async def test_nothing_is_lost_when_redis_crashes_and_comes_back(courtyard, tmp_
     rest = [(await worker.dequeue())["task_id"] for _ in range(3)]
     assert rest == pending[2:]
     assert await worker.dequeue() is None
+
+
+async def test_a_redis_that_lost_its_data_is_noticed_and_the_files_written_again(
+    courtyard, tmp_path, caplog
+):
+    """Without persistence (what the session's Redis and this one run with), a restart
+    loses everything: said at start, noticed within a sweep, the file queues restored."""
+    config = write_config(tmp_path / "config")
+    with redis_server(tmp_path / "volatile") as redis:
+        rt = await courtyard(
+            only_plugins=["queues"],
+            plugins={
+                "queues": {
+                    "backend": "redis",
+                    "redis_url": redis.url,
+                    "config_files": [str(config)],
+                    **FAST,
+                }
+            },
+        )
+        assert "persists nothing (appendonly no, no save points)" in caplog.text
+        lost = await enqueue(rt.client, "simple")
+        redis.stop()
+        redis.start()  # empty: nothing was saved
+
+        deadline = time.monotonic() + 10
+        while "the queues' Redis lost its data" not in caplog.text:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # a few more sweeps: the loss is reported once
+        assert caplog.text.count("the queues' Redis lost its data") == 1
+        assert (await rt.client.get(f"/queue/{lost}")).status_code == 404
+        # The file-defined queue is there again for workers (no QUEUE_NOT_FOUND).
+        worker = new_worker(rt.client, "simple")
+        task_id = await enqueue(rt.client, "simple")
+        assert (await worker.dequeue())["task_id"] == task_id
+        await rt.dispatcher.close()
 
 
 async def test_instances_share_queues_and_wake_each_other(courtyard, tmp_path, redis):

@@ -23,6 +23,12 @@ class SwallowingStore:
     async def close(self) -> None:
         pass
 
+    async def durability_warning(self) -> None:
+        return None
+
+    async def lost_data(self) -> bool:
+        return False
+
     async def configs(self) -> list:
         return []
 

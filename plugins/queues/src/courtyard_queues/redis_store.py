@@ -10,12 +10,17 @@ Durability is Redis's: run it with `appendonly yes` (AOF) and a restart loses no
 that was acknowledged (with the default `appendfsync everysec`, a crash of the Redis
 host itself can lose the last second). Redis Cluster is not supported: the scripts
 touch keys of many queues at once.
+
+A Redis that lost its data (restarted without persistence, flushed) is noticed: an epoch
+key (`<prefix>:epoch`, a random value) is written at start, and `lost_data` finds it gone
+or changed; the service then says so and writes the file-defined queues again.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import uuid
 from importlib import resources
 from typing import Any
 
@@ -100,6 +105,7 @@ class RedisTaskStore:
         self.prefix = prefix
         self.client: Redis = Redis.from_url(url, decode_responses=True, health_check_interval=30)
         self._scripts: dict[str, AsyncScript] = {}
+        self._epoch: str | None = None
 
     @property
     def notify_channel(self) -> str:
@@ -124,9 +130,45 @@ class RedisTaskStore:
         try:
             await self.client.ping()
         except Exception as exc:
-            safe = self.client.connection_pool.connection_kwargs
-            where = f"{safe.get('host', '?')}:{safe.get('port', '?')}"
-            raise ConnectionError(f"cannot reach Redis at {where}: {exc}") from None
+            raise ConnectionError(f"cannot reach Redis at {self.where}: {exc}") from None
+        self._epoch = await self._claim_epoch()
+
+    @property
+    def where(self) -> str:
+        """The server's address, without the URL's password."""
+        safe = self.client.connection_pool.connection_kwargs
+        return f"{safe.get('host', '?')}:{safe.get('port', '?')}"
+
+    async def _claim_epoch(self) -> str:
+        """The data's epoch: the one every instance shares, written by the first."""
+        key = f"{self.prefix}:epoch"
+        await self.client.set(key, uuid.uuid4().hex, nx=True)
+        return str(await self.client.get(key))
+
+    async def lost_data(self) -> bool:
+        """Whether the epoch key is gone or changed since the last look (then claimed
+        again, so that a loss is reported once)."""
+        current = await self.client.get(f"{self.prefix}:epoch")
+        if current is not None and current == self._epoch:
+            return False
+        self._epoch = await self._claim_epoch()
+        return True
+
+    async def durability_warning(self) -> str | None:
+        """A warning when this Redis persists nothing (no AOF, no RDB save points); None
+        when it does, or when it does not say (CONFIG may be disabled)."""
+        try:
+            aof = await self.client.config_get("appendonly")
+            save = await self.client.config_get("save")
+        except Exception:
+            return None
+        if aof.get("appendonly") == "yes" or (save.get("save") or "").strip():
+            return None
+        return (
+            f"Redis at {self.where} persists nothing (appendonly no, no save points): a "
+            "restart of it loses every task and every queue defined through the API; run "
+            "it with appendonly yes"
+        )
 
     async def close(self) -> None:
         """Close the connection pool."""

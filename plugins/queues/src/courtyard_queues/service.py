@@ -131,6 +131,8 @@ class QueueService:
             in the message): a broken configuration refuses the start.
         """
         await self.store.start()
+        if warning := await self.store.durability_warning():
+            self.log.warning("%s", warning)
         report = await self.registry.load_files()
         if report.errors:
             raise ConfigError("; ".join(report.errors))
@@ -384,6 +386,8 @@ class QueueService:
 
     async def sweep_once(self) -> None:
         """One maintenance pass, and the wake-ups it calls for."""
+        if await self.store.lost_data():
+            await self._recover_from_loss()
         done = await self.store.sweep(self.options.backoff, self.options.forget_after)
         if done.ready:
             self.notifier.ready_anywhere()
@@ -396,6 +400,19 @@ class QueueService:
                 done.timed_out,
                 done.pending_timeouts,
             )
+
+    async def _recover_from_loss(self) -> None:
+        """Say what a data loss of the backend took, and write the file-defined queues
+        again at once (workers would otherwise meet QUEUE_NOT_FOUND)."""
+        self.log.error(
+            "the queues' Redis lost its data (restarted without persistence, or flushed): "
+            "every task it held, their results and the queues defined through the API are "
+            "gone; writing the queues of the configuration files again"
+        )
+        report = await self.registry.load_files()
+        for problem in report.errors:
+            self.log.error("after the loss: %s", problem)
+        self.notifier.ready_anywhere()
 
     async def _sweep_forever(self) -> None:
         failing = False

@@ -122,6 +122,14 @@ class SqlTaskStore:
     async def close(self) -> None:
         """Nothing to release: the engine is the runtime's."""
 
+    async def durability_warning(self) -> str | None:
+        """None: the database's own durability holds (a commit is on disk)."""
+        return None
+
+    async def lost_data(self) -> bool:
+        """False: a database does not lose committed rows by restarting."""
+        return False
+
     async def now(self) -> float:
         """This process's clock."""
         return self.clock()

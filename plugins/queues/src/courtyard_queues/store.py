@@ -235,6 +235,16 @@ class TaskStore(Protocol):
         """Release connections."""
         ...
 
+    async def durability_warning(self) -> str | None:
+        """Why an acknowledged task could be lost to a restart of the backend, if it could
+        (said at start)."""
+        ...
+
+    async def lost_data(self) -> bool:
+        """Whether the backend lost its data since the last look (a Redis restarted
+        without persistence, or flushed); a loss is reported once."""
+        ...
+
     # Tasks ------------------------------------------------------------------------------
 
     async def enqueue(self, tasks: list[NewTask]) -> list[Task | Duplicate]:
