@@ -36,9 +36,12 @@ from courtyard.archives import (
 )
 from courtyard.installs import (
     BACKUP_PREFIX,
+    NEW_PREFIX,
     STAGING_PREFIX,
+    accept_tree,
     clean_staging,
     install_tree,
+    replaced,
     restore_tree,
     staging_dir,
 )
@@ -640,9 +643,12 @@ def test_install_tree_into_new_scope(tmp_path: Path) -> None:
     plugins = tmp_path / "plugins"
     source = make_tree(staging_dir(plugins) / "package", "new")
     destination = plugins / "@acme" / "widget"
-    assert install_tree(source, destination) is None
+    journal = install_tree(source, destination)
+    assert journal.name.startswith(NEW_PREFIX) and not replaced(journal)
     assert (destination / "manifest.json").read_text() == "new"
     assert not source.exists()
+    accept_tree(journal)
+    assert sorted(p.name for p in destination.parent.iterdir()) == ["widget"]
 
 
 def test_install_tree_swaps_and_restore_tree_restores(tmp_path: Path) -> None:
@@ -651,9 +657,8 @@ def test_install_tree_swaps_and_restore_tree_restores(tmp_path: Path) -> None:
     source = make_tree(staging_dir(plugins) / "package", "new")
 
     backup = install_tree(source, destination)
-    assert backup is not None
     assert backup.parent == plugins
-    assert backup.name.startswith(BACKUP_PREFIX)
+    assert backup.name.startswith(BACKUP_PREFIX) and replaced(backup)
     assert (destination / "manifest.json").read_text() == "new"
     assert (backup / "manifest.json").read_text() == "old"
 
@@ -663,12 +668,11 @@ def test_install_tree_swaps_and_restore_tree_restores(tmp_path: Path) -> None:
     assert [p.name for p in plugins.iterdir() if p.name.startswith(BACKUP_PREFIX)] == []
 
 
-def test_restore_tree_without_backup_removes_the_install(tmp_path: Path) -> None:
+def test_restore_tree_of_a_new_install_removes_it(tmp_path: Path) -> None:
     plugins = tmp_path / "plugins"
     source = make_tree(tmp_path / "src", "new")
     destination = plugins / "@acme" / "widget"
-    assert install_tree(source, destination) is None
-    restore_tree(None, destination)
+    restore_tree(install_tree(source, destination), destination)
     assert not destination.exists()
     assert not destination.parent.exists()  # the emptied @scope folder too
     clean_staging(plugins)
@@ -683,33 +687,43 @@ def test_install_tree_puts_the_backup_back_if_the_move_fails(tmp_path: Path) -> 
     assert [p.name for p in destination.parent.iterdir()] == ["widget"]
 
 
-def test_clean_staging_settles_a_crash(tmp_path: Path) -> None:
+def test_clean_staging_keeps_only_accepted_installs(tmp_path: Path) -> None:
+    """A crash at any point, checking the new tree included, leaves the last accepted."""
     plugins = tmp_path / "plugins"
     make_tree(plugins / "kept", "kept")
     make_tree(plugins / "@acme" / "kept", "kept")
     leftovers = [staging_dir(plugins), staging_dir(plugins / "@acme")]
     (leftovers[0] / "half.txt").write_text("half an extraction")
 
-    # finished swaps: the new tree is live, the backup is stale
-    done = install_tree(make_tree(tmp_path / "n1", "new"), plugins / "done")
-    assert done is None
-    stale = install_tree(make_tree(tmp_path / "n2", "newer"), plugins / "done")
-    # interrupted swaps: the backup was made but the new tree never arrived
-    interrupted = install_tree(make_tree(tmp_path / "n3", "new"), make_tree(plugins / "w", "old"))
+    # accepted: the new trees stay
+    accept_tree(install_tree(make_tree(tmp_path / "n1", "new"), plugins / "done"))
+    accept_tree(install_tree(make_tree(tmp_path / "n2", "newer"), plugins / "done"))
+    # a crash while a replacement was checked: the old tree comes back
+    checking = install_tree(make_tree(tmp_path / "n3", "broken"), make_tree(plugins / "c", "old"))
+    # a crash while a new plugin was checked: it goes
+    fresh = install_tree(make_tree(tmp_path / "n4", "broken"), plugins / "@acme" / "fresh")
+    # a crash between the two renames: only the backups are left
+    interrupted = install_tree(make_tree(tmp_path / "n5", "new"), make_tree(plugins / "w", "old"))
     scoped = install_tree(
-        make_tree(tmp_path / "n4", "new"), make_tree(plugins / "@acme" / "w", "old")
+        make_tree(tmp_path / "n6", "new"), make_tree(plugins / "@acme" / "w", "old")
     )
-    assert stale and interrupted and scoped
     _crash_before_second_rename(plugins / "w", plugins / "@acme" / "w")
+    # a crash in the middle of accepting: the backup was hidden, then half deleted
+    half = install_tree(make_tree(tmp_path / "n7", "new"), make_tree(plugins / "h", "old"))
+    hidden = plugins / f"{STAGING_PREFIX}{'0' * 32}"
+    half.rename(hidden)
+    (hidden / "manifest.json").unlink()
 
     clean_staging(plugins)
 
-    assert not any(p.exists() for p in (*leftovers, stale, interrupted, scoped))
+    assert not any(p.exists() for p in (*leftovers, checking, fresh, interrupted, scoped, hidden))
     assert (plugins / "done" / "manifest.json").read_text() == "newer"
+    assert (plugins / "c" / "manifest.json").read_text() == "old"
     assert (plugins / "w" / "manifest.json").read_text() == "old"
     assert (plugins / "@acme" / "w" / "manifest.json").read_text() == "old"
+    assert (plugins / "h" / "manifest.json").read_text() == "new"
     assert (plugins / "kept" / "manifest.json").read_text() == "kept"
-    assert sorted(p.name for p in plugins.iterdir()) == ["@acme", "done", "kept", "w"]
+    assert sorted(p.name for p in plugins.iterdir()) == ["@acme", "c", "done", "h", "kept", "w"]
     assert sorted(p.name for p in (plugins / "@acme").iterdir()) == ["kept", "w"]
 
 

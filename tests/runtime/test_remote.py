@@ -3,8 +3,10 @@
 
 import json
 import os
+import signal
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -176,6 +178,37 @@ def test_pack_refuses_links_bad_manifests_and_bad_names_before_any_network_call(
 
 
 # -- against a real server -------------------------------------------------------------
+
+
+def test_a_crash_while_an_upload_is_checked_keeps_the_accepted_version(
+    courtyard_server, tmp_path, plugin_dir
+):
+    """SIGKILL while the new version is being loaded: after a restart the version that
+    was accepted serves, not the unchecked one."""
+    server = courtyard_server(entry_points=False)
+    one = hello(tmp_path / "one", "1.0.0", "one")
+    assert run("plugins", "upload", one, "--url", server.url).exit_code == 0
+    slow = write_plugin(
+        tmp_path / "two",
+        "@acme/hello",
+        'version = "2.0.0"\n',
+        "import time\ntime.sleep(60)  # still being checked when the server dies\n" + route("two"),
+    )
+    upload = threading.Thread(target=run, args=("plugins", "upload", slow, "--url", server.url))
+    upload.start()
+    scope = plugin_dir / "@acme"
+    deadline = time.monotonic() + 20
+    while not [p for p in scope.iterdir() if p.name.startswith(".courtyard-old-")]:
+        assert time.monotonic() < deadline, "the new version was never put in place"
+        time.sleep(0.02)
+    assert "two" in (scope / "hello" / "plugin.py").read_text()  # in place, being checked
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait()
+    upload.join()
+
+    again = courtyard_server(entry_points=False)
+    assert httpx.get(f"{again.url}/hello/").json() == {"word": "one"}
+    assert sorted(p.name for p in scope.iterdir()) == ["hello"]
 
 
 def test_plugin_pack_upload_change_and_remove_on_a_real_server(

@@ -14,6 +14,7 @@ offending entry. Only the standard library is used: never the system tar or unzi
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import itertools
@@ -27,7 +28,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, cast
+from typing import IO, Any, BinaryIO, Literal, cast
 
 from courtyard_sdk import ApiError
 
@@ -99,8 +100,9 @@ def archive_kind(filename: str) -> ArchiveKind:
     raise ArchiveError(400, "INVALID_FILE_TYPE", "File must be .tgz, .tar.gz, or .zip")
 
 
-def extract(archive: Path, kind: str, target: Path, limits: Limits) -> None:
-    """Validate every member of `archive`, then write them all into `target`.
+def extract(archive: Path | BinaryIO, kind: str, target: Path, limits: Limits) -> None:
+    """Validate every member of `archive` (a file, or a seekable binary file object such
+    as an upload's spooled body, read in place), then write them all into `target`.
 
     `target` must be an existing, empty folder; on any failure it is left empty. Only
     plain files (mode 0o644, or 0o755 if any execute bit was set) and folders (0o755) are
@@ -113,22 +115,30 @@ def extract(archive: Path, kind: str, target: Path, limits: Limits) -> None:
     """
     if any(target.iterdir()):
         raise ValueError(f"extraction target {target} is not empty")
-    size = archive.stat().st_size
+    with contextlib.ExitStack() as stack:
+        raw = stack.enter_context(archive.open("rb")) if isinstance(archive, Path) else archive
+        _extract(raw, kind, target, limits)
+
+
+def _extract(raw: BinaryIO, kind: str, target: Path, limits: Limits) -> None:
+    """`extract`, from an open file."""
+    size = raw.seek(0, os.SEEK_END)
     if size > limits.max_archive_bytes:
         raise ArchiveError(
             413,
             "ARCHIVE_TOO_LARGE",
             f"Archive exceeds the limit of {limits.max_archive_bytes} bytes",
         )
-    _check_magic(archive, kind)
+    raw.seek(0)
+    _check_magic(raw.read(4), kind)
+    raw.seek(0)
     try:
         if kind == "zip":
-            with zipfile.ZipFile(archive) as zf:
+            with zipfile.ZipFile(raw) as zf:
                 _write_entries(_zip_entries(zf, size, limits), zf.open, target, limits)
         else:
             budget = limits.max_extracted_bytes + (limits.max_entries + 2) * _TAR_OVERHEAD
             with (
-                archive.open("rb") as raw,
                 gzip.GzipFile(fileobj=raw, mode="rb") as gz,
                 tarfile.open(fileobj=_bounded(gz, budget), mode="r:", encoding="utf-8") as tar,
             ):
@@ -157,12 +167,10 @@ def flatten_root(target: Path) -> Path:
 # -- validation ------------------------------------------------------------------------
 
 
-def _check_magic(archive: Path, kind: str) -> None:
-    """Refuse content that does not start like the announced kind of archive."""
+def _check_magic(head: bytes, kind: str) -> None:
+    """Refuse content that does not start (`head`) like the announced kind of archive."""
     if kind not in _MAGIC:
         raise ArchiveError(400, "INVALID_FILE_TYPE", f"Unknown archive kind {kind!r}")
-    with archive.open("rb") as file:
-        head = file.read(4)
     if not head.startswith(_MAGIC[kind]):
         raise ArchiveError(400, "INVALID_FILE_TYPE", f"File content is not a {kind} archive")
 

@@ -27,7 +27,7 @@ from .apps.registry import AppRegistry, app_folders
 from .apps.router import AppRequest, AppRouter
 from .asgi import Receive, Scope, Send, header, with_header
 from .generation import BuildError, Generation
-from .installs import clean_staging, install_tree, remove_path, remove_tree, restore_tree
+from .installs import accept_tree, clean_staging, install_tree, remove_tree, restore_tree
 from .security import (
     STATE_CHANGING,
     HostAllowList,
@@ -187,14 +187,14 @@ class Dispatcher:
             return f"{name}: {rec.error}" if rec.status == PluginStatus.FAILED else None
 
         async with self._changes:
-            backup = install_tree(content, destination)
+            journal = install_tree(content, destination)
             try:
                 generation = await self._swap(accept=loads_it)
             except BuildError:
-                restore_tree(backup, destination)
+                restore_tree(journal, destination)
                 raise
-        if backup is not None:
-            await asyncio.to_thread(remove_path, backup)
+        # Until here a crash restores the previous files at start-up (installs.py).
+        await asyncio.to_thread(accept_tree, journal)
         return generation
 
     async def remove_plugin(self, root: Path) -> Generation:

@@ -2,9 +2,16 @@
 
 Plugin and app installs go live with one rename on the same filesystem: the new tree is
 prepared in a hidden staging folder beside its destination; what it replaces is renamed
-aside first and kept until the caller knows the new tree works. Discovery skips dot
-entries, so staging folders and backups are never served. A crash at any point leaves
-either the old tree or the new one; `clean_staging` settles the rest at start-up.
+aside first (a backup), and kept until the caller has checked the new tree and accepted
+it (`accept_tree`). Discovery skips dot entries, so staging folders and backups are never
+served.
+
+The backup is the install's journal: until it is gone, the new tree is not accepted. A
+fresh install, with nothing to back up, leaves an empty marker file in its place. So a
+crash at any point, even while a new plugin was being checked, leaves at start-up
+(`clean_staging`) the tree that was last accepted: an unaccepted new tree is removed and
+its backup put back. Accepting first hides the backup with one rename, so a crash in the
+middle of deleting it never leaves half a tree to restore.
 """
 
 from __future__ import annotations
@@ -15,43 +22,59 @@ import uuid
 from pathlib import Path
 
 STAGING_PREFIX = ".courtyard-staging-"
-BACKUP_PREFIX = ".courtyard-old-"
+BACKUP_PREFIX = ".courtyard-old-"  # the tree an unaccepted install replaced
+NEW_PREFIX = ".courtyard-new-"  # an empty file: an unaccepted install replaced nothing
 
 
-def install_tree(source: Path, destination: Path) -> Path | None:
+def install_tree(source: Path, destination: Path) -> Path:
     """Move the validated folder `source` to `destination` with one rename.
 
     Missing parents (an `@scope` folder) are created. An existing `destination` is first
-    renamed aside to a hidden sibling `.courtyard-old-<uuid>-<name>`, whose path is
-    returned: the caller deletes it once the new tree works, or passes it to
-    `restore_tree`. Returns None when nothing was replaced. `source` must be on the same
-    filesystem (see `staging_dir`). If the second rename fails, the backup is put back.
+    renamed aside to a hidden sibling `.courtyard-old-<uuid>-<name>`; with nothing there,
+    an empty file `.courtyard-new-<uuid>-<name>` is made instead. Either is returned: pass
+    it to `accept_tree` once the new tree works, or to `restore_tree` to undo. `source`
+    must be on the same filesystem (see `staging_dir`). If the move fails, it is undone.
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
-    backup = None
-    if _exists(destination):
-        backup = destination.parent / f"{BACKUP_PREFIX}{uuid.uuid4().hex}-{destination.name}"
-        destination.rename(backup)
+    prefix = BACKUP_PREFIX if _exists(destination) else NEW_PREFIX
+    journal = destination.parent / f"{prefix}{uuid.uuid4().hex}-{destination.name}"
+    if prefix == BACKUP_PREFIX:
+        destination.rename(journal)
+    else:
+        journal.touch(exist_ok=False)
     try:
         source.rename(destination)
     except BaseException:
-        if backup is not None:
-            backup.rename(destination)
+        restore_tree(journal, destination)
         raise
-    return backup
+    return journal
 
 
-def restore_tree(backup: Path | None, destination: Path) -> None:
-    """Undo `install_tree`: put `backup` back at `destination`, or remove `destination`.
+def replaced(journal: Path) -> bool:
+    """Whether the install `journal` records replaced a tree (rather than adding one)."""
+    return journal.name.startswith(BACKUP_PREFIX)
+
+
+def accept_tree(journal: Path) -> None:
+    """The new tree `install_tree` put in place works: forget what it replaced."""
+    remove_path(_hide(journal) if replaced(journal) else journal)
+
+
+def restore_tree(journal: Path | None, destination: Path) -> None:
+    """Undo `install_tree` (`journal` is what it returned), or remove `destination` (None).
 
     Whatever is at `destination` is renamed to a hidden staging name before it is deleted,
-    so readers never see half a tree. With no backup, an emptied `@scope` parent goes too.
+    so readers never see half a tree. When nothing comes back, an emptied `@scope` parent
+    goes too.
     """
     if _exists(destination):
         remove_path(_hide(destination))
-    if backup is not None:
-        backup.rename(destination)
-    elif destination.parent.name.startswith("@"):
+    if journal is not None and replaced(journal):
+        journal.rename(destination)
+        return
+    if journal is not None:
+        journal.unlink(missing_ok=True)
+    if destination.parent.name.startswith("@"):
         with contextlib.suppress(OSError):
             destination.parent.rmdir()
 
@@ -73,10 +96,10 @@ def staging_dir(parent: Path) -> Path:
 def clean_staging(parent: Path) -> None:
     """Settle what a crash left in `parent` and its `@scope` folders (call at start-up).
 
-    `.courtyard-staging-*` folders are deleted. A `.courtyard-old-<uuid>-<name>` backup is
-    renamed back to `<name>` when `<name>` is missing (the crash came mid-swap, between
-    the two renames of `install_tree` or `restore_tree`), and deleted otherwise (the new
-    tree was already in place, so the install is kept even if its caller meant to undo it).
+    `.courtyard-staging-*` folders are deleted. Every install that was not accepted is
+    undone (see the module docstring): a `.courtyard-old-<uuid>-<name>` backup goes back to
+    `<name>`, and `<name>` is removed where a `.courtyard-new-<uuid>-<name>` marker says it
+    was new.
     """
     if not parent.is_dir():
         return
@@ -85,8 +108,8 @@ def clean_staging(parent: Path) -> None:
         for entry in sorted(folder.iterdir()):
             if entry.name.startswith(STAGING_PREFIX):
                 remove_path(entry)
-            elif entry.name.startswith(BACKUP_PREFIX):
-                _settle_backup(entry)
+            elif entry.name.startswith((BACKUP_PREFIX, NEW_PREFIX)):
+                _undo(entry)
 
 
 def remove_tree(path: Path) -> None:
@@ -120,12 +143,11 @@ def _hide(path: Path) -> Path:
     return hidden
 
 
-def _settle_backup(backup: Path) -> None:
-    """Restore a crash's backup if its destination is missing, else delete it."""
-    rest = backup.name.removeprefix(BACKUP_PREFIX)
-    token, _, name = rest.partition("-")
-    destination = backup.parent / name
-    if len(token) == 32 and name not in ("", ".", "..") and not _exists(destination):
-        backup.rename(destination)
+def _undo(journal: Path) -> None:
+    """Undo the unaccepted install a crash left `journal` of (a malformed name is junk)."""
+    prefix = BACKUP_PREFIX if journal.name.startswith(BACKUP_PREFIX) else NEW_PREFIX
+    token, _, name = journal.name.removeprefix(prefix).partition("-")
+    if len(token) == 32 and name not in ("", ".", ".."):
+        restore_tree(journal, journal.parent / name)
     else:
-        remove_path(backup)
+        remove_path(journal)

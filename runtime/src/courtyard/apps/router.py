@@ -6,6 +6,7 @@ app's name; the serving generation's own routes (core and plugins) win over apps
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,7 @@ class AppRouter:
         :param sandbox_user: the user sandboxed workers run as when the runtime is root.
         """
         self.registry = registry
+        self.changes = asyncio.Lock()  # one install or removal of an app at a time
         self._runtime_dir = runtime_dir
         self._max_workers = max_workers
         self._pool_options: _PoolOptions = {

@@ -15,13 +15,12 @@ from quart import Blueprint, request
 from quart_schema import DataSource, document_querystring, document_request, document_response, tag
 
 from ..apps.registry import App, AppManifestError, InvalidAppName, read_app_manifest
-from ..installs import install_tree, remove_path, remove_tree
+from ..installs import accept_tree, install_tree, remove_tree, replaced
 from . import current_generation, current_runtime, uploads
 from .openapi import AppUploadQuery, ArchiveUpload, archive_errors
 
 blueprint = Blueprint("apps", __name__, url_prefix="/api/apps")
 log = logging.getLogger("courtyard.apps")
-_changes = asyncio.Lock()  # one app install or removal at a time, per process
 
 
 class InstalledApp(BaseModel):
@@ -96,7 +95,7 @@ async def upload_app() -> dict[str, Any]:
             raise ApiError(400, "PATH_TRAVERSAL", f"Invalid package name: {exc}") from None
         except AppManifestError as exc:
             raise ApiError(400, "INVALID_MANIFEST", str(exc)) from None
-        async with _changes:
+        async with host.apps.changes:
             host.apps.registry.invalidate()
             installed = host.apps.registry.get(name)
             # 1.0 is 1.0.0: an equal version, however spelt, is the same version.
@@ -110,11 +109,11 @@ async def upload_app() -> dict[str, Any]:
                     f"{name} {version} is installed; versions are "
                     "immutable (add ?overwrite=true to replace it)",
                 )
-            backup = install_tree(content, destination)
+            journal = install_tree(content, destination)
             host.apps.registry.invalidate()
-            if backup is not None:
+            if replaced(journal):
                 await host.apps.stop_keys([f"{name}@{version}"])  # fresh workers, new code
-                await asyncio.to_thread(remove_path, backup)
+            await asyncio.to_thread(accept_tree, journal)  # an archive checked beforehand
     log.info("installed app %s %s at %s", name, version, destination)
     return {
         "success": True,
@@ -150,7 +149,7 @@ def _installed_app(scope: str, name: str, missing: ApiError) -> tuple[str, App]:
 async def delete_app(scope: str, name: str) -> dict[str, bool]:
     """Remove an app and all its versions (`_` as scope for an unscoped app)."""
     host = current_runtime()
-    async with _changes:
+    async with host.apps.changes:
         host.apps.registry.invalidate()
         missing = ApiError(404, "APP_NOT_FOUND", f"App {scope}/{name} not found")
         full, app = _installed_app(scope, name, missing)
@@ -170,7 +169,7 @@ async def delete_app(scope: str, name: str) -> dict[str, bool]:
 async def delete_version(scope: str, name: str, version: str) -> dict[str, bool]:
     """Remove one version of an app; its workers stop once their requests are done."""
     host = current_runtime()
-    async with _changes:
+    async with host.apps.changes:
         host.apps.registry.invalidate()
         missing = ApiError(
             404, "VERSION_NOT_FOUND", f"App {scope}/{name} has no version {version[:100]!r}"

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from courtyard_sdk import ApiError
 from quart import request
@@ -61,13 +62,10 @@ async def received_archive(parent: Path, settings: Settings) -> AsyncIterator[Pa
     created = not parent.exists()
     staging = await asyncio.to_thread(staging_dir, parent)
     try:
-        archive = staging / "upload"
-        await upload.save(archive)
-        if archive.stat().st_size > bounds.max_archive_bytes:
-            raise _too_large(bounds.max_archive_bytes)
         tree = staging / "tree"
         tree.mkdir()
-        await asyncio.to_thread(extract, archive, kind, tree, bounds)
+        # Read where the parser spooled it: the upload takes its size on disk once.
+        await asyncio.to_thread(extract, cast(BinaryIO, upload.stream), kind, tree, bounds)
         yield flatten_root(tree)
     except BaseException:
         if created:  # leave no empty plugin or app directory behind a refusal
