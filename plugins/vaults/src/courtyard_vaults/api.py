@@ -58,7 +58,7 @@ def blueprint(vaults: Vaults) -> Blueprint:
 
     @bp.get("/vaults/<name>")
     @document_response(bodies.VaultOut)
-    @errors((404, "VAULT_NOT_FOUND"), (500, "VAULT_DECRYPTION_FAILED"))
+    @errors((404, "VAULT_NOT_FOUND"))
     @errors((503, "VAULTS_DISABLED"))
     @require(READ)
     async def get_vault(name: str) -> Any:
@@ -94,7 +94,7 @@ def blueprint(vaults: Vaults) -> Blueprint:
 
     @bp.get("/vaults/<name>/entries")
     @document_response(bodies.EntryList)
-    @errors((404, "VAULT_NOT_FOUND"), (500, "VAULT_DECRYPTION_FAILED"))
+    @errors((404, "VAULT_NOT_FOUND"))
     @errors((503, "VAULTS_DISABLED"))
     @require(READ)
     async def list_entries(name: str) -> Any:

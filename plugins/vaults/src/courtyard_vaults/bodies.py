@@ -48,13 +48,15 @@ class VaultList(BaseModel):
 
 
 class EntryOut(BaseModel):
-    """An entry; a secret's value is masked (`sk****yz`)."""
+    """An entry; a secret's value is masked (`sk****yz`). A stored value that cannot be
+    decrypted shows as `value` null with `error` saying why."""
 
     key: str
-    value: str
+    value: str | None
     is_secret: bool
     created_at: str
     updated_at: str
+    error: str | None = None
 
 
 class VaultOut(VaultRef):

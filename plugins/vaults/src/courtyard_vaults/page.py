@@ -12,7 +12,7 @@ from courtyard_sdk import Blueprint, Response
 from courtyard_sdk.identity import require
 from courtyard_sdk.openapi import responds
 
-from .errors import DecryptionFailed, VaultNotFound
+from .errors import VaultNotFound
 from .service import VaultDetail, Vaults, timestamp
 
 _STYLE = """
@@ -52,9 +52,14 @@ def _vault_section(detail: VaultDetail) -> str:
     parts.append("<table><thead><tr><th>Key</th><th>Value</th><th>Secret</th>")
     parts.append("<th>Updated</th></tr></thead><tbody>")
     for entry in detail.entries:
+        value = (
+            f"<code>{escape(entry.value)}</code>"
+            if entry.value is not None
+            else f'<span class="error">{escape(entry.error or "unreadable")}</span>'
+        )
         parts.append(
             f"<tr><td><code>{escape(entry.key)}</code></td>"
-            f"<td><code>{escape(entry.value)}</code></td>"
+            f"<td>{value}</td>"
             f"<td>{'yes' if entry.is_secret else 'no'}</td>"
             f"<td>{escape(timestamp(entry.updated_at))}</td></tr>"
         )
@@ -81,11 +86,6 @@ def blueprint(vaults: Vaults) -> Blueprint:
                 sections.append(_vault_section(await vaults.vault(summary.name)))
             except VaultNotFound:
                 continue  # deleted since the list was read
-            except DecryptionFailed as exc:
-                sections.append(
-                    f"<section><h2>{escape(summary.name)}</h2>"
-                    f'<p class="error">{escape(exc.message)}</p></section>'
-                )
         if not sections:
             sections.append(
                 '<p class="muted">No vaults yet. Create one with <code>POST /api/vaults</code>.</p>'

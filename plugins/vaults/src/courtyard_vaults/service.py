@@ -39,23 +39,27 @@ def timestamp(moment: datetime) -> str:
 
 @dataclass(frozen=True)
 class EntryView:
-    """One entry as the API shows it: `value` masked when `is_secret`."""
+    """One entry as the API shows it: `value` masked when `is_secret`; None, with `error`
+    saying why, when the stored value cannot be decrypted (the vault's other entries are
+    still shown)."""
 
     key: str
-    value: str
+    value: str | None
     is_secret: bool
     created_at: datetime
     updated_at: datetime
+    error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """runqy's entry object, in its key order."""
-        return {
+        """runqy's entry object, in its key order (and `error` for an unreadable one)."""
+        shown = {
             "key": self.key,
             "value": self.value,
             "is_secret": self.is_secret,
             "created_at": timestamp(self.created_at),
             "updated_at": timestamp(self.updated_at),
         }
+        return shown if self.error is None else {**shown, "error": self.error}
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,9 @@ class Vaults:
         :raises VaultsDisabled: without a valid master key.
         :raises InvalidRequest: for a name that cannot be a vault's.
         :raises VaultNotFound: naming every vault that does not exist.
-        :raises DecryptionFailed: when a value was tampered with or its key is unknown.
+        :raises DecryptionFailed: naming every entry that was tampered with or whose key
+            is unknown (the others are not returned either: a worker must not start with
+            part of its secrets).
         """
         if isinstance(vault_names, str):  # a lone name would be read as its characters
             raise TypeError("values() takes a list of vault names, not a string")
@@ -212,9 +218,15 @@ class Vaults:
         for row in rows:
             by_vault.setdefault(row.vault_id, []).append(row)
         merged: dict[str, str] = {}
+        unreadable: list[str] = []
         for name in names:
             for row in by_vault.get(ids[name], []):
-                merged[row.key] = _open(keyring, name, row)
+                try:
+                    merged[row.key] = _open(keyring, name, row)
+                except DecryptionFailed as exc:
+                    unreadable.append(exc.message)
+        if unreadable:
+            raise DecryptionFailed("; ".join(unreadable))
         return merged
 
     # Writing ------------------------------------------------------------------------------
@@ -319,13 +331,20 @@ class Vaults:
         return list((await conn.execute(query)).all())
 
     def _view(self, keyring: Keyring, vault: str, row: Row[Any]) -> EntryView:
-        plain = _open(keyring, vault, row)
+        shown: str | None
+        error = None
+        try:
+            plain = _open(keyring, vault, row)
+            shown = validation.mask(plain) if row.is_secret else plain
+        except DecryptionFailed as exc:
+            shown, error = None, f"{exc.message}; set the entry again to replace it"
         return EntryView(
             key=row.key,
-            value=validation.mask(plain) if row.is_secret else plain,
+            value=shown,
             is_secret=row.is_secret,
             created_at=row.created_at,
             updated_at=row.updated_at,
+            error=error,
         )
 
 
