@@ -126,6 +126,9 @@ async def test_a_redis_that_lost_its_data_is_noticed_and_the_files_written_again
         assert "persists nothing (appendonly no, no save points)" in caplog.text
         lost = await enqueue(rt.client, "simple")
         redis.stop()
+        down = await rt.client.post("/queue/add", json={"queue": "simple", "data": {}})
+        assert down.status_code == 503, down.text  # not a 500
+        assert down.json()["error"]["code"] == "REDIS_UNAVAILABLE"
         redis.start()  # empty: nothing was saved
 
         deadline = time.monotonic() + 10
