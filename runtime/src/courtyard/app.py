@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from courtyard_sdk.events import RETIRING
 from courtyard_sdk.identity import G_ATTRIBUTE, PERMISSIONS_ATTRIBUTE, check
 from courtyard_sdk.origin import allows_without_origin
+from courtyard_sdk.request_ids import REQUEST_ID
 from pydantic import BaseModel
 from quart import Quart, Request, Response, g, request, websocket
 from quart.json.provider import DefaultJSONProvider
@@ -36,7 +37,6 @@ from .core import (
 )
 from .core.meta import CourtyardOpenAPIProvider
 from .limits import UPLOAD_PATHS
-from .logs import request_id
 from .request_audit import watch_requests
 from .routes import mount_plugins
 
@@ -169,7 +169,7 @@ def _install_request_path(app: Quart, generation: Generation) -> None:
 
     async def before() -> Any:
         # Set in the request's own task: its after-request function sees it too.
-        request_id.set(security.request_id_for(request.headers.get("X-Request-Id")))
+        REQUEST_ID.set(security.request_id_for(request.headers.get("X-Request-Id")))
         # A bad credential is refused here (401), before anything else looks at it.
         identity = await auth.identify(request.headers, credentials)
         setattr(g, G_ATTRIBUTE, identity)
@@ -191,7 +191,7 @@ def _install_request_path(app: Quart, generation: Generation) -> None:
             response = await on_response.fold(
                 "response", app.make_response, request=request, response=response
             )
-        response.headers["X-Request-Id"] = request_id.get()
+        response.headers["X-Request-Id"] = REQUEST_ID.get()
         if audit is not None and request.method in security.STATE_CHANGING:
             await audit.after(response.status_code)  # queued: no database write here
         return response

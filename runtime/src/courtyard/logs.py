@@ -6,9 +6,8 @@ import json
 import logging
 import sys
 import time
-from contextvars import ContextVar
 
-request_id: ContextVar[str] = ContextVar("courtyard_request_id", default="-")
+from courtyard_sdk.request_ids import REQUEST_ID
 
 
 class RequestIdFilter(logging.Filter):
@@ -16,7 +15,7 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Add `record.request_id`; never drops a record."""
-        record.request_id = request_id.get()
+        record.request_id = REQUEST_ID.get()
         return True
 
 

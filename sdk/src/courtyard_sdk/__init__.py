@@ -36,6 +36,7 @@ from .events import sse_response, stream_to_websocket
 from .manifest import Manifest, Menu, SettingSpec, parse_manifest, read_manifest
 from .names import is_valid_name
 from .origin import allow_without_origin
+from .request_ids import current_request_id
 from .services import Event
 from .status import PluginStatus
 
@@ -65,6 +66,7 @@ __all__ = [
     "StartupError",
     "__version__",
     "allow_without_origin",
+    "current_request_id",
     "hookimpl",
     "hookspecs",
     "is_valid_name",

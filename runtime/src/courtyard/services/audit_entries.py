@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from courtyard_sdk.db import model_base
 from courtyard_sdk.identity import current_identity
+from courtyard_sdk.request_ids import REQUEST_ID
 from quart import has_request_context, has_websocket_context, request, websocket
 from sqlalchemy import (
     JSON,
@@ -29,7 +30,6 @@ from sqlalchemy import (
 )
 from sqlmodel import Field
 
-from ..logs import request_id
 from ..redaction import redact
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ def caller_fields() -> dict[str, Any]:
     else:
         return {"identity": None, "identity_kind": None, "tenant": None, "request_id": None}
     identity = current_identity()
-    rid = request_id.get()
+    rid = REQUEST_ID.get()
     return {
         "identity": clean_text(identity.subject, 255),
         "identity_kind": identity.kind,
