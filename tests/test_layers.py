@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "courtyard.asgi",
             "courtyard.errors",
             "courtyard.outages",
+            "courtyard.mistakes",
             "courtyard.security",
             "courtyard.redaction",
             "courtyard.limits",

@@ -19,12 +19,14 @@ from collections.abc import Mapping
 from types import TracebackType
 
 from courtyard_sdk import ApiError
-from quart import Quart, Response, jsonify
+from quart import Quart, Response, has_request_context, jsonify, request
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
+from .mistakes import MistakeLog, explain
 from .outages import OutageLog, classify
 from .redaction import redact
+from .routes import owner_of
 
 log = logging.getLogger("courtyard.errors")
 
@@ -89,6 +91,7 @@ def bad_request_data(exc: BaseException) -> ApiError | None:
 def install(app: Quart) -> None:
     """Register the handlers that turn every exception into the error envelope."""
     outages = OutageLog()
+    mistakes = MistakeLog()
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
@@ -117,5 +120,9 @@ def install(app: Quart) -> None:
             outages.note(outage, exc)
             error = outage.error()
             return error_response(error.status, error.code, error.message, error.headers)
+        rule = request.url_rule if has_request_context() else None
+        if rule is not None and (fix := explain(exc, owner_of(app, rule))) is not None:
+            mistakes.note(fix)  # a plugin's data mistake (mistakes.py): say what to fix
+            return error_response(500, "PLUGIN_ERROR", fix)
         log.exception("unhandled error")
         return error_response(500, "INTERNAL_ERROR", "internal server error")

@@ -24,7 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from ..database_urls import async_url
 from . import revisions
 from .revisions import MigrationError, MigrationStatus, version_table
-from .tenancy import scope_to_tenant
+from .tenancy import require_tenant_ids, scope_to_tenant
 
 _CONNECT_TIMEOUT = 10.0  # seconds; asyncpg's own default (60 s) stalls a start too long
 
@@ -104,6 +104,8 @@ class Database:
         async with AsyncSession(self.engine, expire_on_commit=False) as session:
             if tenant is not None:
                 scope_to_tenant(session.sync_session, tenant)
+            else:
+                require_tenant_ids(session.sync_session)
             yield session
 
     async def upgrade(self, owner: str, folder: Path) -> list[str]:

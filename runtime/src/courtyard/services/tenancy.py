@@ -5,6 +5,10 @@ Reads, ORM UPDATE and DELETE statements and relationship loads get
 `WHERE tenant_id = :tenant` (SQLAlchemy's `with_loader_criteria`); rows added get the
 tenant, and a flush or statement that would write another tenant's row raises
 `TenantViolation`. Raw SQL (`text()`, statements on `Table` objects) is not scoped.
+
+A session opened without a tenant may write tenant-scoped rows only with their
+`tenant_id` set (`require_tenant_ids`): a row without one is refused with what to do,
+before the database refuses it with a NOT NULL error that names neither.
 """
 
 from __future__ import annotations
@@ -61,6 +65,23 @@ def scope_to_tenant(session: Session, tenant: str) -> None:
                 history = state.attrs.tenant_id.history
                 for value in (*history.deleted, *history.unchanged, *history.added):
                     _own(value, tenant)
+
+
+def require_tenant_ids(session: Session) -> None:
+    """Refuse, in a session without a tenant, new tenant-scoped rows without `tenant_id`."""
+
+    @event.listens_for(session, "before_flush")
+    def _check_rows(session: Session, _context: Any, _instances: Any) -> None:
+        for row in session.new:
+            if isinstance(row, TenantScoped) and row.tenant_id is None:
+                model = type(row).__name__
+                table = getattr(type(row), "__tablename__", model)
+                raise TenantViolation(
+                    f"{model} (table {table}) is tenant-scoped, and this row has no "
+                    "tenant_id: open the session with ctx.db.session(tenant="
+                    "require_tenant()) to stamp it with the caller's tenant, or set "
+                    "tenant_id yourself"
+                )
 
 
 def _tenant_column(model: Any) -> Any:
