@@ -136,3 +136,9 @@ def test_upload_limits_come_from_settings():
         3,
     )
     assert (bounds.max_ratio, bounds.max_path_length, bounds.max_depth) == (4.5, 50, 6)
+
+
+def test_serve_says_which_config_file_it_read(courtyard_server):
+    server = courtyard_server(entry_points=False)
+    assert server.config_path is not None
+    assert f"configuration: {server.config_path.absolute()}" in server.log

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import click
 from courtyard_sdk import CourtyardError
 
+from ..settings import CONFIG_FILE, config_file
 from .options import read_settings, settings_options
 
 
@@ -31,6 +35,15 @@ def serve(config: str | None, **flags: Any) -> None:
 
     settings = read_settings(config, **flags)
     configure_logging(settings.log_level, settings.log_format)
+    # Which file was read, said up front: a courtyard.toml beside a plugin project that
+    # the server does not read is a common trap.
+    path = config_file(config, os.environ)
+    logging.getLogger("courtyard.settings").info(
+        "configuration: %s",
+        path.absolute()
+        if path
+        else f"no {CONFIG_FILE} in {Path.cwd()} (defaults, COURTYARD_* variables and flags)",
+    )
     try:
         asyncio.run(run(settings))
     except CourtyardError as exc:
