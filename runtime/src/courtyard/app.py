@@ -13,12 +13,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from courtyard_sdk import ApiError
 from courtyard_sdk.events import RETIRING
 from courtyard_sdk.identity import G_ATTRIBUTE, PERMISSIONS_ATTRIBUTE, check
 from courtyard_sdk.origin import allows_without_origin
 from courtyard_sdk.request_ids import REQUEST_ID
+from courtyard_sdk.status import PluginStatus
 from pydantic import BaseModel
-from quart import Quart, Request, Response, g, request, websocket
+from quart import Blueprint, Quart, Request, Response, g, request, websocket
 from quart.json.provider import DefaultJSONProvider
 from quart_schema import QuartSchema
 
@@ -46,8 +48,14 @@ if TYPE_CHECKING:
     from .generation import Generation
 
 
-def create_app(runtime: Runtime, generation: Generation) -> Quart:
-    """Assemble the Quart app serving `generation`'s loaded plugins."""
+def create_app(
+    runtime: Runtime, generation: Generation, *, explain_failures: bool = False
+) -> Quart:
+    """Assemble the Quart app serving `generation`'s loaded plugins.
+
+    :param explain_failures: answer requests under a failed plugin's base with why it
+        failed (`courtyard dev`), rather than 404.
+    """
     app = Quart("courtyard", static_folder=None)  # no /static route to shadow an app
     app.request_class = cast(
         "type[_Request]",
@@ -89,8 +97,31 @@ def create_app(runtime: Runtime, generation: Generation) -> Quart:
     app.extensions[RETIRING] = asyncio.Event()
 
     mount_plugins(app, generation.plugin_routes())
+    if explain_failures:
+        _mount_failures(app, generation)
     _install_request_path(app, generation)
     return app
+
+
+def _mount_failures(app: Quart, generation: Generation) -> None:
+    """At each failed plugin's base (not taken by a loaded one), `503 PLUGIN_FAILED`
+    with its error: in development, the answer to the next request says what broke."""
+    taken = {base for _, base, _ in generation.plugin_routes()}
+    for rec in generation.records:
+        manifest = rec.candidate.manifest
+        if rec.status != PluginStatus.FAILED or manifest is None or manifest.base in taken:
+            continue
+        taken.add(manifest.base)
+        failure = ApiError(503, "PLUGIN_FAILED", f"plugin {rec.name} failed to load: {rec.error}")
+
+        async def failed(path: str = "", failure: ApiError = failure) -> Response:
+            raise failure
+
+        bp = Blueprint(f"failed_{len(taken)}", __name__)
+        methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+        bp.add_url_rule("/", "failed", failed, methods=methods)
+        bp.add_url_rule("/<path:path>", "failed_path", failed, methods=methods)
+        app.register_blueprint(bp, url_prefix=(manifest.base or "/").rstrip("/"))
 
 
 class _Request(Request):

@@ -9,6 +9,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from courtyard_sdk import Manifest, ManifestError, read_manifest
+from courtyard_sdk.manifest import MANIFEST_FILE
 
 from .settings import Settings
 
@@ -51,9 +52,12 @@ class Candidate:
 
 
 def _plugin_folders(plugin_dir: Path) -> list[Path]:
-    """`name/` and `@scope/name/` folders of one plugin directory; dot entries skipped."""
+    """`name/` and `@scope/name/` folders of one plugin directory; dot entries skipped.
+    A directory that holds a `plugin.toml` itself is that one plugin (`courtyard dev`)."""
     if not plugin_dir.is_dir():
         return []
+    if (plugin_dir / MANIFEST_FILE).is_file():
+        return [plugin_dir]
     found: list[Path] = []
     for entry in sorted(plugin_dir.iterdir()):
         if entry.name.startswith(".") or not entry.is_dir():

@@ -50,8 +50,11 @@ class Dispatcher:
         "stopping" once shutdown begins; "failed" if the first generation cannot be built.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, explain_failures: bool = False) -> None:
+        """:param explain_failures: a failed plugin's routes answer why it failed
+        (`courtyard dev`)."""
         self.settings = settings
+        self.explain_failures = explain_failures
         self.current: Generation | None = None
         self.state = "starting"
         self.startup_error: BaseException | None = None
@@ -254,7 +257,7 @@ class Dispatcher:
         :raises BuildError: the generation's plugins are shut down first.
         """
         try:
-            generation.app = create_app(self, generation)
+            generation.app = create_app(self, generation, explain_failures=self.explain_failures)
             await generation.app.startup()
         except Exception as exc:
             await generation.shutdown()

@@ -1,4 +1,4 @@
-"""Serving the Host on Hypercorn, with graceful shutdown on SIGTERM and SIGINT."""
+"""Serving the dispatcher on Hypercorn, with graceful shutdown on SIGTERM and SIGINT."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .redaction import install_log_redaction
 from .services.credentials import check_secrets
 from .services.exposure import check_before_bind
 from .settings import Settings
+from .watch import reload_on_change, watched_roots
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework
@@ -59,9 +60,12 @@ def keep_environment_private() -> bool:
         return False
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, dev: bool = False) -> None:
     """Serve until SIGTERM/SIGINT: stop accepting, finish in-flight requests, run
     shutdown hooks.
+
+    :param dev: `courtyard dev`: reload when the plugins' files change, and answer a failed
+        plugin's routes with its error (watch.py).
 
     :raises StartupError: when the first generation cannot be built, or when the server
         would listen beyond loopback without authentication (nor `insecure`).
@@ -71,7 +75,7 @@ async def serve(settings: Settings) -> None:
     install_log_redaction()  # no secret sent in a URL reaches the log
     check_secrets(settings)  # plugin secrets too short to resist guessing refuse the start
     await check_before_bind(settings)  # never listen beyond loopback while open
-    dispatcher = Dispatcher(settings)
+    dispatcher = Dispatcher(settings, explain_failures=dev)
     stop = asyncio.Event()
 
     def request_stop() -> None:
@@ -89,6 +93,20 @@ async def serve(settings: Settings) -> None:
     )
     # An ASGI 3 app: its `dict[str, Any]` scopes and messages take Hypercorn's TypedDicts.
     framework = cast("ASGIFramework", app)
-    await hypercorn_serve(framework, hypercorn_config(settings), shutdown_trigger=stop.wait)
+    watcher = asyncio.create_task(_watch(dispatcher, stop)) if dev else None
+    try:
+        await hypercorn_serve(framework, hypercorn_config(settings), shutdown_trigger=stop.wait)
+    finally:
+        if watcher is not None:
+            stop.set()
+            await asyncio.gather(watcher, return_exceptions=True)
     if dispatcher.startup_error is not None:
         raise StartupError(str(dispatcher.startup_error))
+
+
+async def _watch(dispatcher: Dispatcher, stop: asyncio.Event) -> None:
+    """Once the first generation serves, reload on every change of its plugins' files."""
+    while dispatcher.current is None and not stop.is_set():  # the server starts it
+        await asyncio.sleep(0.05)
+    if not stop.is_set():
+        await reload_on_change(dispatcher, watched_roots(dispatcher), stop)

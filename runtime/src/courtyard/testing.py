@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -286,12 +286,16 @@ def _wait_ready(server: Server, timeout: float) -> None:
 def courtyard_server(tmp_path: Path, plugin_dir: Path) -> Iterator[Callable[..., Server]]:
     """Start `courtyard serve` on a free 127.0.0.1 port: `server = courtyard_server()`.
 
-    Keyword arguments are settings, written to a `courtyard.toml` the server reads.
+    Keyword arguments are settings, written to a `courtyard.toml` the server reads;
+    `command` runs another serving command instead (`("dev", str(plugin_folder))`).
     """
     servers: list[Server] = []
 
     def start(
-        ready_timeout: float = 30, env: dict[str, str] | None = None, **overrides: Any
+        ready_timeout: float = 30,
+        env: dict[str, str] | None = None,
+        command: Sequence[str] = ("serve",),
+        **overrides: Any,
     ) -> Server:
         port = free_port()
         config = tmp_path / f"courtyard-{port}.toml"
@@ -303,7 +307,7 @@ def courtyard_server(tmp_path: Path, plugin_dir: Path) -> Iterator[Callable[...,
                     sys.executable,
                     "-m",
                     "courtyard",
-                    "serve",
+                    *command,
                     "--config",
                     str(config),
                     "--host",

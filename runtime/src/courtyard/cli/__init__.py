@@ -1,6 +1,6 @@
 """The `courtyard` command line: `main`, which gathers a module's group per command.
 
-- serve.py: `courtyard serve`;
+- serve.py: `courtyard serve` and `courtyard dev`;
 - plugins.py, apps.py: `courtyard plugins ...` and `courtyard apps ...` (local listing,
   and the commands for a running server, which talk to it through client.py);
 - keys.py, db.py, audit.py, new.py: `courtyard keys|db|audit|new ...`;
@@ -36,6 +36,7 @@ def add_remote_commands(plugins_group: click.Group, main_group: click.Group) -> 
 
 
 main.add_command(serve.serve)
+main.add_command(serve.dev)
 main.add_command(plugins.plugins)
 add_remote_commands(plugins.plugins, main)
 for group in (new.new, keys.keys, audit.audit, db.db):

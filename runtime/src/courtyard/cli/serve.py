@@ -1,12 +1,14 @@
-"""`courtyard serve`: the runtime, served by Hypercorn."""
+"""`courtyard serve`: the runtime, served by Hypercorn; `courtyard dev`: the same, with a
+plugin being written, reloaded on every save (watch.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from courtyard_sdk import CourtyardError
@@ -14,21 +16,55 @@ from courtyard_sdk import CourtyardError
 from ..settings import CONFIG_FILE, config_file
 from .options import read_settings, settings_options
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def server_options(func: F) -> F:
+    """The options of the commands that serve: the settings', bind, logs, --insecure."""
+    options = [
+        settings_options,
+        click.option("--host", help="Address to bind [default: 127.0.0.1]."),
+        click.option("--port", type=int, help="Port to bind [default: 8000]."),
+        click.option(
+            "--log-level", type=click.Choice(["debug", "info", "warning", "error", "critical"])
+        ),
+        click.option("--log-format", type=click.Choice(["text", "json"])),
+        click.option(
+            "--insecure",
+            is_flag=True,
+            default=None,
+            help="Serve beyond loopback even without API keys or JWT (anyone may then do "
+            "anything).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
 
 @click.command()
-@settings_options
-@click.option("--host", help="Address to bind [default: 127.0.0.1].")
-@click.option("--port", type=int, help="Port to bind [default: 8000].")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error", "critical"]))
-@click.option("--log-format", type=click.Choice(["text", "json"]))
-@click.option(
-    "--insecure",
-    is_flag=True,
-    default=None,
-    help="Serve beyond loopback even without API keys or JWT (anyone may then do anything).",
-)
+@server_options
 def serve(config: str | None, **flags: Any) -> None:
     """Serve the runtime with every plugin found."""
+    _run(config, flags, dev=False)
+
+
+@click.command()
+@click.argument(
+    "plugin_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default="."
+)
+@server_options
+def dev(plugin_dir: Path, config: str | None, **flags: Any) -> None:
+    """Serve the plugin in PLUGIN_DIR (the current directory by default) with the runtime,
+    and reload when its files change: a save is served within a second, no request is
+    dropped, and a broken save's error is shown in the log and as the answer of the
+    plugin's routes until the next good one. Installed plugins under development
+    (editable installs) reload too."""
+    flags["plugin_dirs"] = (plugin_dir.absolute(), *flags.get("plugin_dirs", ()))
+    _run(config, flags, dev=True)
+
+
+def _run(config: str | None, flags: dict[str, Any], *, dev: bool) -> None:
     # Imported here: the server pulls in Quart and Hypercorn, which no other command needs.
     from ..logs import configure_logging
     from ..server import serve as run
@@ -45,6 +81,6 @@ def serve(config: str | None, **flags: Any) -> None:
         else f"no {CONFIG_FILE} in {Path.cwd()} (defaults, COURTYARD_* variables and flags)",
     )
     try:
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, dev=dev))
     except CourtyardError as exc:
         raise click.ClickException(str(exc)) from None
