@@ -613,6 +613,56 @@ def test_db_revision_writes_chained_revisions(plugin_dir):
     assert asyncio.run(upgrade()) == [first_ns["revision"], second_ns["revision"]]
 
 
+NOTE_MODEL = """
+from courtyard_sdk import Blueprint, hookimpl
+from courtyard_sdk.db import TenantScoped, model_base
+from courtyard_sdk.identity import require_tenant
+from sqlmodel import Field, select
+
+Model = model_base()
+
+
+class Note(TenantScoped, Model, table=True):
+    __tablename__ = "notes_note"
+    id: int | None = Field(default=None, primary_key=True)
+    text: str
+{more}
+
+@hookimpl
+def courtyard_routes(ctx):
+    bp = Blueprint("notes", __name__)
+
+    @bp.get("/")
+    async def index():
+        async with ctx.db.session(tenant="acme") as session:
+            return {{"notes": len((await session.exec(select(Note))).all())}}
+
+    return bp
+"""
+
+
+async def test_db_revision_autogenerate_drafts_from_the_models(courtyard, plugin_dir):
+    root = write_plugin(
+        plugin_dir, "notes", 'migrations = "migrations"\n', NOTE_MODEL.format(more="")
+    )
+    made = run_cli("db", "revision", str(root), "-m", "create notes", "--autogenerate")
+    assert made.exit_code == 0, made.output
+    (first,) = (root / "migrations").glob("*.py")
+    assert "op.create_table('notes_note'" in first.read_text()
+    # The model grows a column: the next draft adds just that.
+    (root / "plugin.py").write_text(NOTE_MODEL.format(more="    priority: int = 0\n"))
+    grown = run_cli("db", "revision", str(root), "-m", "add priority", "--autogenerate")
+    assert grown.exit_code == 0, grown.output
+    (second,) = [p for p in (root / "migrations").glob("*.py") if p != first]
+    assert "op.add_column('notes_note', sa.Column('priority'" in second.read_text()
+    assert "create_table" not in second.read_text()
+    same = run_cli("db", "revision", str(root), "-m", "nothing", "--autogenerate")
+    assert same.exit_code == 1 and "already match the models" in same.output
+    # The drafts run as they are: the plugin serves from its tables.
+    rt = await courtyard(entry_points=False)
+    assert (await rt.client.get("/notes/")).json() == {"notes": 0}
+
+
 def test_db_revision_refusals(plugin_dir):
     root = write_plugin(plugin_dir, "plain")
     result = run_cli("db", "revision", str(root), "-m", "x")

@@ -33,9 +33,9 @@ def explain(exc: BaseException, plugin: str) -> str | None:
             return (
                 f"plugin {plugin}: table {table} does not exist: no migration of the plugin "
                 "creates it. Name a migrations folder in plugin.toml (migrations = "
-                '"migrations"), start a revision with courtyard db revision PLUGIN_DIR '
-                "-m 'create tables' and create the table in it (see the database page of "
-                "the documentation, Migrations)"
+                '"migrations") and draft a revision from the models with courtyard db '
+                "revision PLUGIN_DIR -m 'create tables' --autogenerate (see the database "
+                "page of the documentation, Migrations)"
             )
     return None
 

@@ -22,6 +22,7 @@ from courtyard_sdk import CourtyardError, read_manifest
 from ..generation import FAILED, Generation
 from ..services.database import Database, MigrationError
 from ..settings import Settings
+from .autogenerate import draft
 from .options import json_option, read_settings, settings_options
 from .output import Column, print_json, print_rows
 from .plugin_commands import prepare
@@ -94,11 +95,17 @@ def _state(row: dict[str, Any]) -> str:
     "plugin_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default="."
 )
 @click.option("-m", "--message", required=True, help="What the revision does.")
-def revision(plugin_dir: Path, message: str) -> None:
-    """Write a new, empty revision into PLUGIN_DIR's migrations folder (the folder that
-    `migrations` in its plugin.toml names), chained to the current head."""
+@click.option(
+    "--autogenerate",
+    is_flag=True,
+    help="Draft the operations from the plugin's models (compared with its revisions).",
+)
+def revision(plugin_dir: Path, message: str, autogenerate: bool) -> None:
+    """Write a new revision into PLUGIN_DIR's migrations folder (the folder that
+    `migrations` in its plugin.toml names), chained to the current head: empty, or with
+    --autogenerate, drafted from the plugin's table models."""
     try:
-        path = write_revision(plugin_dir, message)
+        path = write_revision(plugin_dir, message, autogenerate=autogenerate)
     except CourtyardError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {path}")
@@ -205,7 +212,7 @@ Create Date: {date}
 """
 
 import sqlalchemy as sa
-from alembic import op
+{imports}from alembic import op
 
 revision: str = "{revision}"
 down_revision: str | None = {down_revision}
@@ -214,17 +221,19 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
-    """Apply this revision (op.create_table, op.add_column, ...)."""
+{upgrade}
 
 
 def downgrade() -> None:
-    """Undo `upgrade`."""
+{downgrade}
 '''
+_EMPTY_UP = '    """Apply this revision (op.create_table, op.add_column, ...)."""'
+_EMPTY_DOWN = '    """Undo `upgrade`."""'
 
 
-def write_revision(plugin_dir: Path, message: str) -> Path:
-    """Write a new empty revision, chained to the current head, into the migrations
-    folder of the plugin in `plugin_dir`.
+def write_revision(plugin_dir: Path, message: str, *, autogenerate: bool = False) -> Path:
+    """Write a new revision, chained to the current head, into the migrations folder of
+    the plugin in `plugin_dir`: empty, or drafted from the plugin's models (autogenerate.py).
 
     :return: the new file.
     :raises MigrationError: when the plugin declares no `migrations`, the message is
@@ -251,10 +260,16 @@ def write_revision(plugin_dir: Path, message: str) -> Path:
             f"{manifest.name}: the revisions in {folder} have several heads "
             f"({', '.join(sorted(heads))}): chain them into one before adding another"
         )
+    up, down = _EMPTY_UP, _EMPTY_DOWN
+    if autogenerate:
+        up, down = draft(plugin_dir, manifest, folder)
     revision_id = rev_id()
     name = re.sub(r"[^a-z0-9]+", "_", message.lower()).strip("_")[:40] or "revision"
     path = folder / f"{revision_id}_{name}.py"
     text = _TEMPLATE.format(
+        imports="import sqlmodel\n" if "sqlmodel." in up + down else "",
+        upgrade=up,
+        downgrade=down,
         message=message.replace("\\", "\\\\").replace('"""', '\\"\\"\\"'),
         revision=revision_id,
         revises=heads[0] if heads else "(none: the first revision)",
