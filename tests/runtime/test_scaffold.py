@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner, Result
 from courtyard.apps.registry import read_app_manifest
 from courtyard.cli import new as scaffold
-from courtyard.cli.new import APP_FILES, PLUGIN_FILES, TEMPLATES, new
+from courtyard.cli.new import APP_FILES, DB_FILES, PLUGIN_FILES, TEMPLATES, new
 from courtyard_sdk import read_manifest
 
 
@@ -78,6 +78,23 @@ def test_the_plugin_project_passes_its_own_tests(tmp_path: Path) -> None:
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "10 passed" in done.stdout  # 5 tests, as an entry point and as a directory
+
+
+def test_the_plugin_project_with_a_table_passes_its_own_tests(tmp_path: Path) -> None:
+    """--with-db: a model, its first migration drafted from it, routes and tests."""
+    project = tmp_path / "notes"
+    answer = invoke("plugin", "notes", "--with-db", "--dir", str(project))
+    assert answer.exit_code == 0, answer.output
+    package = project / "src" / "courtyard_notes"
+    (migration,) = (package / "migrations").glob("*_create_the_notes_tables.py")
+    assert "op.create_table('notes_note'" in migration.read_text()
+    assert read_manifest(package).migrations == "migrations"
+    install_like_editable(project, tmp_path / "site")
+
+    done = run_pytest(project, [tmp_path / "site", project / "src"])
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "12 passed" in done.stdout  # the 10 of a plain plugin, and the notes' 2
 
 
 def test_the_plugin_project_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -259,7 +276,8 @@ def test_names_the_runtime_would_refuse_are_refused(tmp_path: Path) -> None:
 
 
 def test_every_template_is_used_and_inside_the_package() -> None:
-    used = {*PLUGIN_FILES.values(), *(t for files in APP_FILES.values() for t in files.values())}
+    apps = (t for files in APP_FILES.values() for t in files.values())
+    used = {*PLUGIN_FILES.values(), *DB_FILES.values(), *apps}
     found = {p.relative_to(TEMPLATES).as_posix() for p in TEMPLATES.rglob("*.tmpl")}
 
     assert used == found

@@ -70,7 +70,9 @@ def _models(plugin_dir: Path, manifest: Manifest) -> MetaData:
         if not name.startswith(prefix):
             continue
         for value in vars(module).values():
-            metadata = getattr(value, "metadata", None) if hasattr(value, "__table__") else None
+            if not isinstance(value, type) or not hasattr(value, "__table__"):
+                continue  # (not hasattr on anything: a proxy such as `request` raises)
+            metadata = getattr(value, "metadata", None)
             if isinstance(metadata, MetaData) and all(metadata is not m for m in found):
                 found.append(metadata)
     for name in [n for n in sys.modules if n.startswith(prefix)]:

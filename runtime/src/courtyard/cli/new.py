@@ -17,10 +17,11 @@ from string import Template
 from urllib.parse import unquote, urlparse
 
 import click
-from courtyard_sdk import ManifestError, is_valid_name, parse_manifest
+from courtyard_sdk import CourtyardError, ManifestError, is_valid_name, parse_manifest
 from courtyard_sdk.names import slug
 
 from ..apps.registry import RESERVED_APP_NAMES, AppConfig
+from .db import write_revision
 from .pack import archive_stem
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -35,6 +36,27 @@ PLUGIN_FILES = {
     "src/$package/plugin.toml": "plugin/plugin.toml.tmpl",
     "src/$package/plugin.py": "plugin/plugin.py.tmpl",
     "tests/test_plugin.py": "plugin/test_plugin.py.tmpl",
+}
+# With --with-db: a model, its routes and tests; the first migration is drafted from it.
+DB_FILES = {
+    "src/$package/models.py": "plugin-db/models.py.tmpl",
+    "src/$package/notes.py": "plugin-db/notes.py.tmpl",
+    "tests/test_notes.py": "plugin-db/test_notes.py.tmpl",
+}
+# The placeholders of the plain plugin's templates that --with-db fills otherwise.
+NO_DB = {
+    "db_imports": "",
+    "routes_type": "Blueprint",
+    "routes_doc": "",
+    "routes_value": "bp",
+    "migrations_line": "",
+}
+WITH_DB = {
+    "db_imports": "\nfrom . import notes\n",
+    "routes_type": "list[Blueprint]",
+    "routes_doc": "\n    The notes routes (notes.py) live under `$base/notes`.",
+    "routes_value": "[bp, notes.blueprint(ctx)]",
+    "migrations_line": 'migrations = "migrations"  # Alembic revisions: the plugin\'s tables\n',
 }
 APP_FILES = {
     "static": {
@@ -191,20 +213,31 @@ def _write(target: Path, rendered: dict[str, str]) -> list[Path]:
     return written
 
 
-def create_plugin(name: str, target: Path) -> list[Path]:
-    """Create the project of plugin `name` in `target` and return the files written.
+def create_plugin(name: str, target: Path, *, with_db: bool = False) -> list[Path]:
+    """Create the project of plugin `name` in `target` and return the files written; with
+    `with_db`, a plugin that stores notes in the runtime's database, its first migration
+    drafted from its model.
 
     :raises ScaffoldError: for an invalid name, or a `target` that exists and is not empty.
     """
     names = plugin_names(name)
-    rendered = _render(PLUGIN_FILES, {**asdict(names), "uv_sources": local_sources()})
+    values = {**asdict(names), "uv_sources": local_sources()}
+    variant = {
+        k: Template(v).substitute(values) for k, v in (WITH_DB if with_db else NO_DB).items()
+    }
+    files = {**PLUGIN_FILES, **(DB_FILES if with_db else {})}
+    rendered = _render(files, {**values, **variant})
     manifest_path = f"src/{names.package}/plugin.toml"
     try:  # the manifest the runtime will read must pass its checks (a base such as /api)
         parse_manifest(rendered[manifest_path], source=manifest_path)
     except ManifestError as exc:
         raise ScaffoldError(f"plugin name {name!r} makes an invalid manifest: {exc}") from None
     tomllib.loads(rendered["pyproject.toml"])  # a template bug fails here, not in uv
-    return _write(target, rendered)
+    written = _write(target, rendered)
+    if with_db:
+        package = target / "src" / names.package
+        written.append(write_revision(package, f"create the {name} tables", autogenerate=True))
+    return written
 
 
 def create_app(name: str, kind: str, target: Path) -> list[Path]:
@@ -260,12 +293,17 @@ def new() -> None:
 @new.command("plugin")
 @click.argument("name", callback=_name_argument)
 @_DIR_OPTION
-def new_plugin(name: str, directory: Path | None) -> None:
+@click.option(
+    "--with-db",
+    is_flag=True,
+    help="Add a table (a model, its first migration, routes that store notes, tests).",
+)
+def new_plugin(name: str, directory: Path | None, with_db: bool) -> None:
     """Create plugin NAME ([@scope/]name): a distribution that is also a directory plugin."""
     target = directory or Path(short_name(name))
     try:
-        written = create_plugin(name, target)
-    except ScaffoldError as exc:
+        written = create_plugin(name, target, with_db=with_db)
+    except (ScaffoldError, CourtyardError) as exc:
         raise click.ClickException(str(exc)) from None
     names = plugin_names(name)
     _report(
