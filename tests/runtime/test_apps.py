@@ -5,8 +5,9 @@ import re
 from pathlib import Path
 
 import pytest
+from archive_kit import zip_bytes
 from courtyard.apps.registry import AppConfig, AppVersion
-from courtyard.apps.static import _locate
+from courtyard.apps.static import StaticFiles, _locate
 from courtyard.testing import write_plugin
 
 
@@ -175,6 +176,50 @@ def test_paths_never_leave_the_version_folder(tmp_path):
         "/../v/../secret.txt",
     ):
         assert _locate(version, path) is None, path
+
+
+async def test_static_files_are_looked_up_once_and_small_ones_kept_in_memory(tmp_path):
+    root = tmp_path / "v"
+    root.mkdir()
+    (root / "index.html").write_text("small")
+    (root / "big.bin").write_bytes(b"x" * (StaticFiles.MAX_FILE_BYTES + 1))
+    files = StaticFiles()
+    version = AppVersion("v", "1.0.0", root, AppConfig(), files=files)
+    small = await files.get(version, "/index.html")
+    big = await files.get(version, "/big.bin")
+    assert small is not None and small.body == b"small"
+    assert big is not None and big.body is None and big.size == StaticFiles.MAX_FILE_BYTES + 1
+    (root / "index.html").unlink()  # an installed version does not change: not looked at
+    assert await files.get(version, "/index.html") is small
+    assert await files.get(version, "/missing") is None  # misses are kept too
+
+
+async def test_static_file_memory_and_paths_are_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(StaticFiles, "MAX_PATHS", 3)
+    monkeypatch.setattr(StaticFiles, "MAX_BYTES", 10)
+    root = tmp_path / "v"
+    root.mkdir()
+    for name in "abcde":
+        (root / name).write_text("1234")
+    files = StaticFiles()
+    version = AppVersion("v", "1.0.0", root, AppConfig(), files=files)
+    found = [await files.get(version, f"/{name}") for name in "abcde"]
+    # c and d find no room left; once a is dropped (three paths at most), e finds some.
+    assert [f.body for f in found if f is not None] == [b"1234", b"1234", None, None, b"1234"]
+    assert len(files._paths) == 3 and files._bytes <= 10
+
+
+async def test_an_overwritten_static_version_serves_its_new_files(courtyard, app_dir):
+    add_app(app_dir, "site", "1.0.0", {"index.html": "first"})
+    rt = await courtyard(entry_points=False)
+    assert (await rt.client.get("/site/")).text == "first"
+    manifest = b'{"name": "site", "version": "1.0.0"}'
+    archive = zip_bytes([("package.json", manifest), ("index.html", b"second")])
+    answer = await rt.client.post(
+        "/api/apps/upload", params={"overwrite": "true"}, files={"file": ("site.zip", archive)}
+    )
+    assert answer.status_code == 200, answer.text
+    assert (await rt.client.get("/site/")).text == "second"
 
 
 async def test_routes_win_over_apps_of_the_same_name(courtyard, app_dir, plugin_dir):

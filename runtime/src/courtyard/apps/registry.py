@@ -16,6 +16,7 @@ from packaging.version import InvalidVersion, Version
 from pydantic import ValidationError, field_validator
 
 from .config import AppSettings
+from .static import StaticFiles
 from .versions import sort_versions
 
 log = logging.getLogger("courtyard.apps")
@@ -72,6 +73,8 @@ class AppVersion:
     version: str
     root: Path
     config: AppConfig
+    # What its static files resolve to, for as long as this object (one scan) lives.
+    files: StaticFiles = field(default_factory=StaticFiles, compare=False, repr=False)
 
     @property
     def key(self) -> str:

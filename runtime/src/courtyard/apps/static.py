@@ -1,20 +1,77 @@
 """Serving a static app version: content types, ETag and Last-Modified with 304, SPA
-fallback, and no path that leaves the version folder."""
+fallback, and no path that leaves the version folder.
+
+What a path resolves to (the file, its ETag, its headers, and for a small file its bytes)
+is looked up once and kept in the version's `StaticFiles`: a version folder does not
+change while installed (an overwrite installs a new folder, and the registry's next scan,
+at once on this instance and within its `ttl` on others, makes new `AppVersion` objects
+with empty caches). A request for a known file then costs no system call, and a small
+file is sent from memory.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import mimetypes
 import os
+from collections import OrderedDict
+from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from ..asgi import Receive, Scope, Send, header, send_error
-from .registry import AppVersion
+
+if TYPE_CHECKING:
+    from .registry import AppVersion
 
 CHUNK = 256 * 1024
 _TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
+
+
+@dataclass(frozen=True)
+class StaticFile:
+    """A path's answer, worked out once: the file, whether the path named its folder,
+    the validators and headers, and its bytes when it is small."""
+
+    file: Path
+    folder: bool
+    etag: str
+    mtime: float
+    size: int
+    headers: tuple[tuple[bytes, bytes], ...]  # etag, last-modified, cache-control
+    content_type: bytes
+    body: bytes | None
+
+
+class StaticFiles:
+    """The paths of one version looked up so far (a bounded LRU, misses included), and
+    the small files' bytes (bounded in total)."""
+
+    MAX_PATHS = 2048
+    MAX_FILE_BYTES = 64 * 1024  # files up to this size are kept in memory
+    MAX_BYTES = 8 * 1024 * 1024  # in memory for one version, at most
+
+    def __init__(self) -> None:
+        self._paths: OrderedDict[str, StaticFile | None] = OrderedDict()
+        self._bytes = 0
+
+    async def get(self, version: AppVersion, path: str) -> StaticFile | None:
+        """What `path` resolves to in `version`; None when it names no file in it."""
+        if path in self._paths:
+            self._paths.move_to_end(path)
+            return self._paths[path]
+        budget = max(0, min(self.MAX_FILE_BYTES, self.MAX_BYTES - self._bytes))
+        found = await asyncio.to_thread(_look_up, version, path, budget)
+        self._paths[path] = found
+        if found is not None and found.body is not None:
+            self._bytes += len(found.body)
+        while len(self._paths) > self.MAX_PATHS:
+            _, dropped = self._paths.popitem(last=False)
+            if dropped is not None and dropped.body is not None:
+                self._bytes -= len(dropped.body)
+        return found
 
 
 def _locate(version: AppVersion, path: str) -> tuple[Path, bool] | None:
@@ -37,6 +94,34 @@ def _locate(version: AppVersion, path: str) -> tuple[Path, bool] | None:
     except OSError:
         return None
     return real, folder
+
+
+def _look_up(version: AppVersion, path: str, budget: int) -> StaticFile | None:
+    """Resolve `path` and read what its answer needs (in a thread: it touches the disk)."""
+    found = _locate(version, path)
+    if found is None:
+        return None
+    file, folder = found
+    try:
+        stat = file.stat()
+        body = file.read_bytes() if stat.st_size <= budget else None
+    except OSError:
+        return None
+    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+    return StaticFile(
+        file=file,
+        folder=folder,
+        etag=etag,
+        mtime=stat.st_mtime,
+        size=len(body) if body is not None else stat.st_size,
+        headers=(
+            (b"etag", etag.encode()),
+            (b"last-modified", formatdate(stat.st_mtime, usegmt=True).encode()),
+            (b"cache-control", b"no-cache"),  # revalidate: a new version may replace it
+        ),
+        content_type=_content_type(file).encode(),
+        body=body,
+    )
 
 
 def _content_type(path: Path) -> str:
@@ -68,43 +153,45 @@ async def serve_static(
             headers=[(b"allow", b"GET, HEAD")],
         )
         return
-    found = _locate(version, path)
+    found = await version.files.get(version, path)
     if found is None and version.config.spa:
-        found = _locate(version, version.config.index)
+        found = await version.files.get(version, version.config.index)
     if found is None:
         await send_error(send, 404, "NOT_FOUND", f"{path or '/'} is not part of {version.key}")
         return
-    file, folder = found
-    if folder and not path.endswith("/"):
+    if found.folder and not path.endswith("/"):
         # A folder's index links relative to the folder: /docs -> /docs/.
         location = quote(scope.get("root_path", "") + scope["path"] + "/", safe="/@^~")
         headers = [(b"location", location.encode()), (b"content-length", b"0")]
         await send({"type": "http.response.start", "status": 308, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
         return
-    stat = file.stat()
-    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
-    headers = [
-        (b"etag", etag.encode()),
-        (b"last-modified", formatdate(stat.st_mtime, usegmt=True).encode()),
-        (b"cache-control", b"no-cache"),  # revalidate: a new version may replace it
-    ]
-    if _not_modified(scope, etag, stat.st_mtime):
-        await send({"type": "http.response.start", "status": 304, "headers": headers})
+    if _not_modified(scope, found.etag, found.mtime):
+        await send({"type": "http.response.start", "status": 304, "headers": found.headers})
         await send({"type": "http.response.body", "body": b""})
         return
-    headers += [
-        (b"content-type", _content_type(file).encode()),
-        (b"content-length", str(stat.st_size).encode()),
+    headers = [
+        *found.headers,
+        (b"content-type", found.content_type),
+        (b"content-length", str(found.size).encode()),
     ]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     if scope["method"] == "HEAD":
         await send({"type": "http.response.body", "body": b""})
-        return
+    elif found.body is not None:
+        await send({"type": "http.response.body", "body": found.body})
+    else:
+        await _send_file(found, send)
+
+
+async def _send_file(found: StaticFile, send: Send) -> None:
+    """A large file's bytes, read as they are sent: `size` of them, as announced."""
     # Opened once: a version deleted meanwhile still finishes (the inode lives on).
-    fd = await asyncio.to_thread(os.open, file, os.O_RDONLY)
+    fd = await asyncio.to_thread(os.open, found.file, os.O_RDONLY)
     try:
-        while chunk := await asyncio.to_thread(os.read, fd, CHUNK):
+        left = found.size
+        while left > 0 and (chunk := await asyncio.to_thread(os.read, fd, min(CHUNK, left))):
+            left -= len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     finally:
         os.close(fd)
