@@ -36,10 +36,11 @@ async def _all_503(rt, must_name: str, must_not_contain: str | None = None) -> N
 
 
 async def test_every_route_is_503_without_a_master_key(start, caplog):
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.INFO)
     rt = await start()
     await _all_503(rt, "RUNQY_VAULT_MASTER_KEY")
-    assert "vaults are disabled" in caplog.text
+    said = [r for r in caplog.records if "vaults are disabled" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.INFO]  # a fresh server's quiet default
     with pytest.raises(VaultsDisabled):
         await service(rt).values(["x"])
 
@@ -52,10 +53,12 @@ async def test_every_route_is_503_without_a_master_key(start, caplog):
         base64.b64encode(b"k" * 64).decode(),
     ],
 )
-async def test_an_invalid_master_key_is_503(start, monkeypatch, bad):
+async def test_an_invalid_master_key_is_503(start, monkeypatch, caplog, bad):
     monkeypatch.setenv("RUNQY_VAULT_MASTER_KEY", bad)
     rt = await start()
     await _all_503(rt, "RUNQY_VAULT_MASTER_KEY is not a valid key", must_not_contain=bad)
+    said = [r for r in caplog.records if "not a valid key" in r.getMessage()]
+    assert said and all(r.levelno == logging.WARNING for r in said)  # a mistake: warned
 
 
 async def test_an_invalid_read_key_is_503(start, monkeypatch, master_key):

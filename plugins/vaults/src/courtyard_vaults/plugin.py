@@ -8,10 +8,14 @@ on the same database.
 
 from __future__ import annotations
 
+import logging
+import os
+
 import click
 from courtyard_sdk import Blueprint, PluginContext, hookimpl
 
 from . import api, cli, page
+from .crypto import MASTER_KEY_VARS
 from .service import Vaults
 
 
@@ -35,7 +39,14 @@ def courtyard_startup(ctx: PluginContext) -> None:
     """Say whether vaults are enabled, and under which key id (never the key)."""
     vaults = ctx.state[Vaults]
     if vaults.keyring is None:
-        ctx.logger.warning("%s; every vault route answers 503", vaults.disabled_reason)
+        # No key is the quiet default of a fresh server; a key that is set but unusable is
+        # an operator's mistake worth a warning.
+        configured = any(os.environ.get(name, "").strip() for name in MASTER_KEY_VARS)
+        ctx.logger.log(
+            logging.WARNING if configured else logging.INFO,
+            "%s; every vault route answers 503",
+            vaults.disabled_reason,
+        )
         return
     others = sorted(set(vaults.keyring.keys) - {vaults.keyring.current.id})
     ctx.logger.info(
