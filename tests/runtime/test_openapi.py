@@ -255,6 +255,23 @@ async def test_plugin_routes_get_their_tag_and_summary(courtyard, plugin_dir):
     assert {"name": "health", "description": "Liveness and readiness probes"} in spec["tags"]
 
 
+async def test_paths_with_a_variable_before_a_path_variable(courtyard, plugin_dir):
+    code = (
+        "from courtyard_sdk import Blueprint, hookimpl\n"
+        "@hookimpl\ndef courtyard_routes(ctx):\n"
+        "    bp = Blueprint('files', __name__)\n"
+        "    @bp.get('/p/<pid>/f/<path:rest>')\n"
+        "    async def one(pid, rest):\n"
+        "        return {}\n"
+        "    return bp\n"
+    )
+    write_plugin(plugin_dir, "files", "", code)
+    rt = await courtyard(entry_points=False)
+    document = (await rt.client.get("/api/openapi.json")).json()
+    operation = document["paths"]["/files/p/{pid}/f/{rest}"]["get"]
+    assert {p["name"] for p in operation["parameters"] if p["in"] == "path"} == {"pid", "rest"}
+
+
 async def test_plugin_request_validation_answers_400(courtyard, plugin_dir):
     write_plugin(plugin_dir, "notes", "", PLUGIN)
     rt = await courtyard(entry_points=False)

@@ -76,6 +76,7 @@ ERROR_SCHEMA = "courtyard.Error"
 REQUEST_ID_HEADER = "X-Request-Id"
 _ERROR_REF = {"$ref": f"#/components/schemas/{ERROR_SCHEMA}"}
 _PARAMETER = re.compile(r"\{[^}]+\}")
+_PATH_VARIABLE = re.compile(r"<(?:[^:<>]*:)?([^<>]+)>")  # a rule variable, converter optional
 _REF = "#/components/schemas/"
 
 # What each error status means in this API; statuses not listed get HTTP's phrase.
@@ -246,6 +247,9 @@ class CourtyardOpenAPIProvider(OpenAPIProvider):
         """quart-schema's path objects, completed as the module's doc says."""
 
         paths, components = super().build_paths(rule)
+        # quart-schema's pattern runs from a plain `<id>` into the next variable
+        # (`/p/<id>/f/<path:rest>` became `/p/{rest}`): the path, worked out again.
+        paths = {_PATH_VARIABLE.sub(r"{\1}", rule.rule): ops for ops in paths.values()}
         func = self._app.view_functions[rule.endpoint]
         owner = owner_of(cast(Quart, self._app), rule)  # a weak proxy to the app
         qualifier = CORE_QUALIFIER if owner == CORE else owner
