@@ -287,6 +287,7 @@ def test_the_hookspecs_example_prints_what_it_says():
 # Links ---------------------------------------------------------------------------------
 
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+_CODE_SPAN = re.compile(r"`[^`]*`")
 
 
 def anchor(heading: str) -> str:
@@ -312,7 +313,7 @@ def relative_links() -> list[tuple[str, int, str]]:
         (rel(page), number, target)
         for page in PAGES
         for number, line in prose_lines(page)
-        for target in _LINK.findall(line)
+        for target in _LINK.findall(_CODE_SPAN.sub("", line))  # `[a-z]([-a-z]*)` is code
         if not re.match(r"[a-z][a-z0-9+.-]*:", target)  # http:, https:, mailto:, ...
     ]
 
