@@ -4,8 +4,9 @@ Every call retries on what a restart, an outage or a network blip causes (a refu
 reset connection, a timeout, any 5xx: the server's database or Redis may be down for a
 moment) with exponential backoff and jitter, up to a deadline the caller chooses (a
 report keeps trying for minutes: one that gets through while the task is still leased to
-this worker is not run twice); an answer that retrying cannot change (401, 404, a validation error) raises at
-once. `409 LEASE_LOST` becomes `LeaseLost`: the task went to someone else.
+this worker is not run twice); an answer that retrying cannot change (401, 404, a
+validation error) raises at once. `409 LEASE_LOST` becomes `LeaseLost`: the task went to
+someone else.
 """
 
 from __future__ import annotations
