@@ -14,10 +14,9 @@ An unexpected error fails the task with a retry (the queues plugin's backoff); a
 retries ran out, or its lease expired once too often) fails its operation through the
 maintenance pass, which also hands out project locks a crash left unclaimed.
 
-The queues plugin offers other plugins only `enqueue` for configured runqy queues and
-`get`; leasing, renewing, completing and failing are its worker protocol's. The pipeline
-therefore reaches the generation's `QueueService` through the `Queues` object and works
-on its task store with the same calls the worker routes use (see docs/platform.md).
+The queue is an internal one of the queues plugin (`Queues.internal`): not one of
+runqy's, leased by these consumers in process, with the plugin's leases, retries and
+backoff on whichever backend it runs.
 """
 
 from __future__ import annotations
@@ -80,37 +79,23 @@ class Pipeline:
 
     # The queues plugin -------------------------------------------------------------------
 
-    def service(self) -> Any:
-        """The queues plugin's `QueueService` of this generation.
+    def queue(self) -> Any:
+        """The pipeline's queue (`courtyard_queues.internal.InternalQueue`).
 
         :raises ApiError: 503 when the queues plugin is not started.
         """
-        try:
-            return self.queues._service()  # see the module docstring
-        except RuntimeError:
-            raise ApiError(503, "QUEUES_UNAVAILABLE", "the queues plugin is not started") from None
+        return self.queues.internal(QUEUE)
 
     async def enqueue(self, op_id: str, position: int, worker: str) -> None:
         """Enqueue one step's task (a step already queued and unfinished is not queued
         twice: its unique key is held)."""
-        from courtyard_queues.store import Duplicate, NewTask
-
-        service = self.service()
-        task = NewTask(
-            id=str(uuid.uuid4()),
-            queue=QUEUE,
+        await self.queue().enqueue(
+            {"op": op_id, "step": position},
             type=worker,
-            payload={"op": op_id, "step": position},
-            timeout=0.0,
             max_retry=int(self.settings["max_retry"]),
             unique_key=f"platform:{op_id}:{position}",
             unique_ttl=UNIQUE_TTL,
-            retention=service.options.retention_seconds,
-            archived_retention=service.options.archived_retention_seconds,
         )
-        (outcome,) = await service.store.enqueue([task])
-        if not isinstance(outcome, Duplicate):
-            service.notifier.ready(QUEUE)
 
     async def submit(self, accepted: Accepted) -> None:
         """Start an accepted operation (one queued behind another starts later)."""
@@ -196,24 +181,18 @@ class Pipeline:
                     self._busy.discard(worker_id)
 
     async def _lease(self, worker_id: str) -> Any:
-        service = self.service()
-        with service.notifier.listen([QUEUE]) as ready:
-            task = await service.store.dequeue([QUEUE], worker_id, service.options.lease_seconds)
-            if task is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ready.wait(), service.options.poll_seconds)
-            return task
+        return await self.queue().lease(worker_id, self.settings["poll_seconds"])
 
     async def run_task(self, task: Any, worker_id: str) -> None:
         """Run the step a leased task names, renewing its lease meanwhile."""
-        service = self.service()
+        queue = self.queue()
         renewer = asyncio.create_task(self._renew(task.id, worker_id))
         settled = False
         try:
             settled = await self._run_step(task, worker_id)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await asyncio.shield(service.release(task.id, worker_id))
+                await asyncio.shield(queue.release(task.id, worker_id))
             settled = True
             raise
         except Exception as exc:  # a bug or an outage: retried by the queues plugin
@@ -225,15 +204,15 @@ class Pipeline:
             await asyncio.gather(renewer, return_exceptions=True)
             if not settled:
                 with contextlib.suppress(ApiError):
-                    await service.complete(task.id, worker_id, None)
+                    await queue.complete(task.id, worker_id)
 
     async def _renew(self, task_id: str, worker_id: str) -> None:
-        service = self.service()
-        every = max(service.options.lease_seconds / 3, 0.05)
+        queue = self.queue()
+        every = max(queue.lease_seconds / 3, 0.05)
         while True:
             await asyncio.sleep(every)
             try:
-                await service.renew(task_id, worker_id)
+                await queue.renew(task_id, worker_id)
             except ApiError:  # the lease is lost: whatever this run reports is refused
                 return
             except Exception as exc:
@@ -243,7 +222,7 @@ class Pipeline:
         payload = task.payload if isinstance(task.payload, dict) else {}
         op_id, position = payload.get("op"), payload.get("step")
         try:
-            after = await self.service().fail(task.id, worker_id, error, True)
+            after = await self.queue().fail(task.id, worker_id, error)
         except ApiError:
             return  # the lease went to another consumer: it reports
         if not isinstance(op_id, str) or not isinstance(position, int):
@@ -279,7 +258,7 @@ class Pipeline:
             await self._fail(op_id, position, str(exc))
             return False
         try:  # a consumer that stalled past its lease reports nothing: another ran the step
-            await self.service().renew(task.id, worker_id)
+            await self.queue().renew(task.id, worker_id)
         except ApiError:
             self.log.warning("lease of %s lost while %s ran: result dropped", task.id, step.worker)
             return True
@@ -374,9 +353,9 @@ class Pipeline:
     async def maintain_once(self) -> None:
         """Fail operations whose step task the queues plugin archived or lost, and start
         queued operations whose project's lock nobody holds."""
-        service = self.service()
+        queue = self.queue()
         for step in await self.store.active_steps():
-            task = await service.store.get(step.task_id)
+            task = await queue.get(step.task_id)
             if task is None or task.state == "archived":
                 reason = "its task is gone" if task is None else (task.last_error or "archived")
                 await self._fail(step.op_id, step.position, f"{step.worker} failed: {reason}")

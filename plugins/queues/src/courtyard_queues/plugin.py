@@ -16,6 +16,7 @@ from typing import Any
 from courtyard_sdk import ApiError, Blueprint, PluginContext, SettingsError, hookimpl
 
 from . import errors
+from .internal import InternalQueue
 from .limits import check_json
 from .notify import Notifier, RedisRelay
 from .pages import page_routes, swagger_routes
@@ -100,6 +101,18 @@ class Queues:
     async def get(self, task_id: str) -> Task | None:
         """A task, or None."""
         return await self._service().store.get(task_id)
+
+    def internal(self, name: str) -> InternalQueue:
+        """A queue of the calling plugin's own, leased by its consumers in process
+        (internal.py); name it `<plugin>.<queue>`.
+
+        :raises ApiError: 503 while the plugin is not started.
+        :raises ValueError: for a name that is not `<plugin>.<queue>`.
+        """
+        try:
+            return InternalQueue(self._service(), name)
+        except RuntimeError:
+            raise ApiError(503, "QUEUES_UNAVAILABLE", "the queues plugin is not started") from None
 
 
 @hookimpl
