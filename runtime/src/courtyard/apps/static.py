@@ -18,13 +18,42 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import quote
 
 from ..asgi import Receive, Scope, Send, header, send_error
 
-if TYPE_CHECKING:
-    from .registry import AppVersion
+
+class _Settings(Protocol):
+    @property
+    def index(self) -> str:
+        """The index file's name."""
+
+    @property
+    def spa(self) -> bool:
+        """Whether unknown paths get the index file."""
+
+
+class AppVersion(Protocol):
+    """What serving needs of a static version: `registry.AppVersion`, which holds a
+    `StaticFiles` (so this module cannot import the registry, which imports it)."""
+
+    @property
+    def root(self) -> Path:
+        """The version folder."""
+
+    @property
+    def config(self) -> _Settings:
+        """Its settings."""
+
+    @property
+    def files(self) -> StaticFiles:
+        """What its paths resolved to so far."""
+
+    @property
+    def key(self) -> str:
+        """`name@version`."""
+
 
 CHUNK = 256 * 1024
 _TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
