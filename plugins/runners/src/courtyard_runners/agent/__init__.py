@@ -1,0 +1,1 @@
+"""`courtyard runner`: the agent that runs RustCI runner jobs (see agent.py)."""
