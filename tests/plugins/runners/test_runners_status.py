@@ -231,7 +231,8 @@ async def test_the_sweeper_prunes_old_samples_and_log_lines(runners: Any) -> Non
     import time
     from types import SimpleNamespace
 
-    from courtyard_runners.service import Options, Service
+    from courtyard_runners.service import Service
+    from courtyard_runners.states import Options
     from sqlalchemy import text
 
     rt = await runners(log_retention_seconds=86400)

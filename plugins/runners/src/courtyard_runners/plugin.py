@@ -20,7 +20,8 @@ from courtyard_sdk import ApiError, Blueprint, PluginContext, Request, Response,
 from . import agent_routes, page, routes
 from .errors import PREFIX, envelope
 from .limits import Limiter
-from .service import Options, Service
+from .service import Service
+from .states import Options
 
 
 @dataclass(eq=False)

@@ -24,7 +24,8 @@ from quart_schema import document_querystring, document_request
 from . import bodies, errors, views
 from .follow import follow_logs
 from .formats import iso, loads, parse_time
-from .service import DEFAULT_RESOLUTION, METRIC_PERIODS, RESOLUTIONS, Service
+from .service import Service
+from .states import DEFAULT_RESOLUTION, METRIC_PERIODS, RESOLUTIONS
 
 MAX_LIMIT = 1000
 MAX_OFFSET = 10**9
