@@ -12,12 +12,11 @@ bench/results/app_throughput.json.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
 
-from harness import BENCH, free_port, load, save, table, wait_for
+from harness import BENCH, compare, free_port, save, side_by_side, table, wait_for
 
 APPS = BENCH.parent / "apps"
 APP = APPS / "hello-quart" / "1.0.0"
@@ -67,31 +66,12 @@ def main() -> None:
         try:
             for url, server in zip(urls.values(), servers, strict=True):
                 wait_for(url, process=server)
-            samples: dict[str, list[dict[str, float]]] = {"direct": [], "runtime": []}
-            for round_ in range(args.rounds):
-                order = list(urls) if round_ % 2 == 0 else list(urls)[::-1]
-                for kind in order:
-                    if round_ == 0:
-                        load(urls[kind], 1, 32)  # warm up (the runtime starts its worker)
-                    samples[kind].append(load(urls[kind], args.seconds, 32))
+            samples = side_by_side(urls, args.rounds, args.seconds)
         finally:
             for server in servers:
                 server.terminate()
                 server.wait(30)
-    rows = [
-        {
-            "server": kind,
-            "rps": statistics.median(s["rps"] for s in runs),
-            "p50_ms": statistics.median(s["p50_ms"] for s in runs),
-            "p99_ms": statistics.median(s["p99_ms"] for s in runs),
-            "errors": int(sum(s["errors"] for s in runs)),
-        }
-        for kind, runs in samples.items()
-    ]
-    ratios = [
-        r["rps"] / d["rps"] for r, d in zip(samples["runtime"], samples["direct"], strict=True)
-    ]
-    summary = {"runtime/direct rps": statistics.median(ratios), "worst round": min(ratios)}
+    rows, summary = compare(samples, "runtime", "direct")
     print(table(rows))
     print()
     print(table([summary]))

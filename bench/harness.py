@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -194,3 +195,38 @@ def table(rows: list[dict[str, object]]) -> str:
     lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
+
+
+def side_by_side(
+    urls: dict[str, str], rounds: int, seconds: float, connections: int = 32
+) -> dict[str, list[dict[str, float]]]:
+    """Load each URL in turns, `rounds` times (the order alternates each round; the first
+    round starts with a 1 s warm-up of each): the samples, by name."""
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+    for round_ in range(rounds):
+        order = list(urls) if round_ % 2 == 0 else list(urls)[::-1]
+        for name in order:
+            if round_ == 0:
+                load(urls[name], 1, connections)  # warm up (an app's worker starts)
+            samples[name].append(load(urls[name], seconds, connections))
+    return samples
+
+
+def compare(
+    samples: dict[str, list[dict[str, float]]], ours: str, base: str
+) -> tuple[list[dict[str, object]], dict[str, object]]:
+    """A row per server (each figure the median over the rounds), and `ours` / `base`
+    requests per second: the median of the rounds' ratios and the worst round's."""
+    rows: list[dict[str, object]] = [
+        {
+            "server": name,
+            "rps": statistics.median(s["rps"] for s in runs),
+            "p50_ms": statistics.median(s["p50_ms"] for s in runs),
+            "p99_ms": statistics.median(s["p99_ms"] for s in runs),
+            "errors": int(sum(s["errors"] for s in runs)),
+        }
+        for name, runs in samples.items()
+    ]
+    ratios = [o["rps"] / b["rps"] for o, b in zip(samples[ours], samples[base], strict=True)]
+    summary = {f"{ours}/{base} rps": statistics.median(ratios), "worst round": min(ratios)}
+    return rows, summary
