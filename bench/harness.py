@@ -6,6 +6,7 @@ Load comes from a separate process: Debian's `wrk` when installed, else `loadgen
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -230,3 +231,40 @@ def compare(
     ratios = [o["rps"] / b["rps"] for o, b in zip(samples[ours], samples[base], strict=True)]
     summary = {f"{ours}/{base} rps": statistics.median(ratios), "worst round": min(ratios)}
     return rows, summary
+
+
+def runtime_against(
+    name: str,
+    base: tuple[str, subprocess.Popen[bytes], str],
+    app_path: str,
+    argv: list[str],
+) -> None:
+    """Serve `apps/` with `courtyard serve` beside the `base` server (its name, process
+    and URL), measure both side by side (`--seconds`, `--rounds` from `argv`), print the
+    table and the ratio of the runtime's rate to the base's, and save them as `name`."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    base_name, base_process, base_url = base
+    port = free_port()
+    with tempfile.TemporaryDirectory() as data:
+        apps = str(BENCH.parent / "apps")
+        serve = ["serve", "--port", str(port), "--app-dir", apps, "--data-dir", data]
+        runtime = subprocess.Popen(
+            [sys.executable, "-m", "courtyard", *serve, "--log-level", "warning"]
+        )
+        urls = {base_name: base_url, "runtime": f"http://127.0.0.1:{port}{app_path}"}
+        try:
+            for url, process in ((base_url, base_process), (urls["runtime"], runtime)):
+                wait_for(url, process=process)
+            samples = side_by_side(urls, args.rounds, args.seconds)
+        finally:
+            for process in (base_process, runtime):
+                process.terminate()
+                process.wait(30)
+    rows, summary = compare(samples, "runtime", base_name)
+    print(table(rows))
+    print()
+    print(table([summary]))
+    print(f"\nsaved {save(name, {'runs': rows, 'summary': summary})}")

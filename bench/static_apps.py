@@ -13,13 +13,12 @@ bench/results/static_apps.json.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from harness import BENCH, compare, free_port, save, side_by_side, table, wait_for
+from harness import BENCH, free_port, runtime_against
 
 APPS = BENCH.parent / "apps"
 INDEX = APPS / "hello-static" / "1.0.0" / "index.html"
@@ -43,50 +42,20 @@ async def app(scope, receive, send):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    raw_port, runtime_port = free_port(), free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "raw.py").write_text(RAW.format(index=str(INDEX)))
-        hypercorn = [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{raw_port}"]
-        servers = [
-            subprocess.Popen([*hypercorn, "raw:app"], cwd=tmp, stderr=subprocess.DEVNULL),
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "courtyard",
-                    "serve",
-                    "--port",
-                    str(runtime_port),
-                    "--app-dir",
-                    str(APPS),
-                    "--data-dir",
-                    str(Path(tmp, "data")),
-                    "--log-level",
-                    "warning",
-                ],
-            ),
-        ]
-        urls = {
-            "raw": f"http://127.0.0.1:{raw_port}/",
-            "runtime": f"http://127.0.0.1:{runtime_port}/hello-static/",
-        }
-        try:
-            for url, server in zip(urls.values(), servers, strict=True):
-                wait_for(url, process=server)
-            samples = side_by_side(urls, args.rounds, args.seconds)
-        finally:
-            for server in servers:
-                server.terminate()
-                server.wait(30)
-    rows, summary = compare(samples, "runtime", "raw")
-    print(table(rows))
-    print()
-    print(table([summary]))
-    print(f"\nsaved {save('static_apps', {'runs': rows, 'summary': summary})}")
+        raw = subprocess.Popen(
+            [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}", "raw:app"],
+            cwd=tmp,
+            stderr=subprocess.DEVNULL,
+        )
+        runtime_against(
+            "static_apps",
+            ("raw", raw, f"http://127.0.0.1:{port}/"),
+            "/hello-static/",
+            sys.argv[1:],
+        )
 
 
 if __name__ == "__main__":
