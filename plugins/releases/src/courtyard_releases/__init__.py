@@ -1,0 +1,1 @@
+"""Courtyard's releases plugin: Stella Ops' release orchestrator API."""

@@ -1,0 +1,172 @@
+"""The plugin's page at its base (`/releases/`): the environments and what each runs,
+the newest releases, the promotions awaiting the caller's approval, and the deployments
+in progress. Server-rendered for the caller's tenant, every text escaped, no script. It
+needs `releases:read`, like the API."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from courtyard_sdk import Blueprint, Response
+from courtyard_sdk.identity import current_identity, require
+from courtyard_sdk.openapi import responds
+from sqlmodel import select
+
+from . import decide, gates
+from .common import APPROVE, READ, Api, caller
+from .envelope import ReleasesError
+from .tables import Deployment, Environment, Promotion, Release, Sticker, Target
+
+STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 64rem;
+       padding: 0 1rem; color: #1f2328; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .3rem .6rem; border-bottom: 1px solid #d0d7de; }
+code { font: 13px ui-monospace, monospace; } .muted { color: #656d76; }
+"""
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+def table(headings: list[str], rows: list[list[str]], empty: str) -> str:
+    """An HTML table of already-escaped cells, or a line saying there is nothing."""
+    if not rows:
+        return f'<p class="muted">{escape(empty)}</p>'
+    head = "".join(f"<th>{escape(h)}</th>" for h in headings)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def document(sections: str) -> Response:
+    """The page."""
+    html = (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Releases</title><style>{STYLE}</style></head>"
+        f"<body><h1>Releases</h1>{sections}</body></html>\n"
+    )
+    return Response(html, headers=HEADERS, content_type="text/html; charset=utf-8")
+
+
+async def _environments(session: Any) -> str:
+    envs = (await session.exec(select(Environment).order_by(Environment.order_index))).all()
+    targets = (await session.exec(select(Target).order_by(Target.name))).all()
+    rows = []
+    for env in envs:
+        runs = []
+        for target in (t for t in targets if t.environment_id == env.id):
+            sticker = (
+                await session.exec(
+                    select(Sticker)
+                    .where(Sticker.target_id == target.id)
+                    .order_by(Sticker.deployed_at.desc())
+                    .limit(1)
+                )
+            ).first()
+            what = escape(sticker.release_name) if sticker else '<span class="muted">nothing</span>'
+            runs.append(f"<code>{escape(target.name)}</code>: {what}")
+        rows.append(
+            [
+                escape(env.name),
+                str(env.required_approvals),
+                "yes" if env.separation_of_duties else "no",
+                "<br>".join(runs) or '<span class="muted">no target</span>',
+            ]
+        )
+    return table(
+        ["Environment", "Approvals", "Separation of duties", "Runs"], rows, "No environment yet."
+    )
+
+
+async def _releases(session: Any) -> str:
+    latest = (
+        await session.exec(select(Release).order_by(Release.created_at.desc()).limit(20))
+    ).all()
+    rows = [
+        [escape(r.name), escape(r.status), escape(r.created_by), escape(r.created_at[:19])]
+        for r in latest
+    ]
+    return table(["Release", "Status", "Author", "Created"], rows, "No release yet.")
+
+
+async def _pending(session: Any) -> str:
+    who = caller()
+    rows = []
+    if current_identity().can(APPROVE):
+        pending = (
+            await session.exec(
+                select(Promotion)
+                .where(Promotion.status == "pending_approval")
+                .order_by(Promotion.created_at)
+                .limit(200)
+            )
+        ).all()
+        for promotion in pending:
+            loaded = await decide.load(session, promotion.id)
+            try:
+                decide.check_approver(
+                    who, loaded, await gates.requirements(session, loaded.environment)
+                )
+            except ReleasesError:
+                continue
+            rows.append(
+                [
+                    escape(loaded.release.name),
+                    escape(loaded.environment.name),
+                    escape(promotion.requested_by),
+                    f"<code>{escape(promotion.id)}</code>",
+                ]
+            )
+    return table(
+        ["Release", "Into", "Asked by", "Promotion"], rows, "Nothing awaits your approval."
+    )
+
+
+async def _deployments(session: Any) -> str:
+    running = (
+        await session.exec(
+            select(Deployment)
+            .where(Deployment.status.in_(("pending", "running")))  # type: ignore[attr-defined]
+            .order_by(Deployment.created_at)
+        )
+    ).all()
+    names = {r.id: r.name for r in (await session.exec(select(Release))).all()}
+    envs = {e.id: e.name for e in (await session.exec(select(Environment))).all()}
+    rows = [
+        [
+            escape(names.get(j.release_id, j.release_id)),
+            escape(envs.get(j.environment_id, j.environment_id)),
+            escape(j.kind),
+            escape(j.status),
+            escape((j.started_at or j.created_at)[:19]),
+        ]
+        for j in running
+    ]
+    return table(
+        ["Release", "Environment", "Kind", "Status", "Since"], rows, "No deployment in progress."
+    )
+
+
+def routes(api: Api) -> Blueprint:
+    """The page at the plugin's base."""
+    bp = Blueprint("page", __name__)
+
+    @bp.get("/")
+    @require(READ)
+    @responds(200, "The releases page", media_type="text/html")
+    async def index() -> Response:
+        async with api.session() as session:
+            sections = [
+                ("Environments", await _environments(session)),
+                ("Releases", await _releases(session)),
+                ("Awaiting your approval", await _pending(session)),
+                ("Deployments in progress", await _deployments(session)),
+            ]
+        return document("".join(f"<h2>{escape(t)}</h2>{body}" for t, body in sections))
+
+    return bp
