@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -43,9 +44,11 @@ def add_fixture_plugins(plugin_dir: Path) -> Callable[..., None]:
 
 
 @pytest.fixture
-def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Install tests/fixtures/installed as a distribution with a `courtyard.plugins` entry
-    point, on a site folder prepended to sys.path (and PYTHONPATH, for subprocesses)."""
+    point, on a site folder prepended to sys.path (and PYTHONPATH, for subprocesses).
+    Its module is forgotten afterwards: the next test's install is imported from its own
+    site folder, not found in `sys.modules`."""
     site = tmp_path / "site"
     shutil.copytree(FIXTURES / "installed", site)
     info = site / "courtyard_fixture_ep-2.0.0.dist-info"
@@ -58,7 +61,9 @@ def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     )
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("PYTHONPATH", str(site))
-    return site
+    yield site
+    for name in [n for n in sys.modules if n.split(".")[0] == "courtyard_fixture_ep"]:
+        del sys.modules[name]
 
 
 @pytest.fixture(scope="session")

@@ -68,6 +68,7 @@ def install_like_editable(project: Path, site: Path) -> None:
 # -- plugins ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the generated project's own test suite, in a subprocess: CI's slow step
 def test_the_plugin_project_passes_its_own_tests(tmp_path: Path) -> None:
     project = tmp_path / "hello.world"
     answer = invoke("plugin", "@acme/hello.world", "--dir", str(project))
@@ -80,6 +81,7 @@ def test_the_plugin_project_passes_its_own_tests(tmp_path: Path) -> None:
     assert "10 passed" in done.stdout  # 5 tests, as an entry point and as a directory
 
 
+@pytest.mark.slow  # the generated project's own test suite, in a subprocess: CI's slow step
 def test_the_plugin_project_with_a_table_passes_its_own_tests(tmp_path: Path) -> None:
     """--with-db: a model, its first migration drafted from it, routes and tests."""
     project = tmp_path / "notes"

@@ -166,6 +166,7 @@ def test_long_running_worker_runs_a_runqy_module(setup: Setup) -> None:
     assert not alive(pids.pop())  # its task process went with it
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 def test_one_shot_worker_starts_a_process_per_task(setup: Setup) -> None:
     worker = setup.worker("once", "--concurrency", "2")
     try:
@@ -184,6 +185,7 @@ def result_of(info: dict[str, Any]) -> Any:
     return json.loads(result) if isinstance(result, str) else result
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 def test_failures_retries_and_crashes(setup: Setup) -> None:
     worker = setup.worker("jobs")
     try:
@@ -210,6 +212,7 @@ def test_failures_retries_and_crashes(setup: Setup) -> None:
     assert worker.wait(30) == 0
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 def test_a_task_over_its_timeout_is_stopped(setup: Setup) -> None:
     worker = setup.worker("jobs")
     try:
@@ -228,6 +231,7 @@ def test_a_task_over_its_timeout_is_stopped(setup: Setup) -> None:
     assert worker.wait(30) == 0
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 def test_cancelling_an_active_task_stops_it(setup: Setup) -> None:
     worker = setup.worker("jobs")
     try:
@@ -438,6 +442,7 @@ def test_a_task_whose_lease_was_lost_is_abandoned(setup: Setup) -> None:
     assert worker.wait(30) == 0
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 def test_a_second_signal_hands_back_at_once(setup: Setup) -> None:
     worker = setup.worker("jobs", "--shutdown-timeout", "120")
     try:

@@ -247,6 +247,7 @@ def test_the_javascript_sdk_example_runs_with_node(courtyard_server, tmp_path: P
     assert re.search(r"^Job submitted: job_[0-9a-f-]{36}$", output, re.M), output
 
 
+@pytest.mark.slow  # a second real server and agent (the open-mode run is in the default set)
 def test_in_protected_mode_the_example_sends_its_key(courtyard_server, tmp_path: Path) -> None:
     server = courtyard_server(only_plugins=["runners"])
     key = server.create_key(permissions=["runners:manage", "runners:jobs", "runners:read"])
