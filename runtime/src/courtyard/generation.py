@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from courtyard_sdk import Blueprint, PluginContext, SettingsError, StartupError
 from courtyard_sdk.names import slug
+from courtyard_sdk.plugins import PluginInfo
 from courtyard_sdk.status import PluginStatus
 from werkzeug.exceptions import HTTPException, NotFound
 
@@ -204,6 +205,7 @@ class Generation:
             db=self.services.database,
             events=self.services.events,
             audit=self.services.audit.for_plugin(rec.name),
+            plugins=_Directory(self),
         )
 
     def _service(self, name: str) -> Any:
@@ -402,3 +404,36 @@ class Generation:
             if failure := await self.hooks.lifecycle(rec, "courtyard_shutdown", timeout):
                 log.error("%s | courtyard_shutdown failed: %r", rec.name, failure.error)
         loading.forget_generation(self.number)
+
+
+class _Directory:
+    """The generation's plugins as plugins see them (`ctx.plugins`, courtyard_sdk.plugins):
+    read at each call, so a plugin's startup sees the outcome of those before it."""
+
+    def __init__(self, generation: Generation) -> None:
+        self._generation = generation
+
+    def list(self) -> list[PluginInfo]:
+        """Every plugin found (shadowed ones aside)."""
+        records = self._generation.records
+        return [_info(rec) for rec in records if rec.candidate.shadowed_by is None]
+
+    def get(self, name: str) -> PluginInfo | None:
+        """The plugin called `name`, if found."""
+        return next((info for info in self.list() if info.name == name), None)
+
+
+def _info(rec: PluginRecord) -> PluginInfo:
+    """A record as a plugin may see it (no context, no module, no service)."""
+    manifest = rec.candidate.manifest
+    return PluginInfo(
+        name=rec.name,
+        version=manifest.version if manifest else "",
+        status=PluginStatus(rec.status),
+        source=rec.candidate.source,
+        description=manifest.description if manifest else "",
+        base=manifest.base if manifest else None,
+        error=rec.error,
+        menus=manifest.menus if manifest else (),
+        manifest=manifest,
+    )

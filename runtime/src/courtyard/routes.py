@@ -12,11 +12,11 @@ from collections.abc import Iterable, Sequence
 
 from courtyard_sdk.names import slug
 from courtyard_sdk.paths import is_reserved
+from courtyard_sdk.plugins import OWNERS
 from quart import Blueprint, Quart
 from werkzeug.routing import Rule
 
 CORE = "courtyard (core)"
-OWNERS = "courtyard.owners"
 _VARIABLE = re.compile(
     r"<(?:(?P<converter>[a-zA-Z_][a-zA-Z0-9_]*)(?:\([^)]*\))?:)?[a-zA-Z_][a-zA-Z0-9_]*>"
 )

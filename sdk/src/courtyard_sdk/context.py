@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast, overload
 
 from .manifest import Manifest
+from .plugins import PluginDirectory
 from .services import AuditLog, Database, EventBus
 
 
@@ -152,6 +153,8 @@ class PluginContext:
     :ivar db: the database (`async with ctx.db.session() as session:`).
     :ivar events: the event bus (`await ctx.events.publish(topic, data)`).
     :ivar audit: the audit log (`await ctx.audit.record(action, target=...)`).
+    :ivar plugins: the plugins of the serving generation, read-only (`ctx.plugins.list()`,
+        `ctx.plugins.get(name)`): see `courtyard_sdk.plugins`.
     :ivar state: the plugin's objects for this generation, keyed by class
         (`ctx.state[Gateway] = gateway`, then `ctx.state[Gateway]`): see `PluginState`.
     """
@@ -166,6 +169,7 @@ class PluginContext:
     db: Database = field(repr=False, default=_Missing("database"))
     events: EventBus = field(repr=False, default=_Missing("event bus"))
     audit: AuditLog = field(repr=False, default=_Missing("audit log"))
+    plugins: PluginDirectory = field(repr=False, default=_Missing("plugin directory"))
     state: PluginState = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -223,3 +223,32 @@ async def page(session: Any, statement: Select[Any], query: ListQuery, tiebreak:
         "hasNext": query.page < pages,
         "hasPrevious": query.page > 1 and total > 0,
     }
+
+
+def paged(
+    items: Sequence[Any], page_number: int, page_size: int
+) -> tuple[list[Any], dict[str, Any]]:
+    """One page of a list held in memory, and its pagination meta (as `page` answers)."""
+    start = (page_number - 1) * page_size
+    pages = math.ceil(len(items) / page_size) if items else 0
+    return list(items[start : start + page_size]), {
+        "page": page_number,
+        "pageSize": page_size,
+        "totalItems": len(items),
+        "totalPages": pages,
+        "hasNext": page_number < pages,
+        "hasPrevious": page_number > 1 and bool(items),
+    }
+
+
+def window(args: Mapping[str, str]) -> tuple[int, int]:
+    """`page` and `pageSize` of a list that is not a table's (no `sort`, no `filter`).
+
+    :raises ReleasesError: 400 for a bad value, or for `sort` or `filter` given.
+    """
+    for name in ("sort", "filter"):
+        if args.get(name):
+            raise invalid(name, "this list is not sorted or filtered", "UNSUPPORTED")
+    return _integer(args, "page", 1, None), _integer(
+        args, "pageSize", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+    )

@@ -1,5 +1,6 @@
 """The releases plugin's hooks: Stella Ops' release orchestrator API under `/api/v1`.
 
+`courtyard_request` refuses the routes of a plugin the caller's tenant disabled.
 `courtyard_startup` loads the sealing key (target credentials, signing keys) into the
 generation's state (`ctx.state[Sealer]`); the routes reach the database, the audit log and
 the sealer through `common.Api`. `courtyard_response` puts the errors the runtime answers
@@ -21,6 +22,7 @@ from . import (
     environments,
     evidence,
     page,
+    plugin_registry,
     policies,
     promotions,
     releases,
@@ -32,13 +34,16 @@ from .common import Api
 from .crypto import Sealer
 from .deploy import Runner, fail_unfinished
 from .envelope import PREFIX, rewrap
+from .plugin_registry import Disabled, refuse_disabled
 
 
 @hookimpl
 def courtyard_routes(ctx: PluginContext) -> list[Blueprint]:
     """The `/api/v1` blueprints."""
     api = Api(ctx)
+    disabled = ctx.state.setdefault(Disabled, Disabled(api))
     return [
+        plugin_registry.routes(api, disabled),
         environments.routes(api),
         targets.routes(api),
         agents.routes(api),
@@ -70,6 +75,12 @@ async def courtyard_shutdown(ctx: PluginContext) -> None:
     runner = ctx.state.pop(Runner, None)
     if runner is not None:
         await runner.close()
+
+
+@hookimpl
+async def courtyard_request(ctx: PluginContext) -> None:
+    """Refuse the routes of a plugin the caller's tenant disabled (plugin_registry.py)."""
+    await refuse_disabled(ctx.state[Disabled])
 
 
 @hookimpl

@@ -3,7 +3,6 @@ approvals (`/api/v1/my/pending-approvals`)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from courtyard_sdk import Blueprint, Response, request
@@ -131,18 +130,7 @@ def routes(api: Api) -> Blueprint:
                     except ReleasesError:
                         continue
                     mine.append(promotion_data(promotion))
-        start = (query.page - 1) * query.page_size
-        pages = math.ceil(len(mine) / query.page_size) if mine else 0
-        return ok(
-            mine[start : start + query.page_size],
-            pagination={
-                "page": query.page,
-                "pageSize": query.page_size,
-                "totalItems": len(mine),
-                "totalPages": pages,
-                "hasNext": query.page < pages,
-                "hasPrevious": query.page > 1 and bool(mine),
-            },
-        )
+        shown, pages = listing.paged(mine, query.page, query.page_size)
+        return ok(shown, pagination=pages)
 
     return bp

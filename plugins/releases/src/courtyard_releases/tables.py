@@ -291,3 +291,31 @@ class AuditReport(TenantScoped, Model, table=True):
     key_id: str = Field(max_length=32)
     created_by: str = Field(max_length=256)
     created_at: str = Field(max_length=32)
+
+
+class PluginSetting(TenantScoped, Model, table=True):
+    """A tenant's choice about one of the server's plugins: disabled for it, or not."""
+
+    __tablename__ = "releases_plugin_setting"
+    __table_args__ = (UniqueConstraint("tenant_id", "plugin", name="uq_releases_plugin"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    plugin: str = Field(max_length=214)
+    enabled: bool = True
+    updated_by: str = Field(max_length=256)
+    updated_at: str = Field(max_length=32)
+
+
+class PluginInstance(TenantScoped, Model, table=True):
+    """A tenant's named configuration of a plugin, checked against its settings schema."""
+
+    __tablename__ = "releases_plugin_instance"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "plugin_id", "name", name="uq_releases_instance_name"),
+    )
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    plugin_id: str = Field(index=True, max_length=214)
+    name: str = Field(max_length=100)
+    config: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    created_by: str = Field(max_length=256)
+    created_at: str = Field(max_length=32)
+    updated_at: str = Field(max_length=32)

@@ -221,14 +221,12 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
-{upgrade}
+    """Apply this revision (op.create_table, op.add_column, ...)."""{upgrade}
 
 
 def downgrade() -> None:
-{downgrade}
+    """Undo `upgrade`."""{downgrade}
 '''
-_EMPTY_UP = '    """Apply this revision (op.create_table, op.add_column, ...)."""'
-_EMPTY_DOWN = '    """Undo `upgrade`."""'
 
 
 def write_revision(plugin_dir: Path, message: str, *, autogenerate: bool = False) -> Path:
@@ -260,7 +258,7 @@ def write_revision(plugin_dir: Path, message: str, *, autogenerate: bool = False
             f"{manifest.name}: the revisions in {folder} have several heads "
             f"({', '.join(sorted(heads))}): chain them into one before adding another"
         )
-    up, down = _EMPTY_UP, _EMPTY_DOWN
+    up = down = ""
     if autogenerate:
         up, down = draft(plugin_dir, manifest, folder)
     revision_id = rev_id()
@@ -268,8 +266,8 @@ def write_revision(plugin_dir: Path, message: str, *, autogenerate: bool = False
     path = folder / f"{revision_id}_{name}.py"
     text = _TEMPLATE.format(
         imports="import sqlmodel\n" if "sqlmodel." in up + down else "",
-        upgrade=up,
-        downgrade=down,
+        upgrade="\n" + up if up else "",
+        downgrade="\n" + down if down else "",
         message=message.replace("\\", "\\\\").replace('"""', '\\"\\"\\"'),
         revision=revision_id,
         revises=heads[0] if heads else "(none: the first revision)",
