@@ -65,3 +65,22 @@ def test_dev_reloads_on_save_shows_a_broken_save_and_drops_nothing(courtyard_ser
     wait_for(lambda: http.get("/hello/").status_code == 200)
     assert http.get("/hello/").json() == {"word": "three"}
     http.close()
+
+
+async def test_editable_installed_plugins_are_watched_and_imported_anew(
+    courtyard, installed_plugin
+):
+    """An installed plugin whose code is outside site-packages (an editable install) is
+    watched, and a change to it makes the reload import its modules again."""
+    import sys
+
+    from courtyard.watch import forget_modules, watched_roots
+
+    rt = await courtyard()
+    package = installed_plugin / "courtyard_fixture_ep"
+    assert package.resolve() in watched_roots(rt.dispatcher)
+    assert "courtyard_fixture_ep" in sys.modules
+    forget_modules(rt.dispatcher, [(package / "__init__.py").resolve()])
+    assert "courtyard_fixture_ep" not in sys.modules
+    assert (await rt.reload()).status_code == 200
+    assert "courtyard_fixture_ep" in sys.modules  # imported again by the reload
