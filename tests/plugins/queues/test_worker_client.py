@@ -372,3 +372,23 @@ def test_registration_and_task_parsing() -> None:
     assert Outcome.from_response({"task_id": "t", "error": "x", "retry": True}).retry
     assert Outcome.from_response({"task_id": "t", "error": "x", "retry": "yes"}).retry is False
     assert Outcome.from_response({"task_id": "t", "error": {"code": 1}}).error == '{"code": 1}'
+
+
+async def test_a_server_that_never_answers_does_not_outlast_the_deadline(
+    raw_server: Callable[..., Awaitable[str]],
+) -> None:
+    """A request is cut at the call's deadline, not at the 30 s request timeout: a
+    stopping worker's last heartbeat cannot hold its exit."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(60)  # reads the request, never answers
+
+    client = WorkerClient(await raw_server(silent), None, "w")
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unreachable):
+            await client.renew("t1", deadline=time.monotonic() + 1)
+        assert time.monotonic() - started < 3
+    finally:
+        await client.close()

@@ -124,8 +124,11 @@ class WorkerClient:
         deadline."""
         backoff = Backoff()
         while True:
+            # One request never outlives the deadline either (a server that does not
+            # answer would hold a worker's last heartbeat, and its exit, for `timeout`).
+            left = timeout if deadline is None else min(timeout, deadline - time.monotonic())
             try:
-                answer = await self._http.post(path, body, timeout=timeout)
+                answer = await self._http.post(path, body, timeout=max(left, 0.1))
             except TransportError as exc:
                 problem = Unreachable("CONNECTION_FAILED", f"{self.server}{path}: {exc}")
             else:
