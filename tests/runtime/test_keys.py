@@ -85,6 +85,21 @@ async def test_a_credential_is_ignored_while_the_runtime_is_open(courtyard):
     assert answer.status_code == 200
 
 
+async def test_a_key_made_elsewhere_protects_an_open_server_within_a_second(courtyard, tmp_path):
+    """Another process (the CLI, another instance) makes the first key: the first request
+    after at most a second is refused, never one more served openly."""
+    rt = await courtyard(entry_points=False)
+    assert (await rt.client.post("/api/plugins/reload")).status_code == 200  # open
+    elsewhere = Auth(Settings(data_dir=tmp_path), rt.dispatcher.services.database)
+    await elsewhere.keys.create(
+        name="cli", roles=("admin",), permissions=(), tenant=None, expires_at=None,
+        created_by=None,
+    )  # fmt: skip
+    time.sleep(1.1)  # past the server's one-second answer
+    refused = await rt.client.post("/api/plugins/reload")
+    assert refused.status_code == 401, refused.text
+
+
 @pytest.mark.parametrize(("method", "path", "permission"), GUARDED)
 async def test_guarded_core_routes_need_their_permission(
     courtyard, database_url, method, path, permission

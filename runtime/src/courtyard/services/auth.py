@@ -13,8 +13,10 @@ but loopback unless `--insecure`. A runtime that listens beyond loopback never f
 to open mode, even when its last key is revoked.
 
 Keys may be made out of band (the CLI on the same database, another instance), so
-whether one exists is read from the database once a second, in the background (no
-request waits for it; a change this process makes is read at once). While it cannot be
+whether one exists is read from the database at most once a second: in the background
+while keys exist (no request of a protected server waits for it), in the request path
+while the server is open (a key made elsewhere protects the next request after at most a
+second), and at once after a change this process makes. While it cannot be
 read (the database is down), a request that does not bring a token or a plugin credential
 answers `503 AUTH_UNAVAILABLE` with `Retry-After`: neither open (which would grant
 everything) nor 401 (which would tell a client of an open server that it needs a key). A
@@ -196,12 +198,17 @@ class Auth:
         """
         if self.exposed or self.tokens is not None or credentials:
             return True
-        if self._fresh_until == -math.inf:  # this process changed the keys: read them now
+        stale = time.monotonic() >= self._fresh_until
+        if self._fresh_until == -math.inf or (stale and self._keys_active is False):
+            # This process changed the keys, or the server is open and its answer old: read
+            # now, so that a key made elsewhere (the CLI) protects the very next request.
+            # Only an open server waits on this read, at most once a second.
             active = await self._refresh_flag()
         else:
-            if time.monotonic() >= self._fresh_until and self._refreshing is None:
-                # Out-of-band changes (the CLI, another instance) are read in the
-                # background: under load a read in the request path stalled every request.
+            if stale and self._refreshing is None:
+                # A protected server reads out-of-band changes (the CLI, another instance)
+                # in the background: under load a read in the request path stalled every
+                # request, and becoming open a second late is the safe side.
                 self._refreshing = asyncio.create_task(self._refresh_flag())
                 self._refreshing.add_done_callback(self._refreshed)
             active = self._keys_active
