@@ -104,6 +104,7 @@ async def test_a_worker_over_its_memory_is_recycled_even_if_the_app_survives(app
 
 
 @pytest.mark.parametrize("sandboxed", [False, True], ids=["unsandboxed", "sandboxed"])
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 async def test_what_apps_started_dies_with_a_killed_runtime(courtyard_server, tmp_path, sandboxed):
     if sandboxed and shutil.which("bwrap") is None:
         pytest.skip("needs bwrap (Debian package bubblewrap)")

@@ -739,6 +739,7 @@ async def test_stopping_the_server_ends_open_streams_at_once(courtyard_server, f
         assert time.monotonic() - started < 20
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 async def test_two_servers_on_redis_share_events(courtyard_server, feed_plugin, redis):
     from redis.asyncio import Redis
 

@@ -353,6 +353,7 @@ def test_a_client_that_stops_sending_its_body_is_dropped(courtyard_server) -> No
     assert [e["status"] for e in audited(server, "/api/plugins/upload")] == [408]
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 def test_a_quiet_event_stream_outlives_the_read_timeout(courtyard_server) -> None:
     """The read timeout covers bodies only: a client listening quietly stays connected
     (Hypercorn's own read_timeout would have closed it)."""

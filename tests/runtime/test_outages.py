@@ -31,6 +31,7 @@ def no_traceback_per_request(caplog: pytest.LogCaptureFixture) -> None:
     assert len([r for r in caplog.records if r.name == "courtyard.outages"]) <= 3
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 async def test_a_database_outage_answers_503_and_heals(courtyard, caplog):
     caplog.set_level(logging.INFO)
     with postgres_server() as postgres:

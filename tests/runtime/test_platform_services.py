@@ -1,9 +1,12 @@
-"""Issue 5's promise: a plugin gets a database session, an identity and an event stream in
-a few lines (tests/fixtures/plugins/notes), and one tenant never sees another's rows."""
+"""The platform services' promise: a plugin gets a database session, an identity and an
+event stream in a few lines (tests/fixtures/plugins/notes), and one tenant never sees
+another's rows."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 
 async def test_notes_are_kept_per_tenant_and_audited(courtyard, add_fixture_plugins, database_url):
@@ -27,6 +30,7 @@ async def test_notes_are_kept_per_tenant_and_audited(courtyard, add_fixture_plug
     assert sorted(e["tenant"] for e in entries["entries"]) == ["acme", "globex"]
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 def test_a_tenant_streams_only_its_own_events(courtyard_server, add_fixture_plugins):
     add_fixture_plugins("notes")
     server = courtyard_server(entry_points=False)

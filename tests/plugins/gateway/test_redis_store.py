@@ -151,6 +151,7 @@ async def test_two_servers_under_concurrent_load_grant_exactly_one_budget(
     assert await redis_client.keys("courtyard:gateway:*") == [b"courtyard:gateway:0:ip:127.0.0.1"]
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 async def test_without_redis_each_server_has_its_own_budget(
     courtyard_server, served_plugins, tmp_path
 ):

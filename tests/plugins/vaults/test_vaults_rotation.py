@@ -249,6 +249,7 @@ async def _bulk(vaults: Vaults, vault: str, count: int) -> dict[str, str]:
     return values
 
 
+@pytest.mark.slow  # a long multi-process run: CI's `pytest -m slow` step
 async def test_killing_the_rotate_command_loses_nothing(start, monkeypatch, tmp_path, plugin_dir):
     # SIGKILL mid-way (the interrupted rotation above runs on PostgreSQL as well).
     database_url = f"sqlite:///{tmp_path / 'killed.db'}"
