@@ -33,6 +33,8 @@ def wait_for(check, timeout: float = 10.0) -> float:
 def test_dev_reloads_on_save_shows_a_broken_save_and_drops_nothing(courtyard_server, tmp_path):
     project = write_plugin(tmp_path / "work", "hello", "", route("one"))
     server = courtyard_server(command=("dev", str(project)), entry_points=False)
+    wait_for(lambda: "courtyard.watch" in server.log)  # watching starts once it serves
+    time.sleep(0.5)  # the watcher's thread registers its watches just after that line
     http = httpx.Client(base_url=server.url, timeout=10)
     assert http.get("/hello/").json() == {"word": "one"}
 
