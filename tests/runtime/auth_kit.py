@@ -3,9 +3,6 @@ and a JWKS served over HTTP on loopback."""
 
 from __future__ import annotations
 
-import http.server
-import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +12,7 @@ from typing import Any
 from courtyard.testing import write_plugin
 from joserfc import jwt
 from joserfc.jwk import ECKey, OctKey, RSAKey
+from servers import JsonHandler, http_server
 
 SECRET = "s3cret-for-tests-only-0123456789-abcdef"  # 38 bytes: long enough for HS256
 
@@ -119,26 +117,11 @@ def jwks_server(document: dict[str, Any]) -> Iterator[JwksServer]:
     """Serve `document` on 127.0.0.1 (a free port) until the block ends."""
     served = JwksServer(url="", document=document)
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_GET(self) -> None:
             served.requests.append(time.monotonic())
-            body = json.dumps(served.document).encode()
-            self.send_response(served.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.answer(served.status, served.document)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    served.url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_server(Handler) as base:
+        served.url = f"{base}/.well-known/jwks.json"
         yield served
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from joserfc import jwt
 from joserfc.jwk import OctKey
+from servers import JsonHandler, http_server
 
 SECRET = "releases-tests-secret-0123456789-abcdefgh"  # HS256 needs 32 bytes or more
 ALL = ["releases:read", "releases:write", "releases:approve"]
@@ -211,16 +213,12 @@ class FakeServer:
 
 def fake_courtyard() -> Any:
     """Serve `/api/health/ready` and `/api/apps/` on 127.0.0.1 until the block ends."""
-    import http.server
-    import json
-    import threading
-    from contextlib import contextmanager
 
     @contextmanager
     def serve() -> Any:
         served = FakeServer(url="", apps=[], seen_keys=[], uploads=[], deleted=[])
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
                 served.seen_keys.append(self.headers.get("Authorization"))
                 if self.path == "/api/health/ready":
@@ -231,45 +229,21 @@ def fake_courtyard() -> Any:
                     status, body = 200, {"page": self.path}
                 else:
                     status, body = 404, {"error": {"code": "NOT_FOUND", "message": ""}}
-                raw = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
+                self.answer(status, body)
 
             def do_POST(self) -> None:
                 served.seen_keys.append(self.headers.get("Authorization"))
                 raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 served.uploads.append(raw)
                 app = {"name": "shop", "version": served.next_version}
-                self._answer(served.upload_status, {"success": True, "data": {"app": app}})
+                self.answer(served.upload_status, {"success": True, "data": {"app": app}})
 
             def do_DELETE(self) -> None:
                 served.deleted.append(self.path)
-                self._answer(200, {"success": True})
+                self.answer(200, {"success": True})
 
-            def _answer(self, status: int, body: Any) -> None:
-                raw = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        served.url = f"http://127.0.0.1:{server.server_address[1]}"
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
+        with http_server(Handler) as served.url:
             yield served
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join()
 
     return serve()
 
