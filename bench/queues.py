@@ -11,13 +11,15 @@
      runqy_python task module (`@task def handle(payload): return None`, `run()`); one
      `courtyard worker --concurrency C` (long_running). The bench enqueues with
      `POST /queue/add-batch` (100 tasks per request, --clients requests at once, with the
-     queue's API key). The worker's slots lease tasks from the server over HTTP
-     (`POST /worker/dequeue`, a long poll, when a slot is idle), write each task as a JSON
-     line to the task process (a separate Python process: runqy's stdio protocol), read
-     its answer line, and report it (`POST /worker/tasks/{id}/complete`, which also
-     leases the slot's next task while tasks wait: one request and two Lua scripts per
-     task, the result stored in Redis). Every step crosses a process boundary: bench ->
-     server -> Redis, server <-> worker over HTTP, worker <-> task process over pipes.
+     queue's API key). The worker holds up to C tasks at once: it leases them from the
+     server over HTTP with `POST /worker/batch`, writes each task as a JSON line to the
+     task process (a separate Python process: runqy's stdio protocol), reads its answer
+     line, and reports the outcomes of the tasks that ended since its last request in one
+     `POST /worker/batch`, which also leases as many tasks as they leave room for (one
+     request and one Lua script per batch of tasks, the results stored in Redis; a long
+     poll, the same route with `wait`, only when the queue is empty). Every step crosses a
+     process boundary: bench -> server -> Redis, server <-> worker over HTTP, worker <->
+     task process over pipes.
    - arq (its own environment, see queues_arq.py): one arq worker with `max_jobs` = C
      and `poll_delay` --arq-poll-delay (arq's default, 0.5 s, caps it at about 200
      tasks/s: it sleeps that long after each read of at most 100 jobs), running the task
@@ -39,6 +41,11 @@
    connections for --seconds (wrk when installed, else loadgen.py; see harness.py). No
    worker runs, so the queue only grows. These servers run without an API key (the load
    generators send no Authorization header), so no key is checked.
+
+CPU time: for each round, the CPU seconds (user + system, from /proc) each process of
+a side used, per task: Courtyard's server, worker, task process and redis-server; arq's
+worker and redis-server (the enqueueing client, the bench itself or arq's `round`, is
+not counted on either side).
 
 Prints tables and writes bench/results/queues.json (queues-quick.json with --quick, which
 runs 1000 tasks, one round and 1 s per load).
@@ -76,6 +83,7 @@ SUB_QUEUE = "bench.default"
 PREFIX = "bench"  # the Courtyard server's Redis key prefix
 BATCH = 100  # tasks per add-batch request
 POLL = 0.005  # seconds between two looks at Redis while waiting for the last task
+ROUND_LIMIT = 600  # seconds a round may take before the bench gives up
 
 NOOP_TASK = """
 from runqy_python import run, task
@@ -156,9 +164,58 @@ def redis_server(folder: Path) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.02)
+        global REDIS_PID
+        REDIS_PID = process.pid
         yield f"redis://127.0.0.1:{port}"
     finally:
         stop(process)
+
+
+# CPU time -------------------------------------------------------------------------------
+
+REDIS_PID: int | None = None  # the bench's redis-server, once started
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int | None, tree: bool = False) -> float:
+    """CPU time (user + system) a process used so far, with its descendants' when `tree`
+    (from /proc: Linux only; 0 where it cannot be read)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+    if tree:
+        own += sum(cpu_seconds(child, tree=True) for child in children(pid))
+    return own
+
+
+def children(pid: int) -> list[int]:
+    """The process's children (from /proc: those of each of its threads)."""
+    found: list[int] = []
+    for thread in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(child) for child in (thread / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+class CpuMeter:
+    """CPU seconds of named processes over a round: `meter = CpuMeter(pids)`, then
+    `meter.per_task(tasks)` gives milliseconds per task for each."""
+
+    def __init__(self, pids: dict[str, tuple[int | None, bool]]) -> None:
+        self.pids = pids
+        self.start = {name: cpu_seconds(pid, tree) for name, (pid, tree) in pids.items()}
+
+    def per_task(self, tasks: int) -> dict[str, float]:
+        return {
+            name: (cpu_seconds(pid, tree) - self.start[name]) * 1000 / tasks
+            for name, (pid, tree) in self.pids.items()
+        }
 
 
 def git(*args: str, cwd: Path) -> None:
@@ -254,6 +311,8 @@ class Courtyard:
             env={**os.environ, "UV_OFFLINE": "1", "PIP_NO_INDEX": "1"},  # from uv's cache
         )
         stack.callback(stop, worker)
+        self.worker = worker
+        self.worker_log = folder / "worker.log"
         self._wait_running(worker, folder / "worker.log")
 
     def _wait_running(self, worker: subprocess.Popen[bytes], log: Path) -> None:
@@ -273,14 +332,29 @@ class Courtyard:
         answer.raise_for_status()
         return dict(answer.json())
 
-    def round(self, tasks: int, clients: int) -> dict[str, float | int]:
+    def round(self, tasks: int, clients: int) -> dict[str, Any]:
         before = self.stats()
         completed_key = f"{PREFIX}:q:{SUB_QUEUE}:completed"  # see lua/common.lua
         done_before = int(self.redis.zcard(completed_key))
-        outcome = asyncio.run(self._enqueue(tasks, clients))
+        task_process = next(iter(children(self.worker.pid)), None)
+        meter = CpuMeter(
+            {
+                "server": (self.server.process.pid, False),
+                "worker": (self.worker.pid, False),
+                "task process": (task_process, False),
+                "redis-server": (REDIS_PID, False),
+            }
+        )
+        outcome: dict[str, Any] = asyncio.run(self._enqueue(tasks, clients))
+        deadline = time.monotonic() + ROUND_LIMIT
         while int(self.redis.zcard(completed_key)) - done_before < tasks:
+            if self.server.process.poll() is not None or self.worker.poll() is not None:
+                raise RuntimeError(f"the server or the worker died:\n{self.worker_log.read_text()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the round did not end within {ROUND_LIMIT} s")
             time.sleep(POLL)
         outcome["seconds"] = time.perf_counter() - outcome.pop("started")
+        outcome["cpu_ms_per_task"] = meter.per_task(tasks)
         after = self.stats()
         outcome["results"] = after["completed"] - before["completed"]
         outcome["failed"] = after["failed"] - before["failed"]
@@ -322,6 +396,7 @@ class Arq:
             stderr=log,
         )
         stack.callback(stop, worker)
+        self.worker = worker
         assert worker.stdout is not None
         line = worker.stdout.readline()  # "ready" once it polls, or nothing if it died
         if line.strip() != b"ready":
@@ -330,15 +405,19 @@ class Arq:
                 f"arq worker did not start:\n{(folder / 'arq-worker.log').read_text()}"
             )
 
-    def round(self, tasks: int, clients: int) -> dict[str, float | int]:
+    def round(self, tasks: int, clients: int) -> dict[str, Any]:
         command = arq_command("round", self.url, "--tasks", str(tasks), "--clients", str(clients))
-        outcome = json.loads(subprocess.run(command, check=True, capture_output=True).stdout)
+        # The arq worker is uv's child: its tree is the worker's Python.
+        meter = CpuMeter({"worker": (self.worker.pid, True), "redis-server": (REDIS_PID, False)})
+        done = subprocess.run(command, check=True, capture_output=True, timeout=ROUND_LIMIT)
+        outcome: dict[str, Any] = json.loads(done.stdout)
+        outcome["cpu_ms_per_task"] = meter.per_task(tasks)
         outcome["failed"] = tasks - outcome["results"]
         return outcome
 
 
 def end_to_end(args: argparse.Namespace, folder: Path, redis_url: str) -> dict[str, Any]:
-    samples: dict[str, list[dict[str, float | int]]] = {"courtyard": [], "arq": []}
+    samples: dict[str, list[dict[str, Any]]] = {"courtyard": [], "arq": []}
     with ExitStack() as stack:
         sides = {
             "courtyard": Courtyard(stack, folder / "courtyard", redis_url, args.concurrency),
@@ -375,7 +454,16 @@ def end_to_end(args: argparse.Namespace, folder: Path, redis_url: str) -> dict[s
         for c, a in zip(samples["courtyard"], samples["arq"], strict=True)
     ]
     summary = {"courtyard/arq": statistics.median(ratios), "worst round": min(ratios)}
-    return {"rows": rows, "summary": summary, "samples": samples}
+    cpu = [
+        {
+            "side": name,
+            "process": process,
+            "cpu ms/task": statistics.median(s["cpu_ms_per_task"][process] for s in samples[name]),
+        }
+        for name in samples
+        for process in samples[name][0]["cpu_ms_per_task"]
+    ]
+    return {"rows": rows, "summary": summary, "cpu": cpu, "samples": samples}
 
 
 # HTTP enqueue rate ----------------------------------------------------------------------
@@ -473,6 +561,8 @@ def main() -> None:
     if "end_to_end" in results:
         print()
         print(table(results["end_to_end"]["rows"]))
+        print()
+        print(table(results["end_to_end"]["cpu"]))
         print()
         print(table([results["end_to_end"]["summary"]]))
     if "enqueue" in results:

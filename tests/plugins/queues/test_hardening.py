@@ -4,6 +4,7 @@ programs may call without an `Origin`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -359,6 +360,7 @@ WITHOUT_ORIGIN = {
     ("DELETE", "/api/cli/configs/<name>"),
     ("POST", "/worker/register"),
     ("POST", "/worker/dequeue"),
+    ("POST", "/worker/batch"),
     ("POST", "/worker/heartbeat"),
     ("POST", "/worker/tasks/<task_id>/renew"),
     ("POST", "/worker/tasks/<task_id>/complete"),
@@ -426,28 +428,46 @@ async def test_programs_without_origin_in_the_open_mode(queues_and_vaults):
 async def test_a_worker_fails_a_task_whose_result_the_server_refuses(tmp_path):
     """A result the server cannot store (here, NaN, which the task's own JSON may hold)
     would otherwise come back each time its lease expires: the worker fails it for good."""
-    from courtyard_queues.worker.client import ServerError
+    from courtyard_queues.worker.client import Exchanged, Settlement
     from courtyard_queues.worker.messages import Assignment, Outcome
-    from courtyard_queues.worker.runner import Options, Worker
+    from courtyard_queues.worker.runner import Options, Worker, _Slot
 
     class Client:
-        failed: list[tuple[str, str, bool]] = []
+        def __init__(self):
+            self.sent = []
 
-        async def complete(self, task_id, result, **_):
-            raise ServerError("VALIDATION_ERROR", "NaN is not a JSON number", 400)
+        async def exchange(self, queue, reports, lease, wait, **_):
+            settlements = []
+            for report in reports:
+                self.sent.append((report.task_id, report.outcome, lease))
+                if report.outcome.ok:  # as the server answers a result it cannot store
+                    refusal = ("VALIDATION_ERROR", "NaN is not a JSON number", 400)
+                    settlements.append(Settlement(report.task_id, None, *refusal))
+                else:
+                    settlements.append(Settlement(report.task_id, state="archived"))
+            return Exchanged(settlements, [])
 
-        async def fail(self, task_id, error, retry, **_):
-            self.failed.append((task_id, error, retry))
-            return "archived"
+    class Executor:
+        def is_ready(self):
+            return False  # nothing more is leased
 
     client = Client()
     worker = Worker(client, Options(queue="simple", workdir=tmp_path))  # type: ignore[arg-type]
-    task = Assignment("t1", "simple", {}, 0, 3, "simple.default", 0.0)
-    assert await worker._report(task, "outcome", Outcome(result=math.nan)) is None
-    assert client.failed == [
-        ("t1", "the server refused the result: VALIDATION_ERROR: NaN is not a JSON number", False)
+    worker.executor = Executor()  # type: ignore[assignment]
+    reporter = asyncio.create_task(worker._report_loop())
+    try:
+        task = Assignment("t1", "simple", {}, 0, 3, "simple.default", 0.0)
+        worker._held = 1
+        await asyncio.wait_for(worker._deliver(task, Outcome(result=math.nan), _Slot()), 5)
+    finally:
+        reporter.cancel()
+    failure = "the server refused the result: VALIDATION_ERROR: NaN is not a JSON number"
+    assert [(t, o.error, o.retry, lease) for t, o, lease in client.sent] == [
+        ("t1", None, False, 0),
+        ("t1", failure, False, 0),
     ]
     assert worker.failed == 1 and worker.completed == 0
+    assert worker._held == 0  # its room is free again
 
 
 async def test_an_unusable_path_parameter_is_still_401_without_credentials(queues, monkeypatch):

@@ -154,6 +154,7 @@ async def test_instances_share_queues_and_wake_each_other(courtyard, tmp_path, r
         "config_files": [str(config)],
         **FAST,
         "poll_seconds": 10,  # only the relayed enqueue can wake the other instance fast
+        "lease_seconds": 30,  # no lease expires (and its task comes back) mid-test
     }
     first = await courtyard(only_plugins=["queues"], plugins={"queues": settings})
     second = await courtyard(only_plugins=["queues"], plugins={"queues": settings})

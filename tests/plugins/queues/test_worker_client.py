@@ -5,15 +5,22 @@ closed connections, silence, overload), on loopback sockets."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from courtyard.testing import Server, free_port
-from courtyard_queues.worker.client import LeaseLost, ServerError, Unreachable, WorkerClient
+from courtyard_queues.worker.client import (
+    LeaseLost,
+    Report,
+    ServerError,
+    Unreachable,
+    WorkerClient,
+)
 from courtyard_queues.worker.http import HttpClient, TransportError
-from courtyard_queues.worker.messages import LONG_RUNNING, ONE_SHOT
+from courtyard_queues.worker.messages import LONG_RUNNING, ONE_SHOT, Outcome
 
 KEY = "client-test-runqy-key"
 CONFIG = """
@@ -95,6 +102,121 @@ async def test_the_worker_protocol(client: WorkerClient) -> None:
 
     await client.heartbeat("jobs", "running", [third], 3, deadline=soon)
     assert len(client._http._idle) >= 1  # the connection was kept for the next request
+
+
+async def test_reports_and_leases_go_in_one_batch(client: WorkerClient) -> None:
+    soon = time.monotonic() + 10
+    ids = [await enqueue(client, "jobs", {"n": n}) for n in range(4)]
+    leased = await client.exchange("jobs", [], 3, 0, deadline=soon)
+    assert client.batches is True and leased.settlements == []
+    assert [t.task_id for t in leased.tasks] == ids[:3]
+    assert [t.payload for t in leased.tasks] == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+    reports = [
+        Report(ids[0], Outcome(result={"r": 0})),
+        Report(ids[1], Outcome(error="bad input", retry=False)),
+        Report(ids[0], Outcome(result="twice")),
+    ]
+    answer = await client.exchange("jobs", reports, 2, 0, deadline=soon)
+    assert [(s.task_id, s.state, s.code, s.status) for s in answer.settlements] == [
+        (ids[0], "completed", None, None),
+        (ids[1], "archived", None, None),
+        (ids[0], None, "LEASE_LOST", 409),
+    ]
+    assert [t.task_id for t in answer.tasks] == [ids[3]]  # what was left
+
+    # A result the server cannot store refuses the whole batch: each report is then sent
+    # on its own, and gets its own answer; the lease follows.
+    nan = [Report(ids[2], Outcome(result=float("nan"))), Report(ids[3], Outcome(result=3))]
+    fifth = await enqueue(client, "jobs", {"n": 4})
+    answer = await client.exchange("jobs", nan, 1, 0, deadline=soon)
+    assert answer.settlements[0].status == 400 and answer.settlements[0].code == "VALIDATION_ERROR"
+    assert answer.settlements[1].state == "completed"
+    assert [t.task_id for t in answer.tasks] == [fifth]
+    assert client.batches is True
+
+    with pytest.raises(ServerError) as unknown:
+        await client.exchange("no-such-queue", [], 1, 0, deadline=soon)
+    assert unknown.value.code == "QUEUE_NOT_FOUND"
+    # With reports, a queue that went away still records them, one by one.
+    gone = await client.exchange(
+        "no-such-queue", [Report(fifth, Outcome(result=5))], 1, 0, deadline=soon
+    )
+    assert gone.settlements[0].state == "completed" and gone.tasks == []
+
+
+async def test_a_batch_too_large_for_one_request_is_sent_in_parts(client: WorkerClient) -> None:
+    soon = time.monotonic() + 60
+    for n in range(3):
+        await enqueue(client, "jobs", {"n": n})
+    leased = await client.exchange("jobs", [], 3, 0, deadline=soon)
+    big = "x" * (7 * 1024 * 1024)  # three of them are over the server's 16 MiB per request
+    reports = [Report(task.task_id, Outcome(result=big)) for task in leased.tasks]
+    answer = await client.exchange("jobs", reports, 0, 0, deadline=soon)
+    assert [s.state for s in answer.settlements] == ["completed"] * 3
+    assert client.batches is True
+
+
+async def test_a_server_without_batches_gets_one_request_per_task(
+    raw_server: Callable[..., Awaitable[str]],
+) -> None:
+    """An older server (no /worker/batch) is asked through the single-task routes."""
+    seen: list[tuple[str, dict[str, object]]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1].decode()
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            body = json.loads(await reader.readexactly(length))
+            seen.append((path, body))
+            status, answer = "200 OK", b'{"state": "completed"}'
+            if path == "/worker/batch":
+                status, answer = "404 Not Found", b'{"error": {"code": "NOT_FOUND", "message": ""}}'
+            elif path == "/worker/dequeue":
+                answer = json.dumps(
+                    {
+                        "task": {
+                            "task_id": "t9",
+                            "type": "jobs",
+                            "payload": {},
+                            "queue": "jobs.default",
+                        }
+                    }
+                ).encode()
+            elif path.endswith("/fail"):
+                answer = b'{"state": "retry"}'
+            writer.write(
+                b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                % (status.encode(), len(answer))
+                + answer
+            )
+            await writer.drain()
+
+    client = WorkerClient(await raw_server(handler), None, "old-server-worker")
+    try:
+        reports = [Report("t1", Outcome(result=1)), Report("t2", Outcome(error="e", retry=True))]
+        answer = await client.exchange("jobs", reports, 4, 0, deadline=time.monotonic() + 10)
+        assert client.batches is False
+        assert [s.state for s in answer.settlements] == ["completed", "retry"]
+        assert [t.task_id for t in answer.tasks] == ["t9"]  # one task per exchange
+        again = await client.exchange("jobs", [], 4, 1, deadline=time.monotonic() + 10)
+        assert [t.task_id for t in again.tasks] == ["t9"]
+    finally:
+        await client.close()
+    assert [path for path, _ in seen] == [
+        "/worker/batch",
+        "/worker/tasks/t1/complete",
+        "/worker/tasks/t2/fail",
+        "/worker/dequeue",
+        "/worker/dequeue",  # the batch route is not asked again
+    ]
+    assert seen[2][1] == {"worker_id": "old-server-worker", "error": "e", "retry": True}
+    assert seen[3][1]["wait"] == 0 and seen[4][1]["wait"] == 1
 
 
 async def test_refusals_are_not_retried(server: Server) -> None:

@@ -154,11 +154,11 @@ def test_long_running_worker_runs_a_runqy_module(setup: Setup) -> None:
         assert {r["loaded_by"] for r in results} == pids  # @load ran once, in it
         workers = setup.client.get("/api/cli/workers").json()
         listed = json.dumps(workers)
-        assert "running" in listed and "jobs" in listed
+        assert "running" in listed and "jobs" in listed, worker.log
         worker.process.send_signal(signal.SIGUSR1)  # "what are you doing?"
         worker.wait_for("worker state:")
         assert "status running; tasks in flight: none" in worker.log
-        assert "_slot (runner.py:" in worker.log
+        assert "_lease_loop (runner.py:" in worker.log
     finally:
         worker.terminate()
     assert worker.wait(30) == 0

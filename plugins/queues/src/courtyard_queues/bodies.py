@@ -31,6 +31,7 @@ from .config import describe
 from .limits import (
     MAX_CONCURRENCY,
     MAX_DEPTH,
+    MAX_EXCHANGE,
     MAX_RETRY,
     MAX_SECONDS,
     MAX_UNIX,
@@ -188,6 +189,74 @@ class Fail(WorkerOnly):
         # A task's error text is its own output: keep the report, lose only the NULs
         # (which PostgreSQL text cannot hold).
         return value.replace("\x00", "\ufffd")
+
+
+class BatchReport(_Body):
+    """One report of `POST /worker/batch`: a completion with `result`, or, when `error` is
+    given (not null), a failure as `POST /worker/tasks/{id}/fail` records it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task_id: Text = ID
+    result: Any = None
+    error: str | None = Field(default=None, max_length=65536)
+    retry: bool = True
+
+    @field_validator("error")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        return None if value is None else value.replace("\x00", "\ufffd")
+
+
+class Batch(_Body):
+    """`POST /worker/batch`: record `reports`, then lease up to `lease` tasks, waiting up
+    to `wait` seconds when none is ready (at most 30 s)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    worker_id: Text = ID
+    queue: Text = Field(min_length=1, max_length=200)
+    reports: list[BatchReport] = Field(default_factory=list, max_length=MAX_EXCHANGE)
+    lease: int = Field(default=0, ge=0, le=MAX_EXCHANGE)
+    wait: float = Field(default=0, ge=0, le=30)
+
+
+class LeasedTask(BaseModel):
+    """A task leased to a worker, as `POST /worker/dequeue` and `POST /worker/batch` give
+    it (`payload` is the task's JSON value; `lease_expires_at` is Unix seconds)."""
+
+    task_id: str
+    type: str
+    payload: Any = None
+    retry_count: int
+    max_retry: int
+    queue: str
+    timeout: float | None
+    lease_expires_at: float | None
+
+
+class ReportError(BaseModel):
+    """Why a report was not recorded: `TASK_NOT_FOUND` or `LEASE_LOST`."""
+
+    code: str
+    message: str
+
+
+class ReportOutcome(BaseModel):
+    """The outcome of one report: the task's new `state` (`completed`, `retry`, `pending`
+    or `archived`), or the `error` that refused it."""
+
+    task_id: str
+    state: str | None = None
+    error: ReportError | None = None
+
+
+class BatchAnswer(BaseModel):
+    """The answer of `POST /worker/batch`: one outcome per report, in order, and the
+    tasks leased (none when none came within `wait`)."""
+
+    reports: list[ReportOutcome]
+    tasks: list[LeasedTask]
 
 
 class Heartbeat(_Body):

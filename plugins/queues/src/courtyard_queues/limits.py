@@ -15,6 +15,7 @@ MAX_SECONDS = 365 * 86400  # every duration: timeouts, delays, TTLs, retentions 
 MAX_RETRY = 100  # retries of one task: 2**100 backoff steps is already far past the cap
 MAX_PRIORITY = 1000  # a sub-queue's priority (weights are summed as floats)
 MAX_CONCURRENCY = 10_000  # a worker's concurrency (an integer column)
+MAX_EXCHANGE = 1000  # reports, and tasks to lease, in one `POST /worker/batch`
 MAX_UNIX = 253_402_300_799.0  # 9999-12-31T23:59:59Z: the last time an answer can show
 MAX_DEPTH = 64  # nesting of arrays and objects in a body (payloads and results included)
 MAX_CURSOR_DIGITS = 18  # a listing's cursor: a 64-bit row number or offset

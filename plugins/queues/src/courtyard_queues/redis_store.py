@@ -34,11 +34,14 @@ from .store import (
     TIMED_OUT,
     Backoff,
     Duplicate,
+    Exchange,
     LeaseLost,
     NewTask,
     Page,
     QueueStats,
     Renewal,
+    Report,
+    Settled,
     StoredConfig,
     Sweep,
     Task,
@@ -255,6 +258,47 @@ class RedisTaskStore:
         if not answer:
             return None
         return _task(answer[0], _fields(answer[1]))
+
+    async def exchange(
+        self,
+        worker_id: str,
+        reports: list[Report],
+        orders: list[list[str]],
+        lease: float,
+        count: int,
+        backoff: Backoff,
+    ) -> Exchange:
+        """See `TaskStore.exchange`: one script, whose answer is one JSON text."""
+        wire: list[list[Any]] = []
+        for report in reports:
+            if report.error is None:
+                text = json.dumps(report.result, separators=(",", ":"), ensure_ascii=False)
+                wire.append([report.task_id, "c", text])
+            else:
+                wire.append([report.task_id, "f", report.error, report.retry, random.random()])
+        answer = json.loads(
+            await self._run(
+                "batch",
+                worker_id,
+                lease,
+                count if orders and orders[0] else 0,
+                json.dumps(wire, separators=(",", ":"), ensure_ascii=False),
+                backoff.base,
+                backoff.cap,
+                backoff.jitter,
+                json.dumps(orders, separators=(",", ":"), ensure_ascii=False),
+            )
+        )
+        settled: list[Settled | TaskNotFound | LeaseLost] = []
+        for item in answer["reports"]:
+            if item[1] == "notfound":
+                settled.append(TaskNotFound(item[0]))
+            elif item[1] == "lost":
+                settled.append(LeaseLost(item[0]))
+            else:
+                settled.append(Settled(item[0], item[2], item[1]))
+        leased = [_task(task_id, fields) for task_id, fields in answer["tasks"]]
+        return Exchange(settled, leased)
 
     async def _with_hash(self, name: str, task_id: str, *args: Any) -> Task:
         answer = await self._run(name, task_id, *args)

@@ -24,7 +24,7 @@ from courtyard_sdk import ApiError
 
 from . import errors
 from .config import ConfigError, normalize, split_name
-from .limits import MAX_RETRY, MAX_SECONDS, MAX_UNIX, check_seconds, is_finite_number
+from .limits import MAX_EXCHANGE, MAX_RETRY, MAX_SECONDS, MAX_UNIX, check_seconds, is_finite_number
 from .notify import Notifier
 from .registry import Entry, Registry
 from .schemas import PayloadError, apply_input
@@ -33,9 +33,12 @@ from .store import (
     FINISHED,
     Backoff,
     Duplicate,
+    Exchange,
     LeaseLost,
     NewTask,
     Renewal,
+    Report,
+    Settled,
     Task,
     TaskNotFound,
     TaskStore,
@@ -120,7 +123,9 @@ class QueueService:
         self.options = options
         self.log = logger
         self.notifier = notifier or Notifier()
-        self.on_finished: list[Any] = []  # callables(task) told of completed/archived tasks
+        # Callables told of completed and archived tasks: given a `Task`, or a `Settled`
+        # (its id, queue and state) for a report of `exchange`.
+        self.on_finished: list[Any] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()  # set by close(): the sweeper ends
 
@@ -332,6 +337,62 @@ class QueueService:
                     return task
                 await _wait(ready, stop, min(left, self.options.poll_seconds))
 
+    def lease_orders(self, queues: list[str], entry: Entry, count: int) -> list[list[str]]:
+        """The order each of `count` leases tries `queues` in: one order when it is the
+        same for all (one sub-queue, strict priorities), else one drawn for each lease."""
+        if len(queues) == 1 or entry.config.strict_priority or count <= 1:
+            return [self.dequeue_order(queues, entry)]
+        return [self.dequeue_order(queues, entry) for _ in range(count)]
+
+    async def exchange(
+        self,
+        worker_id: str,
+        queue: str,
+        reports: list[Report],
+        count: int,
+        wait: float = 0.0,
+        stop: asyncio.Event | None = None,
+    ) -> Exchange:
+        """Record a worker's reports and lease it up to `count` tasks, in one store call;
+        when none could be leased at once, wait up to `wait` seconds for one (as
+        `dequeue` does) and lease what is there then. The reports are recorded first,
+        whatever the leases give.
+
+        :raises ApiError: 404 QUEUE_NOT_FOUND (before any report is recorded).
+        """
+        queues, entry = await self.worker_queues(queue)
+        count = min(max(count, 0), MAX_EXCHANGE)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(wait, 0.0), MAX_WAIT)
+        settled: list[Settled | TaskNotFound | LeaseLost] | None = None
+        while True:
+            with self.notifier.listen(queues) as ready:
+                done = await self.store.exchange(
+                    worker_id,
+                    reports if settled is None else [],
+                    self.lease_orders(queues, entry, count),
+                    self.options.lease_seconds,
+                    count,
+                    self.options.backoff,
+                )
+                if settled is None:
+                    settled = done.settled
+                    await self._after_reports(settled)
+                left = deadline - loop.time()
+                if done.leased or count == 0 or left <= 0 or self._stopping(stop):
+                    return Exchange(settled, done.leased)
+                await _wait(ready, stop, min(left, self.options.poll_seconds))
+
+    async def _after_reports(self, settled: list[Settled | TaskNotFound | LeaseLost]) -> None:
+        """What follows recorded reports: the events of finished tasks, and wake-ups for
+        tasks that are pending again."""
+        for outcome in settled:
+            if isinstance(outcome, Settled):
+                if outcome.state in FINISHED:
+                    await self._finished(outcome)
+                else:
+                    self.notifier.ready(outcome.queue)
+
     async def renew(self, task_id: str, worker_id: str) -> Renewal:
         """Extend a lease. :raises ApiError: 404, 409 LEASE_LOST."""
         with _leased(task_id):
@@ -374,7 +435,7 @@ class QueueService:
         worker.started_at = worker.last_beat = await self.store.now()
         return await self.store.save_worker(worker)
 
-    async def _finished(self, task: Task) -> None:
+    async def _finished(self, task: Task | Settled) -> None:
         self.notifier.finished(task.id)
         for listener in self.on_finished:
             try:

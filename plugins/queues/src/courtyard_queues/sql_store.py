@@ -43,11 +43,14 @@ from .store import (
     TIMED_OUT,
     Backoff,
     Duplicate,
+    Exchange,
     LeaseLost,
     NewTask,
     Page,
     QueueStats,
     Renewal,
+    Report,
+    Settled,
     StoredConfig,
     Sweep,
     Task,
@@ -240,37 +243,160 @@ class SqlTaskStore:
         now = self.clock()
         async with self._write() as conn:
             for queue in queues:
-                oldest = (
-                    select(T.seq)
-                    .where(
-                        T.queue == queue,
-                        T.state == PENDING,
-                        ~exists().where(PAUSED.c.queue == queue),
-                    )
-                    .order_by(T.ready_at, T.seq)
-                    .limit(1)
-                )
-                if self.postgres:
-                    oldest = oldest.with_for_update(skip_locked=True)
-                leased = await conn.execute(
-                    update(TASKS)
-                    .where(T.seq == oldest.scalar_subquery(), T.state == PENDING)
-                    .values(
-                        state=ACTIVE,
-                        lease_owner=worker_id,
-                        lease_expires_at=now + lease,
-                        started_at=now,
-                        deadline=_until(now, T.timeout),
-                        pending_deadline=None,
-                        cancel_requested=False,
-                        updated_at=now,
-                    )
-                    .returning(*TASKS.c)
-                )
-                row = leased.first()
-                if row is not None:
-                    return _task(row)
+                leased = await self._lease(conn, queue, worker_id, lease, now, 1)
+                if leased:
+                    return leased[0]
         return None
+
+    async def _lease(
+        self,
+        conn: AsyncConnection,
+        queue: str,
+        worker_id: str,
+        lease: float,
+        now: float,
+        limit: int,
+    ) -> list[Task]:
+        """Lease the `limit` oldest pending tasks of `queue` (none while it is paused) in
+        one statement; oldest first."""
+        oldest = (
+            select(T.seq)
+            .where(
+                T.queue == queue,
+                T.state == PENDING,
+                ~exists().where(PAUSED.c.queue == queue),
+            )
+            .order_by(T.ready_at, T.seq)
+            .limit(limit)
+        )
+        if self.postgres:
+            oldest = oldest.with_for_update(skip_locked=True)
+        if limit == 1:
+            condition = T.seq == oldest.scalar_subquery()
+        elif self.postgres:
+            # A materialized CTE: PostgreSQL may run an `IN (...)` sub-select more than
+            # once, and with SKIP LOCKED each run can pick other rows (and lease more).
+            picked = oldest.cte("picked").prefix_with("MATERIALIZED")
+            condition = T.seq == picked.c.seq
+        else:
+            condition = T.seq.in_(oldest)
+        rows = (
+            await conn.execute(
+                update(TASKS)
+                .where(condition, T.state == PENDING)
+                .values(
+                    state=ACTIVE,
+                    lease_owner=worker_id,
+                    lease_expires_at=now + lease,
+                    started_at=now,
+                    deadline=_until(now, T.timeout),
+                    pending_deadline=None,
+                    cancel_requested=False,
+                    updated_at=now,
+                )
+                .returning(*TASKS.c)
+            )
+        ).all()
+        # RETURNING follows no order: hand them over oldest first, as they were queued.
+        rows.sort(key=lambda row: (row.ready_at or 0.0, row.seq))
+        return [_task(row) for row in rows]
+
+    async def exchange(
+        self,
+        worker_id: str,
+        reports: list[Report],
+        orders: list[list[str]],
+        lease: float,
+        count: int,
+        backoff: Backoff,
+    ) -> Exchange:
+        """See `TaskStore.exchange`: one transaction; a queue's tasks are leased by one
+        statement when one order serves every lease (one queue, or strict priorities)."""
+        settled: list[Settled | TaskNotFound | LeaseLost] = []
+        leased: list[Task] = []
+        now = self.clock()
+        async with self._write() as conn:
+            processed: Counter[str] = Counter()
+            for report in reports:
+                outcome: Settled | None
+                if report.error is None:
+                    outcome = await self._complete(conn, report.task_id, worker_id, report, now)
+                    if outcome is not None:
+                        processed[outcome.queue] += 1
+                else:
+                    task = await self._fail(
+                        conn, report.task_id, worker_id, report.error, report.retry, backoff
+                    )
+                    outcome = None if task is None else Settled(task.id, task.queue, task.state)
+                if outcome is None:
+                    lost = await self._lost(conn, report.task_id)
+                    assert isinstance(lost, TaskNotFound | LeaseLost)
+                    settled.append(lost)
+                else:
+                    settled.append(outcome)
+            if processed:
+                await self._count(conn, processed, Counter())
+            if count > 0 and orders and orders[0]:
+                leased = await self._lease_many(conn, orders, worker_id, lease, now, count)
+        return Exchange(settled, leased)
+
+    async def _complete(
+        self, conn: AsyncConnection, task_id: str, worker_id: str, report: Report, now: float
+    ) -> Settled | None:
+        row = (
+            await conn.execute(
+                update(TASKS)
+                .where(self._owned(task_id, worker_id))
+                .values(
+                    state=COMPLETED,
+                    result=dumps(report.result),
+                    completed_at=now,
+                    expires_at=_until(now, T.retention),
+                    lease_expires_at=None,
+                    deadline=None,
+                    updated_at=now,
+                )
+                .returning(T.queue, T.unique_key)
+            )
+        ).first()
+        if row is None:
+            return None
+        if row.unique_key:
+            await conn.execute(
+                delete(UNIQUE).where(UNIQUE.c.key == row.unique_key, UNIQUE.c.task_id == task_id)
+            )
+        return Settled(task_id, row.queue, COMPLETED)
+
+    async def _lease_many(
+        self,
+        conn: AsyncConnection,
+        orders: list[list[str]],
+        worker_id: str,
+        lease: float,
+        now: float,
+        count: int,
+    ) -> list[Task]:
+        leased: list[Task] = []
+        if len(orders) == 1:
+            for queue in orders[0]:
+                if len(leased) >= count:
+                    break
+                leased += await self._lease(conn, queue, worker_id, lease, now, count - len(leased))
+            return leased
+        empty: set[str] = set()
+        for k in range(count):
+            found: list[Task] = []
+            for queue in orders[min(k, len(orders) - 1)]:
+                if queue in empty:
+                    continue
+                found = await self._lease(conn, queue, worker_id, lease, now, 1)
+                if found:
+                    break
+                empty.add(queue)
+            if not found:
+                break  # every queue is empty or paused
+            leased += found
+        return leased
 
     async def _lost(self, conn: AsyncConnection, task_id: str) -> Exception:
         known = await conn.scalar(select(T.state).where(T.id == task_id))

@@ -133,6 +133,35 @@ class Task:
 
 
 @dataclass(frozen=True)
+class Report:
+    """A worker's report on a task it ran: a completion with `result`, or a failure when
+    `error` is not None (retried after the backoff when `retry` and retries remain)."""
+
+    task_id: str
+    result: Any = None
+    error: str | None = None
+    retry: bool = True
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A report the store recorded: the task, its queue and its new state."""
+
+    id: str
+    queue: str
+    state: str
+
+
+@dataclass
+class Exchange:
+    """What one `TaskStore.exchange` did: an outcome per report, in order (`Settled`, or
+    the refusal: `TaskNotFound`, `LeaseLost`), and the tasks it leased, oldest first."""
+
+    settled: list[Settled | TaskNotFound | LeaseLost]
+    leased: list[Task]
+
+
+@dataclass(frozen=True)
 class Duplicate:
     """An enqueue refused because a task with the same unique key is still live."""
 
@@ -259,6 +288,22 @@ class TaskStore(Protocol):
     async def dequeue(self, queues: list[str], worker_id: str, lease: float) -> Task | None:
         """Lease the oldest pending task of the first queue of `queues` (in that order)
         that has one and is not paused, to `worker_id` for `lease` seconds."""
+        ...
+
+    async def exchange(
+        self,
+        worker_id: str,
+        reports: list[Report],
+        orders: list[list[str]],
+        lease: float,
+        count: int,
+        backoff: Backoff,
+    ) -> Exchange:
+        """Record `reports` (each as `complete` or `fail` would, each on its own: a lost
+        lease refuses that report only), then lease up to `count` tasks to `worker_id`,
+        each as one `dequeue` would: the k-th tries the queues of `orders[k]` (of the
+        last order when there are fewer), in that order. One round trip (Redis) or one
+        transaction (SQL) for the whole exchange."""
         ...
 
     async def renew(self, task_id: str, worker_id: str, lease: float) -> Renewal:

@@ -18,13 +18,14 @@ from courtyard_sdk import ApiError, Blueprint, Response, allow_without_origin
 from courtyard_sdk.events import retiring_signal
 from courtyard_sdk.identity import require
 from courtyard_sdk.openapi import errors, responds
-from quart_schema import document_request
+from quart_schema import document_request, document_response
 
 from . import bodies, formats
+from . import errors as errors_
 from .guards import refuse_unusable_path
 from .registry import Entry
 from .service import QueueService
-from .store import Worker
+from .store import LeaseLost, Report, Settled, TaskNotFound, Worker
 
 VaultValues = Callable[[list[str]], Awaitable[dict[str, str]]]
 
@@ -57,6 +58,20 @@ def deployment_block(entry: Entry) -> dict[str, Any]:
     if deployment.code_path:
         out["code_path"] = deployment.code_path
     return out
+
+
+def _report_outcome(outcome: Settled | TaskNotFound | LeaseLost) -> dict[str, Any]:
+    """One report's outcome in `POST /worker/batch`'s answer: the task's new state, or
+    the error its own route would have answered."""
+    if isinstance(outcome, Settled):
+        return {"task_id": outcome.id, "state": outcome.state}
+    task_id = str(outcome.args[0]) if outcome.args else ""
+    refusal = (
+        errors_.task_not_found(task_id)
+        if isinstance(outcome, TaskNotFound)
+        else errors_.lease_lost(task_id)
+    )
+    return {"task_id": task_id, "error": {"code": refusal.code, "message": refusal.message}}
 
 
 def no_content() -> Response:
@@ -147,6 +162,28 @@ def worker_routes(
         if task is None:
             return no_content()
         return {"task": formats.leased(task)}
+
+    @bp.post("/batch")
+    @document_response(bodies.BatchAnswer)
+    @errors((404, "QUEUE_NOT_FOUND"))
+    @allow_without_origin
+    @document_request(bodies.Batch)
+    @require("queues:work")
+    async def batch() -> dict[str, Any]:
+        """Record several reports (completions and failures) and lease up to `lease`
+        tasks in one request, waiting up to `wait` seconds when none is ready."""
+        body = await bodies.body(bodies.Batch)
+        reports = [
+            Report(task_id=r.task_id, result=r.result, error=r.error, retry=r.retry)
+            for r in body.reports
+        ]
+        done = await service().exchange(
+            body.worker_id, body.queue, reports, body.lease, body.wait, retiring_signal()
+        )
+        return {
+            "reports": [_report_outcome(outcome) for outcome in done.settled],
+            "tasks": [formats.leased(task) for task in done.leased],
+        }
 
     @bp.post("/tasks/<task_id>/renew")
     @errors((404, "TASK_NOT_FOUND"), (409, "LEASE_LOST"))

@@ -129,6 +129,51 @@ local function fail_task(id, t, error, retry, base, cap, jitter, rand)
   return 'archived'
 end
 
+-- Lease the oldest pending task of `queue` (not paused: the caller checked) to `worker`
+-- until `t + lease`: its id, or nil when the queue has none. Ids whose task is gone or
+-- no longer pending are dropped on the way.
+local function lease_next(queue, worker, t, lease)
+  while true do
+    local id = redis.call('RPOP', qkey(queue, 'pending'))
+    if not id then return nil end
+    local key = tkey(id)
+    if redis.call('HGET', key, 'state') == 'pending' then
+      redis.call('ZREM', P .. ':pending_deadlines', id)
+      redis.call('HDEL', key, 'pending_deadline', 'cancel')
+      redis.call('HSET', key, 'state', 'active', 'lease_owner', worker,
+        'lease_expires_at', t + lease, 'started_at', t, 'updated_at', t)
+      redis.call('ZADD', qkey(queue, 'active'), t, id)
+      redis.call('ZADD', P .. ':leases', t + lease, id)
+      local timeout = num(redis.call('HGET', key, 'timeout'))
+      if timeout and timeout > 0 then
+        redis.call('HSET', key, 'deadline', t + timeout)
+        redis.call('ZADD', P .. ':deadlines', t + timeout, id)
+      end
+      return id
+    end
+  end
+end
+
+-- Complete an active task (the caller checked its lease) with `result` (JSON text):
+-- returns its queue.
+local function complete_task(id, t, result)
+  local key = tkey(id)
+  local queue = redis.call('HGET', key, 'queue')
+  unindex(id, queue, 'active')
+  redis.call('HDEL', key, 'lease_expires_at', 'deadline')
+  redis.call('HSET', key, 'state', 'completed', 'result', result, 'completed_at', t,
+    'updated_at', t)
+  redis.call('ZADD', qkey(queue, 'completed'), t, id)
+  local keep = num(redis.call('HGET', key, 'retention'))
+  if keep and keep > 0 then
+    redis.call('HSET', key, 'expires_at', t + keep)
+    redis.call('ZADD', P .. ':expiry', t + keep, id)
+  end
+  release_unique(id)
+  count(queue, 1, 0)
+  return queue
+end
+
 -- 'ok', 'notfound' or 'lost': whether `worker` ('' for anyone) holds the active task.
 local function owned(id, worker)
   local fields = redis.call('HMGET', tkey(id), 'state', 'lease_owner')

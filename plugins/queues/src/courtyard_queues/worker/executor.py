@@ -62,6 +62,9 @@ class Executor(Protocol):
     async def wait_ready(self) -> None:
         """Return when a task could be run now."""
 
+    def is_ready(self) -> bool:
+        """Whether a task could be run now (what `wait_ready` waits for)."""
+
     async def run(self, assignment: Assignment) -> Outcome:
         """Run one task and return the process's answer.
 
@@ -151,6 +154,11 @@ class LongRunningExecutor:
                 return
             await asyncio.sleep(0.05)  # it just exited: the supervisor is about to notice
 
+    def is_ready(self) -> bool:
+        """Whether the process is up."""
+        process = self._process
+        return self._ready.is_set() and process is not None and process.alive
+
     async def run(self, assignment: Assignment) -> Outcome:
         """Send the task to the process and wait for its answer."""
         process = self._process
@@ -218,6 +226,10 @@ class OneShotExecutor:
         delay = self._not_before - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+
+    def is_ready(self) -> bool:
+        """Whether the backoff after a crash is over."""
+        return time.monotonic() >= self._not_before
 
     async def run(self, assignment: Assignment) -> Outcome:
         """Start a process, give it the task, close its stdin and read its answer."""

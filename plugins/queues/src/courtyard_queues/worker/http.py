@@ -135,13 +135,16 @@ class HttpClient:
         return self._idle.pop() if self._idle else None
 
     async def post(self, path: str, body: Any, *, timeout: float) -> Answer:
-        """POST `body` as JSON to `path` and return the answer.
+        """POST `body` as JSON (or JSON text already encoded, as bytes) to `path` and
+        return the answer.
 
         :raises TransportError: no complete answer within `timeout` seconds.
         """
         if self._closed:
             raise TransportError("the client is closed")
-        payload = json.dumps(body, separators=(",", ":")).encode()
+        payload = (
+            body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+        )
         connection = self._take_idle() or await self._connect()
         done = False
         try:

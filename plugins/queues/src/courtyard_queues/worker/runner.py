@@ -3,13 +3,17 @@
 1. Register (`POST /worker/register`), retrying while the server cannot be reached.
 2. Prepare the deployment and start the task process (`long_running`) while the
    heartbeat says `bootstrapping`; then `running`.
-3. `concurrency` slots each long-poll `POST /worker/dequeue` for a task, run it, and
-   report it (`complete`, or `fail` with `retry`). A completion also asks for the next
-   task (`next_queue`), so that a busy queue costs one request per task; the slot goes
-   back to the long poll when none was ready. While a task runs its lease is renewed
-   every third of the lease; a renewal that says `cancel` stops the task, one that says
-   `LEASE_LOST` abandons it (another worker has it now). A task that outlives its
-   `timeout` is stopped and failed for retry.
+3. Up to `concurrency` tasks are held at once (leased, and not yet reported). Tasks are
+   leased and reported through `POST /worker/batch`: the reports of every task that
+   ended since the last request go in one request, which also leases as many tasks as
+   there is room for, so that a busy worker sends one request per batch of tasks rather
+   than one or two per task. When there is room and no report is on its way, a long poll
+   (the same route, with `wait`) asks for tasks; an enqueue wakes it at once. Each task
+   runs in a handler of its own: while it runs its lease is renewed every third of the
+   lease; a renewal that says `cancel` stops the task, one that says `LEASE_LOST`
+   abandons it (another worker has it now). A task that outlives its `timeout` is
+   stopped and failed for retry. A server without `/worker/batch` is asked one request
+   per report, and one task per lease (`/worker/dequeue`).
 4. On SIGTERM or SIGINT: no more dequeues; tasks in flight get `--shutdown-timeout`
    seconds to finish and be reported; those still running then are stopped and handed
    back (`release`: pending again, their retry count unchanged). A second signal hands
@@ -27,7 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .client import Backoff, LeaseLost, ServerError, Unreachable, WorkerClient
+from .client import (
+    Backoff,
+    LeaseLost,
+    Report,
+    ServerError,
+    Settlement,
+    Unreachable,
+    WorkerClient,
+)
 from .deployment import Deployment, prepare, redact, startup_argv, task_environment
 from .executor import Executor, LongRunningExecutor, OneShotExecutor
 from .messages import LONG_RUNNING, Assignment, Outcome, ProtocolError, Registration
@@ -55,6 +67,8 @@ REPORT_WINDOW = 300.0  # seconds a report (complete, fail, release) keeps being 
 REGISTER_WINDOW = 120.0  # seconds registration is retried while the server is unreachable
 STOP_WAIT = 10.0  # seconds a stopped task's run has to end before it is abandoned
 DEQUEUE_WAIT = 25.0  # seconds one long poll waits for a task (the protocol allows 30)
+MAX_REPORTS = 1000  # reports in one request (the most POST /worker/batch takes)
+MAX_LEASE = 1000  # tasks leased by one request (the most POST /worker/batch leases)
 MAX_ERROR = 60000  # characters of an error sent to the server (the end of a traceback)
 
 
@@ -87,6 +101,31 @@ class Active:
         return True
 
 
+@dataclass
+class _Slot:
+    """The room one leased task takes until it is settled."""
+
+    freed: bool = False
+
+
+@dataclass
+class _Pending:
+    """A report waiting to be sent, and the future its settlement goes to."""
+
+    report: Report
+    slot: _Slot
+    settled: asyncio.Future[Settlement]
+
+
+def _shortened(outcome: Outcome) -> Outcome:
+    """A failure whose error fits the server's limit (its end: a traceback's last lines
+    say most)."""
+    error = outcome.error or ""
+    if len(error) <= MAX_ERROR:
+        return outcome
+    return Outcome(error="..." + error[-MAX_ERROR:], retry=outcome.retry)
+
+
 class WorkerFailed(Exception):
     """The worker cannot go on: its `code` and `message` are printed and it exits 1."""
 
@@ -112,7 +151,18 @@ class Worker:
         self._stopping = asyncio.Event()
         self._hand_back = asyncio.Event()
         self._beat_now = asyncio.Event()
-        self._slots: list[asyncio.Task[None]] = []
+        # Tasks leased and not yet settled (reported, handed back or abandoned): at most
+        # `concurrency`, counting those asked for by requests on their way (`_reserved`).
+        self._held = 0
+        self._reserved = 0
+        self._jobs: set[asyncio.Task[None]] = set()  # one per task held: run and report
+        self._outbox: list[_Pending] = []  # reports waiting for the next request
+        self._outbox_ready = asyncio.Event()
+        self._reporting = False  # a request with reports is on its way
+        self._reports_closed = False
+        self._poke = asyncio.Event()  # room may have changed, or the worker is stopping
+        self._leaser: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
 
     # -- signals -----------------------------------------------------------------------
 
@@ -128,6 +178,7 @@ class Worker:
             self.options.shutdown_timeout,
         )
         self._stopping.set()
+        self._poke.set()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -169,17 +220,18 @@ class Worker:
                 if self._stopping.is_set():
                     return
                 self._set_status("running")
-                self._slots = [
-                    asyncio.create_task(self._slot(n)) for n in range(self.options.concurrency)
-                ]
+                self._reporter = asyncio.create_task(self._report_loop(), name="reports")
+                self._leaser = asyncio.create_task(self._lease_loop(), name="leases")
                 await self._stopping.wait()
                 self._set_status("stopping")
                 await self._drain()
             finally:
                 self.status = "stopped"
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
+                for loop_task in (heartbeat, self._leaser, self._reporter):
+                    if loop_task is not None and not loop_task.done():
+                        loop_task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await loop_task
                 if self.executor is not None:
                     await self.executor.close("worker stopping", 10.0)
                 await self._final_heartbeat()
@@ -262,47 +314,77 @@ class Worker:
             raise WorkerFailed("STARTUP_FAILED", f"{spec.startup_cmd!r}: {exc}") from None
         log.info("ready: %d slot(s) on queue %s", self.options.concurrency, self.options.queue)
 
-    # -- slots -------------------------------------------------------------------------
+    # -- leasing -----------------------------------------------------------------------
 
-    async def _slot(self, number: int) -> None:
-        """Dequeue, run and report tasks, one at a time, until the worker stops."""
-        assert self.executor is not None and self.registration is not None
+    def _room(self) -> int:
+        """How many more tasks this worker may lease now: its concurrency, less the tasks
+        it holds (running, or finished and not yet reported) and those asked for."""
+        return self.options.concurrency - self._held - self._reserved
+
+    def _adopt(self, assignments: list[Assignment]) -> None:
+        """Start a handler for each task just leased (or hand it back while stopping)."""
+        for assignment in assignments:
+            slot = _Slot()
+            self._held += 1
+            if self._stopping.is_set():  # leased as the stop began: give it back untouched
+                work = self._release(assignment)
+            else:
+                work = self._handle(assignment, slot)
+            job = asyncio.create_task(work, name=f"task {assignment.task_id}")
+            self._jobs.add(job)
+            job.add_done_callback(lambda done, slot=slot: self._job_done(done, slot))
+
+    def _job_done(self, job: asyncio.Task[None], slot: _Slot) -> None:
+        self._jobs.discard(job)
+        self._free(slot)
+        if not job.cancelled() and (problem := job.exception()) is not None:
+            # A bug must not stop the worker: the lease brings the task back.
+            log.error("%s could not be handled", job.get_name(), exc_info=problem)
+
+    def _free(self, slot: _Slot) -> None:
+        """The slot's task is settled (reported, handed back or abandoned): room for one."""
+        if not slot.freed:
+            slot.freed = True
+            self._held -= 1
+            self._poke.set()
+
+    async def _lease_loop(self) -> None:
+        """Lease tasks while there is room and no report is on its way (reports lease
+        with them, in the same request): a long poll, so an idle worker waits on the
+        server and an enqueue wakes it at once."""
+        assert self.executor is not None
         backoff = Backoff(first=0.5, cap=15.0)
-        assignment: Assignment | None = None  # leased with the last completion
         while not self._stopping.is_set():
-            if assignment is None:
+            if not self.executor.is_ready():
                 await self._until_stopped(self.executor.wait_ready())
-                if self._stopping.is_set():
-                    break
-                try:
-                    assignment = await self._dequeue()
-                except (ServerError, ProtocolError) as exc:
-                    delay = backoff.next()
-                    log.error("dequeue failed: %s; trying again in %.1f s", exc, delay)
-                    await self._sleep_unless_stopping(delay)
-                    continue
-                backoff.reset()
-                if assignment is None:
-                    continue
-                if self._stopping.is_set():
-                    break
-            current, assignment = assignment, None
+                continue
+            room = min(self._room(), MAX_LEASE)
+            if room <= 0 or self._outbox or self._reporting:
+                self._poke.clear()
+                await self._poke.wait()  # set by stop() too
+                continue
+            self._reserved += room
             try:
-                assignment = await self._handle(current)
-            except Exception:  # a bug must not end the slot: the lease brings the task back
-                log.exception("slot %d: task %s could not be handled", number, current.task_id)
-        if assignment is not None:  # leased while the stop began: give it back untouched
-            await self._report(assignment, "release")
+                leased = await self._poll(room)
+            except (ServerError, ProtocolError) as exc:
+                delay = backoff.next()
+                log.error("dequeue failed: %s; trying again in %.1f s", exc, delay)
+                await self._sleep_unless_stopping(delay)
+                continue
+            finally:
+                self._reserved -= room
+            backoff.reset()
+            self._adopt(leased)
 
-    async def _dequeue(self) -> Assignment | None:
-        """Long-poll for a task; None at once when the worker begins to stop.
+    async def _poll(self, room: int) -> list[Assignment]:
+        """Long-poll for up to `room` tasks; none at once when the worker begins to stop.
 
         A poll cut short is cancelled on the server too (it sees the connection close);
-        should the server have leased a task at that very moment, the task comes back
-        when its lease expires.
+        should the server have leased tasks at that very moment, they come back when
+        their lease expires.
         """
         request = asyncio.create_task(
-            self.client.dequeue(self.options.queue, DEQUEUE_WAIT, deadline=None)
+            self.client.exchange(self.options.queue, [], room, DEQUEUE_WAIT, deadline=None)
         )
         stopping = asyncio.create_task(self._stopping.wait())
         try:
@@ -313,13 +395,67 @@ class Worker:
                 request.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await request
-        return None if request.cancelled() else request.result()
+        return [] if request.cancelled() else request.result().tasks
 
     async def _sleep_unless_stopping(self, delay: float) -> None:
         await _wait(self._stopping, delay)
 
-    async def _handle(self, assignment: Assignment) -> Assignment | None:
-        """Run a task and report it; the next task when its completion brought one."""
+    # -- reporting ---------------------------------------------------------------------
+
+    async def _report_loop(self) -> None:
+        """Send the reports of finished tasks: all those waiting, in one request, which
+        also leases as many tasks as they leave room for (none while stopping)."""
+        assert self.executor is not None
+        while True:
+            if not self._outbox:
+                if self._reports_closed:
+                    return
+                self._outbox_ready.clear()
+                await self._outbox_ready.wait()
+                continue
+            batch = self._outbox[:MAX_REPORTS]
+            del self._outbox[:MAX_REPORTS]
+            room = 0
+            if not self._stopping.is_set() and self.executor.is_ready():
+                room = min(max(0, self._room() + len(batch)), MAX_LEASE)  # reported: room
+            self._reserved += room
+            self._reporting = True
+            try:
+                answer = await self.client.exchange(
+                    self.options.queue,
+                    [pending.report for pending in batch],
+                    room,
+                    0.0,
+                    deadline=time.monotonic() + REPORT_WINDOW,
+                )
+            except Exception as exc:  # Unreachable, refused, unreadable: each handler says
+                for pending in batch:
+                    self._free(pending.slot)
+                    if not pending.settled.done():
+                        pending.settled.set_exception(exc)
+                continue
+            finally:
+                self._reserved -= room
+                self._reporting = False
+                self._poke.set()
+            log.debug("reported %d task(s), leased %d", len(batch), len(answer.tasks))
+            for pending, settlement in zip(batch, answer.settlements, strict=True):
+                self._free(pending.slot)
+                if not pending.settled.done():
+                    pending.settled.set_result(settlement)
+            self._adopt(answer.tasks)
+
+    async def _send(self, slot: _Slot, report: Report) -> Settlement:
+        """Queue a report for the next request and wait for its settlement."""
+        pending = _Pending(report, slot, asyncio.get_running_loop().create_future())
+        self._outbox.append(pending)
+        self._outbox_ready.set()
+        return await pending.settled
+
+    # -- tasks -------------------------------------------------------------------------
+
+    async def _handle(self, assignment: Assignment, slot: _Slot) -> None:
+        """Run a task and report its outcome."""
         assert self.executor is not None
         task_id = assignment.task_id
         active = Active(assignment)
@@ -347,9 +483,8 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
             self.active.pop(task_id, None)
-        if outcome is None:
-            return None
-        return await self._report(assignment, "outcome", outcome)
+        if outcome is not None:
+            await self._deliver(assignment, outcome, slot)
 
     async def _outcome(self, active: Active, runner: asyncio.Task[Outcome]) -> Outcome | None:
         """What to report for a task whose run ended: None when there is nothing to say
@@ -371,7 +506,7 @@ class Worker:
                 return None
             # Handed back at shutdown, or stopped with another task's process: not its fault.
             log.info("task %s handed back (%s)", assignment.task_id, reason or exc)
-            await self._report(assignment, "release")
+            await self._release(assignment)
             return None
         except ProcessExited as exc:
             return Outcome(error=str(exc), retry=True)
@@ -400,93 +535,105 @@ class Worker:
                 await self._stop_task(active, "cancelled")
                 return
 
-    async def _report(
-        self, assignment: Assignment, kind: str, outcome: Outcome | None = None
-    ) -> Assignment | None:
-        """Send a task's outcome (or its release) to the server, retrying for a while.
-
-        :return: the next task, leased with a completion (asked for unless stopping).
-        """
+    async def _deliver(self, assignment: Assignment, outcome: Outcome, slot: _Slot) -> None:
+        """Report a task's outcome (with the next reports, in one request), retrying for a
+        while, and log what the server made of it."""
         task_id = assignment.task_id
-        deadline = time.monotonic() + REPORT_WINDOW
+        kind = "completion" if outcome.ok else "failure"
+        if not outcome.ok:
+            outcome = _shortened(outcome)
         try:
-            if kind == "release":
-                await self.client.release(task_id, deadline=deadline)
-            elif outcome is not None and outcome.ok:
-                following = None if self._stopping.is_set() else self.options.queue
-                try:
-                    leased = await self.client.complete(
-                        task_id, outcome.result, deadline=deadline, next_queue=following
-                    )
-                except ServerError as exc:
-                    if exc.status != 400 or isinstance(exc, Unreachable):
-                        raise
-                    # The server cannot store this result (NaN, nested too deeply, ...); a
-                    # rerun would give the same: the task fails for good, saying why, rather
-                    # than coming back each time its lease expires.
-                    outcome = Outcome(error=f"the server refused the result: {exc}", retry=False)
-                    kind = "refused result"
-                else:
-                    self.completed += 1
-                    log.info("task %s completed", task_id)
-                    return leased
-            if outcome is not None and not outcome.ok and kind != "release":
-                assert outcome.error is not None
-                error = outcome.error
-                if len(error) > MAX_ERROR:  # keep the end: a traceback's last lines say most
-                    error = "..." + error[-MAX_ERROR:]
-                state = await self.client.fail(task_id, error, outcome.retry, deadline=deadline)
-                self.failed += 1
-                first_line = outcome.error.strip().splitlines()[-1:] or [""]
-                log.warning("task %s failed (%s): %s", task_id, state or "?", first_line[0])
-        except LeaseLost:
-            log.warning("task %s: its lease was lost before the %s was recorded", task_id, kind)
+            settlement = await self._send(slot, Report(task_id, outcome))
+            if not settlement.recorded and outcome.ok and settlement.status == 400:
+                # The server cannot store this result (NaN, nested too deeply, ...); a rerun
+                # would give the same: the task fails for good, saying why, rather than
+                # coming back each time its lease expires.
+                refusal = f"{settlement.code}: {settlement.message}"
+                outcome = Outcome(error=f"the server refused the result: {refusal}", retry=False)
+                kind = "refused result"
+                slot = _Slot()  # the task is still this worker's until the failure is in
+                self._held += 1
+                settlement = await self._send(slot, Report(task_id, outcome))
         except Unreachable as exc:
             log.error("task %s: the %s could not be sent: %s", task_id, kind, exc)
-        except ServerError as exc:
+            return
+        except (ServerError, ProtocolError) as exc:
             log.error("task %s: the server refused the %s: %s", task_id, kind, exc)
-        except ProtocolError as exc:  # recorded, but the next task came malformed
+            return
+        if settlement.recorded and outcome.ok:
             self.completed += 1
-            log.error("task %s completed; the next task it brought is unreadable: %s", task_id, exc)
-        return None
+            log.info("task %s completed", task_id)
+        elif settlement.recorded:
+            self.failed += 1
+            assert outcome.error is not None
+            first_line = outcome.error.strip().splitlines()[-1:] or [""]
+            log.warning("task %s failed (%s): %s", task_id, settlement.state, first_line[0])
+        elif settlement.code == "LEASE_LOST":
+            log.warning("task %s: its lease was lost before the %s was recorded", task_id, kind)
+        else:
+            log.error(
+                "task %s: the server refused the %s: %s: %s",
+                task_id,
+                kind,
+                settlement.code,
+                settlement.message,
+            )
+
+    async def _release(self, assignment: Assignment) -> None:
+        """Hand a task back unrun (pending again, its retry count unchanged)."""
+        task_id = assignment.task_id
+        try:
+            await self.client.release(task_id, deadline=time.monotonic() + REPORT_WINDOW)
+        except LeaseLost:
+            log.warning("task %s: its lease was lost before the release was recorded", task_id)
+        except Unreachable as exc:
+            log.error("task %s: the release could not be sent: %s", task_id, exc)
+        except ServerError as exc:
+            log.error("task %s: the server refused the release: %s", task_id, exc)
 
     # -- stopping ----------------------------------------------------------------------
 
     async def _drain(self) -> None:
-        """Let tasks in flight finish within the shutdown timeout, then hand back the rest."""
-        assert self.registration is not None
-        slots = set(self._slots)
+        """Let tasks in flight finish within the shutdown timeout, then hand back the rest;
+        then send the last reports."""
         end = time.monotonic() + self.options.shutdown_timeout
+        if self._leaser is not None:
+            await asyncio.wait({self._leaser})  # it ends at once: its poll is abandoned
+            if not self._leaser.cancelled() and self._leaser.exception() is not None:
+                log.error("the lease loop failed", exc_info=self._leaser.exception())
         hand_back = asyncio.create_task(self._hand_back.wait())
         try:
             while not self._hand_back.is_set():
-                running = {slot for slot in slots if not slot.done()}
                 remaining = end - time.monotonic()
-                if not running or remaining <= 0:
+                if not self._jobs or remaining <= 0:
                     break
                 await asyncio.wait(
-                    running | {hand_back}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    set(self._jobs) | {hand_back},
+                    timeout=remaining,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
         finally:
             hand_back.cancel()
-        if any(not slot.done() for slot in slots):
+        if self._jobs:
             if self.active:
                 log.warning("handing back %d task(s) still running", len(self.active))
             for active in list(self.active.values()):
                 active.stop("handed back")
             assert self.executor is not None
             await self.executor.close("handed back at shutdown", 0.0, kill=True)
-            # The slots report the releases (retried for a while if the server is away).
-            running = {slot for slot in slots if not slot.done()}
-            if running:
-                _, late = await asyncio.wait(running, timeout=REPORT_WINDOW)
-                for slot in late:
-                    slot.cancel()
+            # The handlers report the releases (retried for a while if the server is away).
+            if self._jobs:
+                _, late = await asyncio.wait(set(self._jobs), timeout=REPORT_WINDOW)
+                for job in late:
+                    job.cancel()
                 if late:
                     await asyncio.wait(late, timeout=5)
-        for slot in slots:
-            if slot.done() and not slot.cancelled() and slot.exception() is not None:
-                log.error("a slot failed", exc_info=slot.exception())
+        self._reports_closed = True
+        self._outbox_ready.set()
+        if self._reporter is not None:
+            await asyncio.wait({self._reporter}, timeout=REPORT_WINDOW)
+        if self._jobs:  # tasks its last answer brought, being handed back
+            await asyncio.wait(set(self._jobs), timeout=REPORT_WINDOW)
 
     # -- heartbeat ---------------------------------------------------------------------
 
@@ -495,6 +642,9 @@ class Worker:
         every = self.registration.heartbeat_seconds
         failing = False
         while self.status != "stopped":
+            # Cleared before the beat: a status that changes while it is on its way is
+            # sent at once by the next one.
+            self._beat_now.clear()
             try:
                 await self.client.heartbeat(
                     self.options.queue,
@@ -510,7 +660,6 @@ class Worker:
                 if not failing:
                     log.warning("heartbeat failed: %s", exc)
                 failing = True
-            self._beat_now.clear()
             await _wait(self._beat_now, every)
 
     def _set_status(self, status: str) -> None:
