@@ -1,4 +1,5 @@
-"""Serving the dispatcher on Hypercorn, with graceful shutdown on SIGTERM and SIGINT."""
+"""Serving the dispatcher, on Hypercorn or granian (servers/), with graceful shutdown on
+SIGTERM and SIGINT."""
 
 from __future__ import annotations
 
@@ -6,45 +7,22 @@ import asyncio
 import ctypes
 import logging
 import signal
-from typing import TYPE_CHECKING, cast
 
 from courtyard_sdk import StartupError
-from hypercorn.asyncio import serve as hypercorn_serve
-from hypercorn.config import Config
 
 from .dispatcher import Dispatcher
 from .limits import RequestLimits
 from .redaction import install_log_redaction
+from .servers import bind_address, serve_on
 from .services.credentials import check_secrets
 from .services.exposure import check_before_bind
 from .settings import Settings
 from .watch import reload_on_change, watched_roots
 
-if TYPE_CHECKING:
-    from hypercorn.typing import ASGIFramework
+__all__ = ["PR_GET_DUMPABLE", "bind_address", "keep_environment_private", "serve"]
 
 log = logging.getLogger("courtyard.server")
 PR_SET_DUMPABLE, PR_GET_DUMPABLE = 4, 3
-
-
-def bind_address(host: str, port: int) -> str:
-    """Hypercorn's bind string; IPv6 addresses go in brackets."""
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
-def hypercorn_config(settings: Settings) -> Config:
-    """The Hypercorn settings Courtyard serves with."""
-    config = Config()
-    config.bind = [bind_address(settings.host, settings.port)]
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.accesslog = None
-    config.graceful_timeout = settings.drain_timeout
-    # Hypercorn's own `read_timeout` is left unset on purpose: it counts any silence of the
-    # client, also once its request is complete, and so would end every event stream and
-    # WebSocket whose client listens quietly for that long. `read_timeout` is applied to
-    # request bodies instead (limits.py); a request head must arrive within
-    # `keep_alive_timeout` (5 s) of the connection opening, which Hypercorn enforces.
-    return config
 
 
 def keep_environment_private() -> bool:
@@ -67,8 +45,9 @@ async def serve(settings: Settings, *, dev: bool = False) -> None:
     :param dev: `courtyard dev`: reload when the plugins' files change, and answer a failed
         plugin's routes with its error (watch.py).
 
-    :raises StartupError: when the first generation cannot be built, or when the server
-        would listen beyond loopback without authentication (nor `insecure`).
+    :raises StartupError: when the first generation cannot be built, when the server
+        would listen beyond loopback without authentication (nor `insecure`), or when the
+        HTTP server cannot serve (the address is taken).
     :raises SettingsError: a plugin credential's secret is too short (nor `insecure`).
     """
     keep_environment_private()
@@ -86,16 +65,19 @@ async def serve(settings: Settings, *, dev: bool = False) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_stop)
     dispatcher.on_fatal = stop.set
-    log.info("courtyard serving on http://%s", bind_address(settings.host, settings.port))
+    log.info(
+        "courtyard serving on http://%s (%s, %s event loop)",
+        bind_address(settings.host, settings.port),
+        settings.server,
+        settings.loop,
+    )
     # Every HTTP request passes the request limits first (limits.py).
     app = RequestLimits(
         dispatcher, settings, for_app=lambda scope: dispatcher.app_for(scope) is not None
     )
-    # An ASGI 3 app: its `dict[str, Any]` scopes and messages take Hypercorn's TypedDicts.
-    framework = cast("ASGIFramework", app)
     watcher = asyncio.create_task(_watch(dispatcher, stop)) if dev else None
     try:
-        await hypercorn_serve(framework, hypercorn_config(settings), shutdown_trigger=stop.wait)
+        await serve_on(settings, app, stop)
     finally:
         if watcher is not None:
             stop.set()

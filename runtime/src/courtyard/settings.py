@@ -33,6 +33,10 @@ class Settings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    # The HTTP server and event loop `courtyard serve` runs on (servers/): the fastest
+    # pair by default (docs/performance.md#servers-and-event-loops).
+    server: Literal["granian", "hypercorn"] = "granian"
+    loop: Literal["uvloop", "asyncio"] = "uvloop"
     plugin_dirs: tuple[Path, ...] | None = None
     app_dirs: tuple[Path, ...] | None = None
     data_dir: Path = Path("data")

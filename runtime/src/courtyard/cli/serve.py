@@ -1,9 +1,8 @@
-"""`courtyard serve`: the runtime, served by Hypercorn; `courtyard dev`: the same, with a
-plugin being written, reloaded on every save (watch.py)."""
+"""`courtyard serve`: the runtime, served by granian or Hypercorn (servers/); `courtyard
+dev`: the same, with a plugin being written, reloaded on every save (watch.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Callable
@@ -25,6 +24,16 @@ def server_options(func: F) -> F:
         settings_options,
         click.option("--host", help="Address to bind [default: 127.0.0.1]."),
         click.option("--port", type=int, help="Port to bind [default: 8000]."),
+        click.option(
+            "--server",
+            type=click.Choice(["granian", "hypercorn"]),
+            help="HTTP server [default: granian]. Env: COURTYARD_SERVER.",
+        ),
+        click.option(
+            "--loop",
+            type=click.Choice(["uvloop", "asyncio"]),
+            help="Event loop [default: uvloop]. Env: COURTYARD_LOOP.",
+        ),
         click.option(
             "--log-level", type=click.Choice(["debug", "info", "warning", "error", "critical"])
         ),
@@ -65,9 +74,11 @@ def dev(plugin_dir: Path, config: str | None, **flags: Any) -> None:
 
 
 def _run(config: str | None, flags: dict[str, Any], *, dev: bool) -> None:
-    # Imported here: the server pulls in Quart and Hypercorn, which no other command needs.
+    # Imported here: the server pulls in Quart and the HTTP servers, which no other command
+    # needs.
     from ..logs import configure_logging
-    from ..server import serve as run
+    from ..server import serve
+    from ..servers import run
 
     settings = read_settings(config, **flags)
     configure_logging(settings.log_level, settings.log_format)
@@ -81,6 +92,6 @@ def _run(config: str | None, flags: dict[str, Any], *, dev: bool) -> None:
         else f"no {CONFIG_FILE} in {Path.cwd()} (defaults, COURTYARD_* variables and flags)",
     )
     try:
-        asyncio.run(run(settings, dev=dev))
+        run(serve(settings, dev=dev), settings.loop)
     except CourtyardError as exc:
         raise click.ClickException(str(exc)) from None
