@@ -24,7 +24,7 @@ from quart import Blueprint, Quart, Request, Response, g, request, websocket
 from quart.json.provider import DefaultJSONProvider
 from quart_schema import QuartSchema
 
-from . import __version__, errors, security
+from . import __version__, console, errors, security
 from .core import (
     GENERATION,
     RUNTIME,
@@ -93,6 +93,7 @@ def create_app(
     app.register_blueprint(audit_api.blueprint)
     app.register_blueprint(keys_api.blueprint)
     app.register_blueprint(events_api.blueprint)
+    console.mount(app, generation.settings)
     # Set when this generation retires or the server stops: event streams end then.
     app.extensions[RETIRING] = asyncio.Event()
 
@@ -203,15 +204,24 @@ def _install_request_path(app: Quart, generation: Generation) -> None:
         REQUEST_ID.set(security.request_id_for(request.headers.get("X-Request-Id")))
         # A bad credential is refused here (401), before anything else looks at it.
         identity = await auth.identify(request.headers, credentials)
+        # No credential header: a console session cookie may stand for one.
+        session = await console.session_identity(auth) if identity.kind == "anonymous" else None
+        from_cookie = session is not None
+        identity = session or identity
         setattr(g, G_ATTRIBUTE, identity)
-        # A verified credential is no browser's cookie: only requests without one are
-        # checked for their origin.
-        if request.method in security.STATE_CHANGING and not identity.authenticated:
+        # A verified credential header is no browser's doing: only requests without one,
+        # and every request a session cookie authenticates, are checked for their origin.
+        if request.method in security.STATE_CHANGING and (
+            from_cookie or not identity.authenticated
+        ):
             view = app.view_functions.get(request.url_rule.endpoint) if request.url_rule else None
             # A route's own 401 comes before any 403: a client answers it with a key.
             check(*getattr(view, PERMISSIONS_ATTRIBUTE, ()))
             security.check_origin(
-                request.scheme, request.host, request.headers, may_omit=allows_without_origin(view)
+                request.scheme,
+                request.host,
+                request.headers,
+                may_omit=allows_without_origin(view) and not from_cookie,
             )
         if on_request:  # the first answer that is not None is sent
             return await on_request.first(request=request)
@@ -229,10 +239,13 @@ def _install_request_path(app: Quart, generation: Generation) -> None:
 
     async def before_websocket() -> None:
         identity = await auth.identify(websocket.headers, credentials)
-        setattr(g, G_ATTRIBUTE, identity)
-        if not identity.authenticated:  # a handshake without Origin is a program's
+        session = await console.session_identity(auth) if identity.kind == "anonymous" else None
+        from_cookie = session is not None
+        setattr(g, G_ATTRIBUTE, session or identity)
+        if from_cookie or not identity.authenticated:
+            # A handshake without Origin is a program's, unless it brings a cookie.
             security.check_origin(
-                websocket.scheme, websocket.host, websocket.headers, may_omit=True
+                websocket.scheme, websocket.host, websocket.headers, may_omit=not from_cookie
             )
 
     app.before_request(before)

@@ -4,7 +4,9 @@ the Host allow-list, the Origin check, request ids.
 Order (docs/security.md): a `Host` the server does not answer to is refused first (421
 `MISDIRECTED_REQUEST`: a page on a DNS-rebinding domain reaches loopback with its own
 name in `Host`); then, for a state-changing request or a WebSocket handshake without a
-verified credential, `check_origin` (403 `CSRF_FAILED`).
+verified credential header, `check_origin` (403 `CSRF_FAILED`). A console session cookie
+is not such a header: browsers attach cookies by themselves, so app.py checks the Origin
+of every request a cookie authenticates, with no exemption (`may_omit` false).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from courtyard_sdk import SettingsError
+from courtyard_sdk import SettingsError, is_valid_name
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -81,6 +81,10 @@ class Settings(BaseModel):
     # Failed authentications per client address and minute before 429.
     auth_failures_per_minute: int = Field(default=30, gt=0)
     audit: bool = True
+    # The operator console (docs/console.md): its sessions' lifetime in seconds, and the
+    # app that `/` sends to instead of the console (which then lives at /console/).
+    session_lifetime: float = Field(default=8 * 3600.0, ge=60, le=30 * 86400)
+    root_app: str | None = None
     audit_retention_days: int = Field(default=90, ge=0)
     roles: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -91,6 +95,13 @@ class Settings(BaseModel):
         # Checked when settings are read, so that every command reports a bad URL cleanly.
         if value is not None:
             async_url(value)  # raises SettingsError naming the problem
+        return value
+
+    @field_validator("root_app")
+    @classmethod
+    def _root_app(cls, value: str | None) -> str | None:
+        if value is not None and not is_valid_name(value):
+            raise ValueError(f"{value!r} is not an app name ([@scope/]name)")
         return value
 
     @model_validator(mode="after")

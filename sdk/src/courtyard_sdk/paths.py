@@ -13,10 +13,11 @@ RESERVED_PREFIXES = (
     "/api/openapi.json",
     "/api/docs",
     "/.well-known",
+    "/console",
 )
 """A plugin route equal to one of these, or under one, is a build error."""
 
-RESERVED_BASES = frozenset({"/api", "/.well-known"})
+RESERVED_BASES = frozenset({"/api", "/.well-known", "/console"})
 """Bases no plugin may take as a whole (its routes may still live under `/api/...`)."""
 
 

@@ -2,8 +2,9 @@
 environments and deployments, its latest operations with live step progress (Server-Sent
 Events of `GET /api/ops/{id}/events`), and its artifacts as downloads.
 
-The page is static HTML and one script of the plugin's own (`/platform/page.js`), which
-reads the API with the visitor's session; every value is set as text, never as markup.
+The page is a `courtyard_sdk.pages` fragment (native in the operator console) and one
+script of the plugin's own (`/platform/page.js`), which reads the API with the visitor's
+session; every value is set as text, never as markup.
 """
 
 from __future__ import annotations
@@ -11,42 +12,26 @@ from __future__ import annotations
 from courtyard_sdk import Blueprint, Response
 from courtyard_sdk.identity import require
 from courtyard_sdk.openapi import responds
+from courtyard_sdk.pages import page
+from quart import request
 
-_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-store",
-}
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Projects</title>
-<style>
-body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 64rem;
-       padding: 0 1rem; color: #1f2328; }
-h1 { font-size: 1.6rem; } h2 { font-size: 1.2rem; margin: 2rem 0 .3rem; }
-h3 { font-size: 1rem; margin: 1rem 0 .3rem; }
-table { border-collapse: collapse; width: 100%; margin-bottom: .5rem; }
-th, td { text-align: left; padding: .25rem .5rem; border-bottom: 1px solid #d0d7de;
-         vertical-align: top; }
-code { font: 13px ui-monospace, monospace; }
-.muted { color: #656d76; } .error { color: #b42318; } .done { color: #1a7f37; }
-.running, .queued { color: #9a6700; } .skipped { color: #656d76; }
-</style></head>
-<body><h1>Projects</h1>
+CONTENT = """
 <p class="muted">The go-web-nats platform API's projects, operations and artifacts.</p>
-<div id="projects"><p class="muted">Loading...</p></div>
-<script src="page.js"></script>
-</body></html>
+<div id="projects"><p class="muted" role="status">Loading...</p></div>
 """
+SCRIPT_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
 SCRIPT = r"""
+(() => {
 "use strict";
 const root = document.getElementById("projects");
+if (!root) return;
 const streams = new Map();
+const TONES = {done: "ok", error: "bad", running: "warn", queued: "warn"};
+
+function badge(status) {
+  return el("span", status, "badge " + (TONES[status] || "muted"));
+}
 
 function el(tag, text, cls) {
   const node = document.createElement(tag);
@@ -68,10 +53,16 @@ function row(cells, cls) {
 function table(headers, rows) {
   const t = el("table");
   const head = el("tr");
-  for (const h of headers) head.appendChild(el("th", h));
+  for (const h of headers) {
+    const th = el("th", h);
+    th.scope = "col";
+    head.appendChild(th);
+  }
   t.appendChild(head);
   for (const r of rows) t.appendChild(r);
-  return t;
+  const box = el("div", null, "scroll");
+  box.appendChild(t);
+  return box;
 }
 
 async function json(url) {
@@ -82,12 +73,12 @@ async function json(url) {
 
 function opTable(op) {
   const rows = op.steps.map((s) => row([
-    s.worker, el("span", s.status, s.status), s.started_at || "", s.ended_at || "",
+    s.worker, badge(s.status), s.started_at || "", s.ended_at || "",
     s.error || s.message, (s.artifacts || []).join(", "),
   ]));
   const box = el("div");
   box.id = "op-" + op.id;
-  box.appendChild(el("h3", op.kind + " " + op.id + ": " + op.status, op.status));
+  box.appendChild(el("h3", op.kind + " " + op.id + ": " + op.status));
   box.appendChild(table(["Worker", "Status", "Started", "Ended", "Message", "Artifacts"], rows));
   return box;
 }
@@ -97,6 +88,7 @@ function follow(op) {
   const source = new EventSource("/api/ops/" + op.id + "/events");
   streams.set(op.id, source);
   source.addEventListener("platform.op." + op.id, (event) => {
+    if (!document.body.contains(root)) { source.close(); return; }  // the page was left
     const fresh = JSON.parse(event.data);
     const old = document.getElementById("op-" + fresh.id);
     if (old) old.replaceWith(opTable(fresh));
@@ -146,6 +138,7 @@ async function load() {
 }
 
 load();
+})();
 """
 
 
@@ -158,13 +151,15 @@ def page_routes() -> Blueprint:
     @require("platform:read")
     async def index() -> Response:
         """Projects, their environments, operations (live) and artifacts."""
-        return Response(PAGE, headers=_HEADERS, content_type="text/html; charset=utf-8")
+        return page("Projects", CONTENT, scripts=[f"{request.path}page.js"])
 
     @bp.get("/page.js")
     @responds(200, "The page's script", media_type="text/javascript")
     @require("platform:read")
     async def script() -> Response:
         """The page's script."""
-        return Response(SCRIPT, headers=_HEADERS, content_type="text/javascript; charset=utf-8")
+        return Response(
+            SCRIPT, headers=SCRIPT_HEADERS, content_type="text/javascript; charset=utf-8"
+        )
 
     return bp

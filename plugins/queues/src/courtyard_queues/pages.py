@@ -1,6 +1,7 @@
-"""Pages for people: the queues and workers at the plugin's base (`/queues/`), and
-Swagger UI at `/swagger/index.html` (runqy's address) over the runtime's own OpenAPI
-document, `/api/openapi.json`. Everything shown is escaped."""
+"""Pages for people: the queues and workers at the plugin's base (`/queues/`), rendered
+with `courtyard_sdk.pages` (native in the operator console), and Swagger UI at
+`/swagger/index.html` (runqy's address) over the runtime's own OpenAPI document,
+`/api/openapi.json`. Everything shown is escaped."""
 
 from __future__ import annotations
 
@@ -12,37 +13,15 @@ from typing import Any
 from courtyard_sdk import Blueprint, Response
 from courtyard_sdk.identity import require
 from courtyard_sdk.openapi import responds
+from courtyard_sdk.pages import page, table
 from quart import abort, redirect, send_file
 
 from . import formats
 from .service import QueueService
 
-STYLE = """
-body{font:14px/1.45 system-ui,sans-serif;margin:2rem;color:#1b1f24}
-h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem}
-table{border-collapse:collapse;min-width:40rem}
-th,td{border-bottom:1px solid #d0d7de;padding:.35rem .7rem;text-align:left}
-th{background:#f6f8fa}td.n{text-align:right;font-variant-numeric:tabular-nums}
-.paused,.stale{color:#9a6700;font-weight:600}.empty{color:#57606a}
-"""
-
-
-def _cells(values: list[Any], numeric: set[int]) -> str:
-    return "".join(
-        f'<td class="n">{escape(str(v))}</td>' if i in numeric else f"<td>{escape(str(v))}</td>"
-        for i, v in enumerate(values)
-    )
-
-
-def _table(headers: list[str], rows: list[str], empty: str) -> str:
-    if not rows:
-        return f'<p class="empty">{escape(empty)}</p>'
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-
 
 async def overview(service: QueueService) -> str:
-    """The page: every queue with its counts and state, every worker."""
+    """The page's content: every queue with its counts and state, every worker."""
     entries = await service.registry.entries()
     owners = {full: e for e in entries.values() for full in e.config.full_names}
     names = sorted(owners.keys() | set(await service.store.queues()))
@@ -50,13 +29,13 @@ async def overview(service: QueueService) -> str:
     queue_rows = []
     for name in names:
         item = formats.queue(stats[name], owners.get(name))
-        state = '<span class="paused">paused</span>' if item["paused"] else "running"
+        state = '<span class="badge warn">paused</span>' if item["paused"] else "running"
         counts = [
             item[k] for k in ("pending", "active", "scheduled", "retry", "archived", "completed")
         ]
         queue_rows.append(
-            f"<tr><td>{escape(name)}</td><td>{escape(str(item.get('priority', '-')))}</td>"
-            f"<td>{state}</td>{_cells([*counts, item['processed']], set(range(7)))}</tr>"
+            [escape(name), escape(str(item.get("priority", "-"))), state]
+            + [escape(str(count)) for count in [*counts, item["processed"]]]
         )
     now = await service.store.now()
     worker_rows = []
@@ -64,14 +43,18 @@ async def overview(service: QueueService) -> str:
         item = formats.worker(worker, now, service.options.stale_after)
         status = escape(item["status"])
         if item["is_stale"]:
-            status += ' <span class="stale">(stale)</span>'
+            status += ' <span class="badge warn">stale</span>'
         beat = formats.timestamp(worker.last_beat) or "-"
         worker_rows.append(
-            f"<tr><td>{escape(item['worker_id'])}</td><td>{escape(item['queues'])}</td>"
-            f"<td>{status}</td><td>{escape(beat)}</td>"
-            f"{_cells([len(item['active_tasks'])], {0})}</tr>"
+            [
+                escape(item["worker_id"]),
+                escape(item["queues"]),
+                status,
+                escape(beat),
+                str(len(item["active_tasks"])),
+            ]
         )
-    queues_table = _table(
+    queues_table = table(
         [
             "Queue",
             "Priority",
@@ -87,17 +70,12 @@ async def overview(service: QueueService) -> str:
         queue_rows,
         "No queues are configured yet.",
     )
-    workers_table = _table(
+    workers_table = table(
         ["Worker", "Queue", "Status", "Last heartbeat", "Active tasks"],
         worker_rows,
         "No worker has registered lately.",
     )
-    return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        "<title>Queues</title>"
-        f"<style>{STYLE}</style></head><body><h1>Queues</h1>{queues_table}"
-        f"<h2>Workers</h2>{workers_table}</body></html>"
-    )
+    return f"{queues_table}<h2>Workers</h2>{workers_table}"
 
 
 def swagger_page(script: str, css: str) -> str:
@@ -122,7 +100,7 @@ def page_routes(service: Callable[[], QueueService]) -> Blueprint:
     @require("queues:read")
     async def index() -> Response:
         """The queues, their counts and state, and the workers."""
-        return Response(await overview(service()), content_type="text/html; charset=utf-8")
+        return page("Queues", await overview(service()))
 
     return bp
 

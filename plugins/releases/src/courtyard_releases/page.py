@@ -1,56 +1,23 @@
 """The plugin's page at its base (`/releases/`): the environments and what each runs,
 the newest releases, the promotions awaiting the caller's approval, and the deployments
-in progress. Server-rendered for the caller's tenant, every text escaped, no script. It
-needs `releases:read`, like the API."""
+in progress. Server-rendered for the caller's tenant with `courtyard_sdk.pages` (native in
+the operator console), every text escaped, no script. It needs `releases:read`, like the
+API."""
 
 from __future__ import annotations
 
-from html import escape
 from typing import Any
 
 from courtyard_sdk import Blueprint, Response
 from courtyard_sdk.identity import current_identity, require
 from courtyard_sdk.openapi import responds
+from courtyard_sdk.pages import escape, page, table
 from sqlmodel import select
 
 from . import decide, gates
 from .common import APPROVE, READ, Api, caller
 from .envelope import ReleasesError
 from .tables import Deployment, Environment, Promotion, Release, Sticker, Target
-
-STYLE = """
-body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 64rem;
-       padding: 0 1rem; color: #1f2328; }
-h1 { font-size: 1.6rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
-table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: .3rem .6rem; border-bottom: 1px solid #d0d7de; }
-code { font: 13px ui-monospace, monospace; } .muted { color: #656d76; }
-"""
-HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-store",
-}
-
-
-def table(headings: list[str], rows: list[list[str]], empty: str) -> str:
-    """An HTML table of already-escaped cells, or a line saying there is nothing."""
-    if not rows:
-        return f'<p class="muted">{escape(empty)}</p>'
-    head = "".join(f"<th>{escape(h)}</th>" for h in headings)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def document(sections: str) -> Response:
-    """The page."""
-    html = (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>Releases</title><style>{STYLE}</style></head>"
-        f"<body><h1>Releases</h1>{sections}</body></html>\n"
-    )
-    return Response(html, headers=HEADERS, content_type="text/html; charset=utf-8")
 
 
 async def _environments(session: Any) -> str:
@@ -167,6 +134,6 @@ def routes(api: Api) -> Blueprint:
                 ("Awaiting your approval", await _pending(session)),
                 ("Deployments in progress", await _deployments(session)),
             ]
-        return document("".join(f"<h2>{escape(t)}</h2>{body}" for t, body in sections))
+        return page("Releases", "".join(f"<h2>{escape(t)}</h2>{body}" for t, body in sections))
 
     return bp

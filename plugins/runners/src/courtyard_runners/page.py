@@ -1,70 +1,77 @@
 """The page at the plugin's base (`/runners/`): runners with status and load, a runner's
-jobs, and a job's live log (followed with `EventSource` on the logs stream). Everything
-shown is escaped; the page reads the API with the visitor's own credentials."""
+jobs, and a job's live log (followed with `EventSource` on the logs stream, by the
+plugin's script `page.js`). Rendered with `courtyard_sdk.pages` (native in the operator
+console); everything shown is escaped; the page reads the API with the visitor's own
+credentials."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from html import escape
 from typing import Any
 
 from courtyard_sdk import Blueprint, Response
 from courtyard_sdk.identity import require
 from courtyard_sdk.openapi import responds
+from courtyard_sdk.pages import escape, page
+from quart import request
 
 from . import views
 from .formats import iso
 from .routes import refuse_unusable
 from .service import Service
 
-STYLE = """
-body{font:14px/1.45 system-ui,sans-serif;margin:2rem;color:#1b1f24}
-h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem}
-table{border-collapse:collapse;min-width:40rem}
-th,td{border-bottom:1px solid #d0d7de;padding:.35rem .7rem;text-align:left}
-th{background:#f6f8fa}.empty{color:#57606a}
-.active,.completed{color:#1a7f37}.inactive,.cancelled{color:#57606a}
-.error,.failed,.timed_out{color:#cf222e}.running,.queued{color:#9a6700}
-pre{background:#0d1117;color:#e6edf3;padding:1rem;max-height:40rem;overflow:auto}
-.warn{color:#d29922}.err{color:#ff7b72}.debug{color:#8b949e}
-"""
-
 LIVE = """
-<script>
-const log = document.getElementById("log");
-const url = log.dataset.url;
-const source = new EventSource(url);
-source.onmessage = (e) => {
-  const entry = JSON.parse(e.data);
-  const line = document.createElement("div");
-  line.className = entry.level === "error" ? "err" : entry.level;
-  const step = entry.context.step || "-";
-  line.textContent = `${entry.timestamp} ${entry.level} [${step}] ${entry.message}`;
-  log.appendChild(line);
-  log.scrollTop = log.scrollHeight;
-};
-</script>
+(() => {
+  "use strict";
+  const log = document.getElementById("log");
+  if (!log || log.dataset.following) return;
+  log.dataset.following = "yes";
+  const source = new EventSource(log.dataset.url);
+  source.onmessage = (e) => {
+    if (!document.body.contains(log)) { source.close(); return; }  // the page was left
+    const entry = JSON.parse(e.data);
+    const line = document.createElement("div");
+    line.className = entry.level === "error" ? "error" : entry.level === "warn" ? "warn" : "";
+    const step = entry.context.step || "-";
+    line.textContent = `${entry.timestamp} ${entry.level} [${step}] ${entry.message}`;
+    log.appendChild(line);
+    log.scrollTop = log.scrollHeight;
+  };
+})();
 """
+SCRIPT_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
 
-def _page(title: str, content: str) -> Response:
-    html = (
-        f"<!doctype html><html><head><meta charset=utf-8><title>{escape(title)}</title>"
-        f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>{content}</body></html>"
-    )
-    return Response(html, content_type="text/html; charset=utf-8")
+_TONES = {
+    "active": "ok",
+    "completed": "ok",
+    "error": "bad",
+    "failed": "bad",
+    "timed_out": "bad",
+    "running": "warn",
+    "queued": "warn",
+}
 
 
 def _table(headers: list[str], rows: list[str], empty: str) -> str:
     if not rows:
-        return f'<p class="empty">{escape(empty)}</p>'
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        return f'<p class="muted">{escape(empty)}</p>'
+    head = "".join(f'<th scope="col">{escape(h)}</th>' for h in headers)
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
-def _cell(value: Any, css: str = "") -> str:
-    klass = f' class="{escape(css)}"' if css else ""
-    return f"<td{klass}>{escape('' if value is None else str(value))}</td>"
+def _status(value: Any) -> str:
+    """A status as a badge, coloured by what it means."""
+    text = "" if value is None else str(value)
+    tone = _TONES.get(text, "muted")
+    return f'<span class="badge {tone}">{escape(text)}</span>'
+
+
+def _cell(value: Any, status: bool = False) -> str:
+    return f"<td>{_status(value) if status else escape(value)}</td>"
 
 
 def blueprint(service: Callable[[], Service]) -> Blueprint:
@@ -83,9 +90,10 @@ def blueprint(service: Callable[[], Service]) -> Blueprint:
             item = views.runner(row)
             load = item["current_load"]
             lines.append(
-                f'<tr><td><a href="{escape(item["id"])}">{escape(item["name"])}</a></td>'
+                f'<tr><td><a href="{escape(request.path + item["id"])}">'
+                f"{escape(item['name'])}</a></td>"
                 + _cell(item["type"])
-                + _cell(item["status"], item["status"])
+                + _cell(item["status"], status=True)
                 + _cell(item["state"])
                 + _cell(load["active_jobs"])
                 + _cell(f"{load['cpu_usage']:.1f} %")
@@ -98,7 +106,7 @@ def blueprint(service: Callable[[], Service]) -> Blueprint:
             lines,
             "No runner registered yet: courtyard runner register --url ... --name ...",
         )
-        return _page("Runners", table)
+        return page("Runners", table)
 
     @bp.get("/<runner_id>")
     @responds(200, "A runner's jobs", media_type="text/html")
@@ -112,9 +120,9 @@ def blueprint(service: Callable[[], Service]) -> Blueprint:
         for job in jobs:
             item = views.job(job)
             lines.append(
-                f'<tr><td><a href="{escape(runner_id)}/jobs/{escape(item["job_id"])}">'
+                f'<tr><td><a href="{escape(request.path)}/jobs/{escape(item["job_id"])}">'
                 f"{escape(item['name'])}</a></td>"
-                + _cell(item["status"], item["status"])
+                + _cell(item["status"], status=True)
                 + _cell(item["created_at"])
                 + _cell(item["duration"])
                 + _cell(item["exit_code"])
@@ -123,16 +131,15 @@ def blueprint(service: Callable[[], Service]) -> Blueprint:
             )
         info = views.runner(row)
         summary = (
-            f'<p>{escape(info["type"])} runner, <span class="{escape(info["status"])}">'
-            f"{escape(info['status'])}</span>, last seen {escape(str(iso(row['last_heartbeat'])))}"
-            f"; {total} job(s).</p>"
+            f"<p>{escape(info['type'])} runner, {_status(info['status'])}, last seen "
+            f"{escape(str(iso(row['last_heartbeat'])))}; {total} job(s).</p>"
         )
         table = _table(
             ["Job", "Status", "Created", "Duration (s)", "Exit code", "Attempt"],
             lines,
             "No job yet.",
         )
-        return _page(f"Runner {info['name']}", summary + table)
+        return page(f"Runner {info['name']}", summary + table)
 
     @bp.get("/<runner_id>/jobs/<job_id>")
     @responds(200, "A job's live log", media_type="text/html")
@@ -142,10 +149,20 @@ def blueprint(service: Callable[[], Service]) -> Blueprint:
         job = views.job(await service().job(runner_id, job_id))
         url = f"/api/runners/{runner_id}/logs?follow=true&job_id={job_id}&limit=1000"
         content = (
-            f'<p>Status <span class="{escape(job["status"])}">{escape(job["status"])}</span>'
-            f", exit code {escape(str(job['exit_code']))}.</p>"
-            f'<pre id="log" data-url="{escape(url)}"></pre>{LIVE}'
+            f"<p>Status {_status(job['status'])}, exit code {escape(str(job['exit_code']))}.</p>"
+            f'<pre id="log" class="log" data-url="{escape(url)}"></pre>'
         )
-        return _page(f"Job {job['name']}", content)
+        return page(f"Job {job['name']}", content, scripts=[_script_path()])
+
+    @bp.get("/page.js")
+    @responds(200, "The job page's script (follows the log)", media_type="text/javascript")
+    async def script() -> Response:
+        """The script of the job page."""
+        return Response(LIVE, headers=SCRIPT_HEADERS, content_type="text/javascript; charset=utf-8")
+
+    def _script_path() -> str:
+        """`page.js` beside the pages, wherever the plugin's base is."""
+        base = request.path.split("/")
+        return "/".join(base[: len(base) - 3]) + "/page.js"
 
     return bp

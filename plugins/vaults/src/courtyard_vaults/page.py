@@ -1,45 +1,19 @@
 """The plugin's page at its base (`/vaults/`): every vault and its entries, masked.
 
-Server-rendered, every piece of text escaped, no script; a secret value is never shown
-other than masked. It needs `vaults:read`, like the API.
+Server-rendered with `courtyard_sdk.pages` (native in the operator console), every piece
+of text escaped, no script; a secret value is never shown other than masked. It needs
+`vaults:read`, like the API.
 """
 
 from __future__ import annotations
 
-from html import escape
-
 from courtyard_sdk import Blueprint, Response
 from courtyard_sdk.identity import require
 from courtyard_sdk.openapi import responds
+from courtyard_sdk.pages import escape, page
 
 from .errors import VaultNotFound
 from .service import VaultDetail, Vaults, timestamp
-
-_STYLE = """
-body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 60rem;
-       padding: 0 1rem; color: #1f2328; }
-h1 { font-size: 1.6rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
-table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: .3rem .6rem; border-bottom: 1px solid #d0d7de; }
-code { font: 13px ui-monospace, monospace; }
-.muted { color: #656d76; } .error { color: #b42318; }
-"""
-# No script, no outside resource: only the inline style above may apply.
-_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-store",
-}
-
-
-def _document(body: str, status: int = 200) -> Response:
-    html = (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>Vaults</title><style>{_STYLE}</style></head>"
-        f"<body><h1>Vaults</h1>{body}</body></html>\n"
-    )
-    return Response(html, status=status, headers=_HEADERS, content_type="text/html; charset=utf-8")
 
 
 def _vault_section(detail: VaultDetail) -> str:
@@ -49,8 +23,9 @@ def _vault_section(detail: VaultDetail) -> str:
     if not detail.entries:
         parts.append('<p class="muted">No entries.</p></section>')
         return "".join(parts)
-    parts.append("<table><thead><tr><th>Key</th><th>Value</th><th>Secret</th>")
-    parts.append("<th>Updated</th></tr></thead><tbody>")
+    parts.append('<div class="scroll"><table><thead><tr><th scope="col">Key</th>')
+    parts.append('<th scope="col">Value</th><th scope="col">Secret</th>')
+    parts.append('<th scope="col">Updated</th></tr></thead><tbody>')
     for entry in detail.entries:
         value = (
             f"<code>{escape(entry.value)}</code>"
@@ -63,7 +38,7 @@ def _vault_section(detail: VaultDetail) -> str:
             f"<td>{'yes' if entry.is_secret else 'no'}</td>"
             f"<td>{escape(timestamp(entry.updated_at))}</td></tr>"
         )
-    parts.append("</tbody></table></section>")
+    parts.append("</tbody></table></div></section>")
     return "".join(parts)
 
 
@@ -79,7 +54,7 @@ def blueprint(vaults: Vaults) -> Blueprint:
         """Every vault with its entries, secret values masked."""
         if not vaults.enabled:
             reason = escape(vaults.disabled_reason or "disabled")
-            return _document(f'<p class="error">{reason}</p>', status=503)
+            return page("Vaults", f'<p class="error">{reason}</p>', status=503)
         sections = []
         for summary in await vaults.list_vaults():
             try:
@@ -90,6 +65,6 @@ def blueprint(vaults: Vaults) -> Blueprint:
             sections.append(
                 '<p class="muted">No vaults yet. Create one with <code>POST /api/vaults</code>.</p>'
             )
-        return _document("".join(sections))
+        return page("Vaults", "".join(sections))
 
     return bp

@@ -69,6 +69,7 @@ CORE_TAGS: list[dict[str, str]] = [
     {"name": "audit", "description": "The audit log"},
     {"name": "events", "description": "Runtime and plugin events as Server-Sent Events"},
     {"name": "meta", "description": "This document, the docs page, discovery"},
+    {"name": "console", "description": "The operator console's pages (HTML) and files"},
 ]
 STATE_CHANGING = frozenset({"post", "put", "patch", "delete"})
 # Names of our own components: a dot keeps them apart from any model's name.

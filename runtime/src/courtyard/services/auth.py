@@ -51,6 +51,7 @@ from . import tokens
 from .credentials import NO_CREDENTIALS, CredentialSet, PluginCredential
 from .keys import KeyInfo, KeyStore, is_key_id, looks_like_key, now
 from .roles import Roles
+from .sessions import Sessions
 from .throttle import FailureThrottle
 from .tokens import TokenVerifier
 
@@ -174,6 +175,10 @@ class Auth:
         self._lock = asyncio.Lock()
         self._refreshing: asyncio.Task[bool | None] | None = None
         self.failures = FailureThrottle(settings.auth_failures_per_minute)
+        # Console sessions (sessions.py): a key or JWT exchanged for a signed cookie.
+        self.sessions = Sessions(
+            settings.data_dir, settings.session_lifetime, self.keys, self.key_identity
+        )
 
     async def start(self) -> None:
         """Read the JWKS and whether keys exist (the tables are up to date by now)."""
