@@ -148,3 +148,7 @@ def test_the_readme_tour(tmp_path: Path) -> None:
 
 def test_the_plugin_tutorial(tmp_path: Path) -> None:
     run_page(PLUGIN_DOCS / "tutorial.md", tmp_path, {"CHECKOUT": str(ROOT)}, free_port())
+
+
+def test_the_data_tutorial(tmp_path: Path) -> None:
+    run_page(PLUGIN_DOCS / "tutorial-data.md", tmp_path, {"CHECKOUT": str(ROOT)}, free_port())
