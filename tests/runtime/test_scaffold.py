@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 import pytest
+import yaml
 from click.testing import CliRunner, Result
 from courtyard.apps.registry import read_app_manifest
 from courtyard.cli import new as scaffold
@@ -107,7 +108,9 @@ def test_the_plugin_project_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert answer.exit_code == 0, answer.output
     project = tmp_path / "hello.world"
     package = project / "src" / "courtyard_acme_hello_world"
-    assert sorted(p.relative_to(project).as_posix() for p in project.rglob("*.*")) == [
+    files = (p for p in project.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(project).as_posix() for p in files) == [
+        ".github/workflows/test.yml",
         ".gitignore",
         "README.md",
         "pyproject.toml",
@@ -140,6 +143,15 @@ def test_the_plugin_project_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     )
     assert pyproject["tool"]["pytest"]["ini_options"]["asyncio_mode"] == "auto"
     assert "Created hello.world" in answer.output
+
+    # CI runs the tests as the project's README says: uv sync, then uv run pytest.
+    workflow = yaml.safe_load((project / ".github/workflows/test.yml").read_text())
+    steps = workflow["jobs"]["test"]["steps"]
+    assert [step.get("run", "").split(" --")[0] for step in steps if "run" in step] == [
+        "uv sync",
+        "uv run pytest",
+    ]
+    assert "${{ matrix.python }}" in steps[2]["run"]
 
 
 async def test_the_plugin_folder_is_a_directory_plugin(courtyard, plugin_dir, tmp_path) -> None:

@@ -32,6 +32,7 @@ PLUGIN_FILES = {
     "pyproject.toml": "plugin/pyproject.toml.tmpl",
     "README.md": "plugin/README.md.tmpl",
     ".gitignore": "plugin/gitignore.tmpl",
+    ".github/workflows/test.yml": "plugin/test.yml.tmpl",
     "src/$package/__init__.py": "plugin/__init__.py.tmpl",
     "src/$package/plugin.toml": "plugin/plugin.toml.tmpl",
     "src/$package/plugin.py": "plugin/plugin.py.tmpl",

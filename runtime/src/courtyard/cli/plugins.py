@@ -12,6 +12,7 @@ import click
 from click.core import ParameterSource
 
 from ..settings import Settings
+from .build import build
 from .client import RemoteError, Server
 from .errors import fail, reported
 from .options import json_option, read_settings, remote_options, settings_options
@@ -23,7 +24,10 @@ from .upload import print_uploaded, upload
 
 @click.group()
 def plugins() -> None:
-    """Inspect plugins, and manage those of a running server."""
+    """Inspect and build plugins, and manage those of a running server."""
+
+
+plugins.add_command(build)
 
 
 @plugins.command("list")
