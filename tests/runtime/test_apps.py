@@ -320,12 +320,13 @@ def test_bad_app_settings_are_manifest_errors(tmp_path, config, message):
         read_app_manifest(root)
 
 
-def test_no_memory_limit_is_allowed_and_api_is_a_reserved_name(tmp_path):
+def test_no_memory_limit_is_allowed_and_api_and_console_are_reserved_names(tmp_path):
     from courtyard.apps.registry import AppManifestError, read_app_manifest
 
     assert read_app_manifest(add_app(tmp_path, "x", "1.0.0", config={"max_memory_mb": 0}))
-    with pytest.raises(AppManifestError, match="reserved"):
-        read_app_manifest(add_app(tmp_path, "api", "1.0.0"))
+    for reserved in ("api", "console"):
+        with pytest.raises(AppManifestError, match="reserved"):
+            read_app_manifest(add_app(tmp_path, reserved, "1.0.0"))
 
 
 async def test_deleting_an_equal_spelling_deletes_the_installed_version(courtyard, app_dir):

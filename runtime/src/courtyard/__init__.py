@@ -1,4 +1,4 @@
-"""Courtyard: a plugin-host runtime on Quart and Hypercorn."""
+"""Courtyard: a plugin-host runtime on Quart, served by granian or Hypercorn."""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -1,8 +1,8 @@
 """The ASGI entry point: routes each request to the serving generation, swaps generations.
 
-Hypercorn calls `Dispatcher`. A reload builds a new generation beside the serving one and swaps
-the reference in one step; requests already running finish on the old generation, whose
-shutdown hooks run once it is idle.
+The HTTP server calls `Dispatcher`. A reload builds a new generation beside the serving
+one and swaps the reference in one step; requests already running finish on the old
+generation, whose shutdown hooks run once it is idle.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Request limits held while a body streams in (docs/security.md#request-limits).
 
-`RequestLimits` wraps the ASGI application Hypercorn serves (server.py), so that every
+`RequestLimits` wraps the ASGI application the HTTP server serves (server.py), so that every
 HTTP request passes through it: core routes, plugin routes and apps alike. It counts a
 request's body as it arrives, in a wrapper around `receive`, and answers in the runtime's
 error envelope as soon as a limit is passed, without waiting for the rest:
@@ -20,7 +20,7 @@ error envelope as soon as a limit is passed, without waiting for the rest:
 
 A refusal that comes while the application runs is sent by the wrapper itself (unless the
 application has started its own answer), and the application then sees the client
-disconnect; whatever it sends afterwards is dropped. Hypercorn closes the connection once
+disconnect; whatever it sends afterwards is dropped. The server closes the connection once
 the answer is out, since the rest of the body was never read.
 """
 

@@ -21,7 +21,7 @@ from .versions import sort_versions
 
 log = logging.getLogger("courtyard.apps")
 # A name the runtime's own paths start with: such an app would answer unmatched /api/...
-RESERVED_APP_NAMES = frozenset({"api"})
+RESERVED_APP_NAMES = frozenset({"api", "console"})  # the core API, the operator console
 VERSION_RE = re.compile(r"[0-9][0-9A-Za-z.+_-]*")
 ENTRY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
 

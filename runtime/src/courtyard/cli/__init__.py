@@ -24,7 +24,7 @@ __all__ = ["add_remote_commands", "main"]
 @click.group(cls=PluginCommandGroup)
 @click.version_option(__version__, prog_name="courtyard")
 def main() -> None:
-    """Courtyard: a plugin-host runtime on Quart and Hypercorn."""
+    """Courtyard: a plugin-host runtime on Quart, served by granian or Hypercorn."""
 
 
 def add_remote_commands(plugins_group: click.Group, main_group: click.Group) -> None:

@@ -48,15 +48,29 @@ HEADER_READ_TIMEOUT_MS = 5_000
 # (128), would let 128 open event streams or WebSockets lock everyone else out;
 # Hypercorn has no such limit.
 MAX_CONNECTIONS = 10_000
+
+
+class EmbedNotice(logging.Filter):
+    """Drops the warning granian logs at every start of its embedded server, which the
+    runtime runs by choice (docs/performance.md#servers-and-event-loops says why)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep every record but that warning."""
+        return record.getMessage() != "Embedded server is experimental!"
+
+
 # Granian's loggers ('_granian', 'granian.access') go to the runtime's handlers, in its
 # format, rather than to granian's own handlers on stdout.
 _LOGGING: dict[str, Any] = {
+    "filters": {"embed_notice": {"()": EmbedNotice}},
     "loggers": {
-        "_granian": {"handlers": [], "propagate": True},
+        "_granian": {"handlers": [], "propagate": True, "filters": ["embed_notice"]},
         "granian.access": {"handlers": [], "propagate": True, "level": "WARNING"},
-    }
+    },
 }
-_LEVELS = {"debug": LogLevels.debug, "info": LogLevels.info, "warning": LogLevels.warning}
+# Granian logs a level above the runtime's: its start and stop lines (listening, workers
+# spawned) say again what the runtime's own `serving on` line says.
+_LEVELS = {"debug": LogLevels.debug, "info": LogLevels.warning, "warning": LogLevels.warning}
 
 
 def granian_server(app: ASGIApp, settings: Settings) -> Server:
