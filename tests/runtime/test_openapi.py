@@ -205,6 +205,13 @@ async def test_error_answers_are_listed_with_the_shared_envelope(courtyard):
     assert reload_op["x-permissions"] == ["plugins:reload"]
     assert reload_op["security"] == [{"bearer": []}, {"apiKey": []}]
     assert "security" not in paths["/api/health/"]["get"]
+    # A route's own HTML answer for a status the request path also answers (429 for
+    # failed credentials, before the view runs): both bodies are listed.
+    throttled = paths["/console/sign-in"]["post"]["responses"]["429"]["content"]
+    assert throttled.keys() == {"text/html", "application/json"}
+    assert throttled["application/json"]["schema"] == {
+        "$ref": f"#/components/schemas/{ERROR_SCHEMA}"
+    }
     # Every $ref'd response exists, and real error bodies match the envelope.
     for _, _, operation in _operations(spec):
         for answer in operation["responses"].values():

@@ -327,6 +327,14 @@ class CourtyardOpenAPIProvider(OpenAPIProvider):
         responses = {s: declared[s] for s in sorted(declared, key=_status_order)}
         for status in sorted(wanted):
             if str(status) in responses:
+                # The route's own answer (an HTML page, say), and the request path's JSON
+                # error envelope, which comes before the view runs.
+                content = responses[str(status)].get("content")
+                if content is not None and "application/json" not in content:
+                    responses[str(status)] = {
+                        **responses[str(status)],
+                        "content": {**content, "application/json": {"schema": dict(_ERROR_REF)}},
+                    }
                 continue
             self._statuses.add(status)
             error: dict[str, Any] = {"$ref": f"#/components/responses/{_component_name(status)}"}
