@@ -2,6 +2,13 @@
 
 Load comes from a separate process: Debian's `wrk` when installed, else `loadgen.py`
 (an asyncio HTTP/1.1 keep-alive client).
+
+Smoke mode (`COURTYARD_BENCH_SMOKE=1`, see bench/smoke.py): every script runs once with
+the smallest rounds, durations and sizes that still go through all of it (`smoke()`
+picks them; each load lasts `SMOKE_LOAD_SECONDS`, from loadgen.py, since wrk counts
+whole seconds), and writes its JSON to a temporary folder (`COURTYARD_BENCH_RESULTS`, else
+`courtyard-bench-smoke` in the system's temporary folder), never to bench/results/. The
+figures it prints mean nothing; it only proves the scripts still run.
 """
 
 from __future__ import annotations
@@ -21,12 +28,33 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from courtyard.testing import free_port
 
 BENCH = Path(__file__).parent
-RESULTS = BENCH / "results"
+SMOKE = os.environ.get("COURTYARD_BENCH_SMOKE", "").strip().lower() in ("1", "true", "yes")
+SMOKE_LOAD_SECONDS = 0.25
+RESULTS = Path(
+    os.environ.get("COURTYARD_BENCH_RESULTS")
+    or (Path(tempfile.gettempdir(), "courtyard-bench-smoke") if SMOKE else BENCH / "results")
+)
 ECHO_BODY = json.dumps({"items": ["x" * 90] * 10})  # about 1 KB
+T = TypeVar("T")
+
+
+def smoke(full: T, small: T) -> T:
+    """`small` in smoke mode, else `full`: a script's rounds, durations and sizes."""
+    return small if SMOKE else full
+
+
+def require(binary: str, package: str) -> str:
+    """The path of `binary`; without it, print why the script is skipped and exit 0."""
+    path = shutil.which(binary)
+    if path is None:
+        print(f"skipped: {binary} is not installed (Debian package {package})")
+        sys.exit(0)
+    return path
 
 
 @dataclass
@@ -64,11 +92,13 @@ def wait_for(
 
 
 @contextmanager
-def serving(kind: str, trivial_plugins: int = 0) -> Iterator[Server]:
+def serving(
+    kind: str, trivial_plugins: int = 0, env: dict[str, str] | None = None
+) -> Iterator[Server]:
     """Serve the bench routes (and `trivial_plugins` more plugins) until the block ends.
 
     `kind` is "raw", "quart" or "courtyard" (servers.py, all on one Hypercorn set-up), or
-    "courtyard-cli": the real `courtyard serve` command.
+    "courtyard-cli": the real `courtyard serve` command. `env`: more environment variables.
     """
     from servers import write_bench_plugins
 
@@ -93,7 +123,7 @@ def serving(kind: str, trivial_plugins: int = 0) -> Iterator[Server]:
             ready = "/bench/noop"
         command += ["--plugin-dir", str(plugin_dir), "--data-dir", str(data_dir)]
         started = time.perf_counter()
-        process = subprocess.Popen(command)
+        process = subprocess.Popen(command, env={**os.environ, **(env or {})})
         server = Server(process, f"http://127.0.0.1:{port}")
         try:
             wait_for(server.url + ready, process=process)
@@ -104,12 +134,17 @@ def serving(kind: str, trivial_plugins: int = 0) -> Iterator[Server]:
             process.wait(30)
 
 
-def load(url: str, seconds: float, connections: int, body: str | None = None) -> dict[str, float]:
-    """Drive `url` for `seconds` with `connections` keep-alive connections.
+def load(
+    url: str, seconds: float, connections: int, body: str | None = None, hold: bool = False
+) -> dict[str, float]:
+    """Drive `url` for `seconds` with `connections` keep-alive connections (in smoke mode
+    `SMOKE_LOAD_SECONDS`, unless `hold`: a load that must last while something else runs).
 
     :return: requests per second, p50 and p99 latency in ms, and errors.
     """
-    if shutil.which("wrk"):
+    if SMOKE and not hold:
+        seconds = min(seconds, SMOKE_LOAD_SECONDS)
+    elif shutil.which("wrk"):
         return _wrk(url, seconds, connections, body)
     command = [
         sys.executable,
@@ -174,14 +209,16 @@ def _wrk(url: str, seconds: float, connections: int, body: str | None) -> dict[s
 
 
 def save(name: str, data: object) -> Path:
-    """Write `data` to bench/results/<name>.json, with when and where it was measured."""
-    RESULTS.mkdir(exist_ok=True)
+    """Write `data` to bench/results/<name>.json (in smoke mode, to the smoke folder),
+    with when and where it was measured."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     record = {
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
-        "load_generator": "wrk" if shutil.which("wrk") else "loadgen.py",
+        "load_generator": "wrk" if shutil.which("wrk") and not SMOKE else "loadgen.py",
+        "smoke": SMOKE,
         "results": data,
     }
     path.write_text(json.dumps(record, indent=2) + "\n")
@@ -244,7 +281,7 @@ def runtime_against(
     table and the ratio of the runtime's rate to the base's, and save them as `name`."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=smoke(3, 1))
     args = parser.parse_args(argv)
     base_name, base_process, base_url = base
     port = free_port()

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import free_port, save, table, wait_for
+from harness import free_port, require, save, smoke, table, wait_for
 
 
 def _status(pid: int, field: str) -> float:
@@ -48,8 +48,10 @@ def build_archive(path: Path, megabytes: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--megabytes", type=int, default=100)
+    parser.add_argument("--megabytes", type=int, default=smoke(100, 1))
     args = parser.parse_args()
+    require("curl", "curl")
+    require("tar", "tar")
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp, "big.tgz")
         build_archive(archive, args.megabytes)

@@ -36,11 +36,20 @@ async def connection(
             writer.close()
             reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
             continue
-        length = 0
+        length, chunked = 0, False
         while (line := await reader.readline()) not in (b"\r\n", b""):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        await reader.readexactly(length)
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+            elif name.strip().lower() == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+        if chunked:  # a raw ASGI app's answer without Content-Length
+            while size := int((await reader.readline()).split(b";")[0], 16):
+                await reader.readexactly(size + 2)  # the chunk and its CRLF
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass  # trailers, up to the blank line
+        else:
+            await reader.readexactly(length)
         latencies.append((time.perf_counter() - started) * 1000)
         if not status_line.startswith(b"HTTP/1.1 2"):
             errors.append(1)

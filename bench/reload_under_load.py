@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.request
 
-from harness import BENCH, save, serving, table
+from harness import BENCH, save, serving, smoke, table
 
 INTERNAL = {"X-Courtyard-Internal": "true"}
 
@@ -32,19 +32,19 @@ def reload(url: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--plugins", type=int, default=50)
-    parser.add_argument("--reloads", type=int, default=20)
+    parser.add_argument("--plugins", type=int, default=smoke(50, 3))
+    parser.add_argument("--reloads", type=int, default=smoke(20, 2))
     args = parser.parse_args()
     with serving("courtyard-cli", trivial_plugins=args.plugins) as server:
         quiet = reload(server.url)  # how long one takes without load, to size the run
-        seconds = max(30, round(args.reloads * quiet * 20 + 10))
+        seconds = max(smoke(30, 5), round(args.reloads * quiet * 20 + 10))
         loader = subprocess.Popen(
             [
                 sys.executable,
                 "-c",
                 "import json, sys; sys.path.insert(0, sys.argv[1]);"
                 "from harness import load;"
-                "print(json.dumps(load(sys.argv[2], float(sys.argv[3]), 16)))",
+                "print(json.dumps(load(sys.argv[2], float(sys.argv[3]), 16, hold=True)))",
                 str(BENCH),
                 f"{server.url}/bench/noop",
                 str(seconds),

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import free_port, save, table, wait_for
+from harness import free_port, save, smoke, table, wait_for
 
 
 def seconds(stamp: str) -> float:
@@ -132,9 +132,9 @@ def log_lines(client: httpx.Client, base: str, count: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--latency-jobs", type=int, default=100)
-    parser.add_argument("--throughput-jobs", type=int, default=200)
-    parser.add_argument("--lines", type=int, default=100_000)
+    parser.add_argument("--latency-jobs", type=int, default=smoke(100, 3))
+    parser.add_argument("--throughput-jobs", type=int, default=smoke(200, 4))
+    parser.add_argument("--lines", type=int, default=smoke(100_000, 200))
     args = parser.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -204,7 +204,7 @@ def main() -> None:
         {"figure": "log lines/s", "value": results["log_lines"]["lines_per_second"]},
     ]
     print(table(rows))
-    print(f"written {save('runners', {**results, 'cpus': os.cpu_count()})}")
+    print(f"saved {save('runners', {**results, 'cpus': os.cpu_count()})}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 from courtyard.apps.pool import AppSettings, WorkerApp, WorkerPool
-from harness import BENCH, save, table
+from harness import BENCH, require, save, smoke, table
 
 FIXTURES = BENCH.parent / "tests" / "fixtures" / "apps"
 PATHS = {"echo": "/", "quart": "/hello"}  # a route each app answers 200
@@ -85,11 +85,10 @@ async def run(repeat: int, name: str) -> list[dict[str, object]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--repeat", type=int, default=smoke(15, 1))
     parser.add_argument("--app", choices=("echo", "quart"), default="echo")
     args = parser.parse_args()
-    if shutil.which("bwrap") is None:
-        sys.exit("bwrap is not installed (Debian package bubblewrap)")
+    require("bwrap", "bubblewrap")
     rows = asyncio.run(run(args.repeat, args.app))
     print(table(rows))
     boxed, bare = (float(row["median_s"]) for row in rows)  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import BENCH, free_port, load, save, table, wait_for
+from harness import BENCH, free_port, load, save, smoke, table, wait_for
 from servers import write_bench_plugins
 
 SERVERS = [  # name, --server, --loop
@@ -58,7 +58,7 @@ def start(server: str, loop: str, tmp: Path) -> tuple[subprocess.Popen[bytes], s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=smoke(3, 1))
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     samples: dict[tuple[str, str], list[dict[str, float]]] = {}

@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from harness import save, serving, table
+from harness import save, serving, smoke, table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=smoke(3, 1))
     args = parser.parse_args()
     rows = []
-    for plugins in (0, 10, 100):
+    for plugins in smoke((0, 10, 100), (0, 2)):
         times = []
         for _ in range(args.repeat):
             with serving("courtyard-cli", trivial_plugins=plugins) as server:

@@ -13,9 +13,8 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from dulwich import porcelain
-from dulwich.object_store import iter_tree_contents
-from dulwich.repo import Repo
+# dulwich (about 3 MiB resident) is imported by the functions that use it, when a project
+# has repositories, not when the plugin loads.
 
 BRANCH = b"refs/heads/main"
 AUTHOR = b"Courtyard platform <platform@courtyard.invalid>"
@@ -26,6 +25,8 @@ def ensure_repo(path: Path) -> bool:
     """A non-bare repository at `path` whose HEAD is `main`. :return: True when made now."""
     if (path / ".git").is_dir():
         return False
+    from dulwich import porcelain
+
     path.mkdir(parents=True, exist_ok=True)
     repo = porcelain.init(str(path))
     try:
@@ -39,6 +40,8 @@ def head(path: Path) -> str | None:
     """The commit `main` points at, or None (no repository, or no commit yet)."""
     if not (path / ".git").is_dir():
         return None
+    from dulwich.repo import Repo
+
     repo = Repo(str(path))
     try:
         sha = repo.refs.as_dict().get(BRANCH)
@@ -49,6 +52,8 @@ def head(path: Path) -> str | None:
 
 def current_branch(path: Path) -> str | None:
     """The branch HEAD names (`main`), or None when detached or missing."""
+    from dulwich.repo import Repo
+
     repo = Repo(str(path))
     try:
         target = repo.refs.read_ref(b"HEAD")
@@ -64,6 +69,9 @@ def commit_files(
 ) -> str | None:
     """Write `files` (relative paths) into the worktree, delete `remove`, and commit them
     on `main` when anything changed. :return: the new commit, or None when nothing did."""
+    from dulwich import porcelain
+    from dulwich.repo import Repo
+
     for relative, content in files.items():
         target = path / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -99,6 +107,9 @@ def commit_files(
 
 def tracked_files(path: Path) -> list[str]:
     """The files of `main`'s tree (relative paths), sorted."""
+    from dulwich.object_store import iter_tree_contents
+    from dulwich.repo import Repo
+
     repo = Repo(str(path))
     try:
         sha = repo.refs.as_dict().get(BRANCH)

@@ -15,11 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
 import yaml
-from kubernetes_validate.utils import schema_contents
-from referencing import Registry, Resource
 
 from .spec import parse_secret
 
@@ -217,7 +213,13 @@ def validate(objects: list[dict[str, Any]]) -> None:
 @functools.lru_cache(maxsize=16)
 def _validator(kind: str, api_version: str) -> Any:
     """A validator of one kind, made once (kubernetes-validate's own `validate` reads its
-    multi-megabyte definitions file on every call)."""
+    multi-megabyte definitions file on every call). jsonschema and kubernetes-validate
+    (about 3 MiB resident) are imported here, when a first manifest is checked."""
+    import jsonschema
+    import kubernetes_validate
+    from kubernetes_validate.utils import schema_contents
+    from referencing import Registry, Resource
+
     version = kubernetes_validate.latest_version()
     folder = f"kubernetes-json-schema/v{version}-local-strict"
     group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import logging
 
-from dulwich.repo import Repo
-
 from . import gitrepo
 from .artifacts import Artifacts
 from .service import WATCHER, Platform
@@ -23,6 +21,8 @@ from .store import DELETING
 def head_and_subject(path: object) -> tuple[str, str] | None:
     """`main`'s commit and its subject, or None."""
     from pathlib import Path
+
+    from dulwich.repo import Repo
 
     folder = Path(str(path))
     sha = gitrepo.head(folder)

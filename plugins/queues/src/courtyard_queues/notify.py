@@ -12,8 +12,10 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
+if TYPE_CHECKING:
+    from redis.asyncio import Redis  # redis-py is loaded by the Redis store, when used
 
 
 class Notifier:

@@ -10,6 +10,7 @@ generation's `State`, kept in the plugin context (`ctx.state[State]`). The
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,9 +161,10 @@ async def courtyard_startup(ctx: PluginContext) -> None:
     except BaseException:
         await service.close()
         raise
-    from .redis_store import RedisTaskStore
-
-    if isinstance(store, RedisTaskStore):
+    # Only a Redis store needs the relay; redis-py (about 7 MiB resident) stays unloaded
+    # unless make_store imported the Redis store.
+    redis_store = sys.modules.get(f"{__package__}.redis_store")
+    if redis_store is not None and isinstance(store, redis_store.RedisTaskStore):
         state.relay = RedisRelay(store.client, store.notify_channel, notifier, ctx.logger)
         state.relay.start()
     events = _event_bus(ctx)

@@ -9,11 +9,14 @@ import os
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from .blobs import BlobStore
+
+if TYPE_CHECKING:
+    # httpx (with the rich and click it loads, about 6 MiB resident) is imported when a target
+    # is reached, not when the plugin loads.
+    import httpx
 
 MAX_LOG = 64 * 1024  # what is kept of a task's log
 
@@ -70,6 +73,8 @@ async def courtyard(
     """Upload each app archive to `POST /api/apps/upload`, then check the version serves;
     `replaced` (app -> version) are versions to remove once theirs is installed (a
     rollback puts an older version back in front)."""
+    import httpx
+
     installed: list[dict[str, Any]] = []
     url = connection["url"]
     timeout = connection.get("timeoutSeconds", 5.0)
@@ -106,6 +111,8 @@ async def courtyard(
 
 async def _serves(client: httpx.AsyncClient, url: str, app: str, version: str, log: Log) -> None:
     """The installed version answers below 500 at its own URL."""
+    import httpx
+
     try:
         answer = await client.get(f"{url}/{app}@{version}/", follow_redirects=True)
     except httpx.HTTPError as exc:

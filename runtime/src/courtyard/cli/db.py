@@ -15,14 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from alembic.script import ScriptDirectory
-from alembic.util import rev_id
 from courtyard_sdk import CourtyardError, read_manifest
 
 from ..generation import FAILED, Generation
 from ..services.database import Database, MigrationError
 from ..settings import Settings
-from .autogenerate import draft
 from .options import json_option, read_settings, settings_options
 from .output import Column, print_json, print_rows
 from .plugin_commands import prepare
@@ -247,6 +244,13 @@ def write_revision(plugin_dir: Path, message: str, *, autogenerate: bool = False
     message = " ".join(message.split())
     if not message:
         raise MigrationError("the revision message is empty: say what the revision does")
+    # Alembic (about 12 MiB resident, with mako and pygments) is imported by the commands
+    # that write revisions, not by every `courtyard` command.
+    from alembic.script import ScriptDirectory
+    from alembic.util import rev_id
+
+    from .autogenerate import draft
+
     folder = plugin_dir / manifest.migrations
     folder.mkdir(parents=True, exist_ok=True)
     try:

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..settings import Settings, check_event_bus
 from . import audit, keys
 from .auth import Auth
 from .database import Database
 from .events import MemoryEventBus
-from .events_redis import RedisEventBus
 from .readiness import Readiness
+
+if TYPE_CHECKING:
+    # redis-py (about 7 MiB resident) is imported only for the Redis bus.
+    from .events_redis import RedisEventBus
 
 log = logging.getLogger("courtyard.services")
 
@@ -31,6 +35,8 @@ def make_event_bus(settings: Settings) -> MemoryEventBus | RedisEventBus:
     if settings.event_bus == "memory":
         return MemoryEventBus(settings.event_history)
     assert settings.redis_url is not None
+    from .events_redis import RedisEventBus
+
     return RedisEventBus(settings.redis_url, history=settings.event_history)
 
 

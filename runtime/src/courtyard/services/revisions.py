@@ -4,26 +4,32 @@ Each owner of tables has a folder of plain Alembic revision modules and a versio
 its own, `alembic_version_<owner>`. An upgrade applies every pending revision of one owner
 in one transaction, under a lock that other instances upgrading the same owner wait for:
 it is kept whole or not at all.
+
+Alembic (about 12 MiB resident, with the mako and pygments it loads) is imported only when
+there is something to do: a start whose database already records every owner's only head
+(told from the revision files' literal `revision` and `down_revision`, see `_up_to_date`)
+never loads it.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import hashlib
 import logging
+import re
 import weakref
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic.config import Config
-from alembic.runtime.environment import EnvironmentContext
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from courtyard_sdk import CourtyardError
 from courtyard_sdk.names import slug
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
+
+if TYPE_CHECKING:
+    from alembic.script import ScriptDirectory
 
 log = logging.getLogger("courtyard.database")
 _MAX_IDENTIFIER = 63  # PostgreSQL cuts longer names silently: two owners could meet
@@ -90,6 +96,8 @@ def upgrade(connection: Connection, owner: str, folder: Path) -> list[str]:
     :return: the revisions applied, oldest first.
     :raises MigrationError: naming the revision that failed and why; all is rolled back.
     """
+    if _up_to_date(connection, owner, folder):
+        return []
     if connection.dialect.name != "sqlite":
         with connection.begin():
             # Two instances starting together must not both run the same revisions: the
@@ -127,6 +135,9 @@ def upgrade(connection: Connection, owner: str, folder: Path) -> list[str]:
 
 
 def _apply(connection: Connection, owner: str, folder: Path) -> list[str]:
+    from alembic.config import Config
+    from alembic.runtime.environment import EnvironmentContext
+
     script = _script(owner, folder)
     steps: list[Any] = []
     applied: list[str] = []
@@ -163,6 +174,8 @@ def status(connection: Connection, owner: str, folder: Path) -> MigrationStatus:
 
     :raises MigrationError: when `folder` cannot be read as Alembic revisions.
     """
+    from alembic.runtime.migration import MigrationContext
+
     script = _script(owner, folder)
     try:
         head = script.get_current_head()
@@ -179,6 +192,8 @@ def status(connection: Connection, owner: str, folder: Path) -> MigrationStatus:
 
 
 def _script(owner: str, folder: Path) -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     if not folder.is_dir():
         raise MigrationError(f"{owner}: migrations folder {folder} does not exist")
     try:
@@ -192,3 +207,79 @@ def cause(exc: BaseException) -> str:
     original = getattr(exc, "orig", None) or exc
     message = str(original).strip().splitlines()
     return f"{type(original).__name__}: {message[0] if message else 'no message'}"
+
+
+# The files Alembic reads as revisions (its own pattern, sourceless files left out).
+_REVISION_FILE = re.compile(r"(?!\.\#|__init__)(.*\.py)$")
+
+
+def _up_to_date(connection: Connection, owner: str, folder: Path) -> bool:
+    """Whether the database records `folder`'s only head, and (SQLite) no foreign key
+    points nowhere: then an upgrade has nothing to do, and Alembic need not be loaded.
+    False in any doubt, and Alembic decides (see `_literal_head`). Ends the transaction
+    its reads began."""
+    head = _literal_head(folder)
+    if head is None:
+        return False
+    name = version_table(owner)
+    try:
+        if not inspect(connection).has_table(name):
+            return False
+        quoted = connection.dialect.identifier_preparer.quote(name)
+        rows = connection.exec_driver_sql(f"SELECT version_num FROM {quoted}")
+        found = [tuple(row) for row in rows]
+        if found != [(head,)]:
+            return False
+        if connection.dialect.name == "sqlite":
+            return connection.exec_driver_sql("PRAGMA foreign_key_check").first() is None
+        return True
+    finally:
+        connection.rollback()
+
+
+def _literal_head(folder: Path) -> str | None:
+    """The only head of the revisions in `folder`, read from each file's literal
+    `revision` and `down_revision` without running it; None when Alembic must look: a file
+    without them (or with `branch_labels` or `depends_on`), a revision named twice or
+    pointing at one that is not there, several heads, or none."""
+    try:
+        paths = [p for p in folder.iterdir() if _REVISION_FILE.match(p.name) and p.is_file()]
+    except OSError:
+        return None
+    downs: dict[str, tuple[str, ...]] = {}
+    for path in paths:
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (OSError, SyntaxError, ValueError):
+            return None
+        values: dict[str, Any] = {}
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            else:
+                continue
+            if isinstance(target, ast.Name):
+                try:
+                    values[target.id] = ast.literal_eval(value)
+                except (ValueError, TypeError, SyntaxError, RecursionError):
+                    values[target.id] = ...  # not a literal: unknown
+        revision, down = values.get("revision"), values.get("down_revision", ...)
+        if not isinstance(revision, str) or revision in downs:
+            return None
+        if values.get("branch_labels") is not None or values.get("depends_on") is not None:
+            return None
+        if down is None:
+            downs[revision] = ()
+        elif isinstance(down, str):
+            downs[revision] = (down,)
+        elif isinstance(down, tuple | list) and all(isinstance(d, str) for d in down):
+            downs[revision] = tuple(down)
+        else:
+            return None
+    pointed = {d for ds in downs.values() for d in ds}
+    if not pointed <= downs.keys():
+        return None
+    heads = downs.keys() - pointed
+    return next(iter(heads)) if len(heads) == 1 else None

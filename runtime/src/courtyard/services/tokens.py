@@ -27,21 +27,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from courtyard_sdk import ApiError, SettingsError
-from joserfc import jws, jwt
-from joserfc.errors import (
-    BadSignatureError,
-    ExpiredTokenError,
-    InvalidClaimError,
-    JoseError,
-    MissingClaimError,
-)
-from joserfc.jwk import Key, KeySet, OctKey
-from joserfc.jws import JWSRegistry
 
 from ..security import is_loopback_host
 
+# joserfc (with cryptography, about 9 MiB resident) is imported by the functions that use
+# it, so a runtime that accepts no JWT never loads it.
 if TYPE_CHECKING:
     import httpx
+    from joserfc.jwk import Key, OctKey
 
     from ..settings import Settings
 
@@ -91,6 +84,8 @@ class TokenVerifier:
 
         :raises SettingsError: for an unusable combination, naming the setting.
         """
+        from joserfc.jws import JWSRegistry
+
         self.algorithms = _algorithms(settings.jwt_algorithms)
         self.secret = _secret(settings.jwt_secret, self.algorithms)
         if settings.jwks_file and settings.jwks_url:
@@ -121,6 +116,8 @@ class TokenVerifier:
     async def start(self) -> None:
         """Read the JWKS file (a bad one refuses the start) or fetch the JWKS URL (a
         failure is logged: tokens answer 503 until the keys can be fetched)."""
+        from joserfc.errors import JoseError
+
         if self.jwks_file is not None:
             try:
                 self._read_file()
@@ -144,6 +141,9 @@ class TokenVerifier:
         :raises ApiError: 401 `INVALID_TOKEN` or `TOKEN_EXPIRED`; 503 `AUTH_UNAVAILABLE`
             while the JWKS URL cannot be fetched and no keys are known.
         """
+        from joserfc import jws, jwt
+        from joserfc.errors import BadSignatureError, JoseError
+
         try:
             header = jws.extract_compact(token.encode("ascii")).headers()
         except (JoseError, ValueError, UnicodeError):
@@ -162,6 +162,9 @@ class TokenVerifier:
         return _caller(claims)
 
     def _check_claims(self, claims: dict[str, Any]) -> None:
+        from joserfc import jwt
+        from joserfc.errors import ExpiredTokenError, InvalidClaimError, MissingClaimError
+
         options: dict[str, Any] = {"exp": {"essential": True}}
         if self.issuer is not None:
             options["iss"] = {"essential": True, "value": self.issuer}
@@ -215,6 +218,8 @@ class TokenVerifier:
 
     async def _refresh(self, kid: str | None, unknown: bool = False) -> None:
         """Bring the JWKS up to date when it may have changed."""
+        from joserfc.errors import JoseError
+
         if self.jwks_file is not None:
             # A stat is cheap: look at most once a second, or now for an unknown key id.
             if unknown or time.monotonic() - self._file_checked_at >= 1.0:
@@ -251,6 +256,7 @@ class TokenVerifier:
     async def _fetch(self) -> None:
         """Fetch `jwks_url` (hold the lock); a failure keeps the keys known so far."""
         import httpx
+        from joserfc.errors import JoseError
 
         assert self.jwks_url is not None
         self._attempted_at = time.monotonic()
@@ -289,6 +295,8 @@ def _algorithms(names: tuple[str, ...]) -> frozenset[str]:
 
 
 def _secret(secret: str | None, algorithms: frozenset[str]) -> OctKey | None:
+    from joserfc.jwk import OctKey
+
     if secret is None:
         return None
     if len(secret.encode()) < MIN_SECRET_BYTES:
@@ -311,6 +319,8 @@ def _jwks_url(url: str | None) -> str | None:
 
 def _key_table(data: Any) -> dict[str, Key]:
     """The signing keys of a JWKS document, by key id."""
+    from joserfc.jwk import KeySet
+
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise ValueError('not a JWKS: expected {"keys": [...]}')
     signing = [k for k in data["keys"] if isinstance(k, dict) and k.get("use", "sig") == "sig"]
@@ -351,6 +361,8 @@ def _caller(claims: Mapping[str, Any]) -> Caller:
 
 
 def _describe(exc: Exception) -> str:
+    from joserfc.errors import JoseError
+
     if isinstance(exc, JoseError):
         return exc.description or exc.error
     return str(exc) or type(exc).__name__
