@@ -237,6 +237,18 @@ async def test_routes_win_over_apps_of_the_same_name(courtyard, app_dir, plugin_
     rt = await courtyard(entry_points=False)
     assert (await rt.client.get("/hello/")).json() == {"from": "plugin"}
     assert (await rt.client.get("/hello@1/")).text == "<h1>hello 1.0.0</h1>"
+    # The app's other paths are its own: the plugin has no route for them.
+    assert (await rt.client.get("/hello/index.html")).text == "<h1>hello 1.0.0</h1>"
+
+
+def test_only_paths_no_route_can_match_skip_the_route_lookup():
+    from courtyard.generation import route_heads
+    from werkzeug.routing import Map, Rule
+
+    rules = Map([Rule("/api/health/"), Rule("/"), Rule("/hello/<who>")]).iter_rules()
+    assert route_heads(rules) == {"api", "", "hello"}
+    # A rule that starts with a variable may match any first segment: always look up.
+    assert route_heads(Map([Rule("/api/x"), Rule("/<name>/y")]).iter_rules()) == frozenset()
 
 
 async def test_delete_a_version_then_the_app(courtyard, app_dir):

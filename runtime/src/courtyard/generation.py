@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 import types
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from courtyard_sdk.names import slug
 from courtyard_sdk.plugins import PluginInfo
 from courtyard_sdk.status import PluginStatus
 from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.routing import Rule
 
 from . import loading
 from .discovery import Candidate, scan
@@ -72,6 +74,19 @@ class PluginRecord:
         log.error("%s | plugin failed loading with message: %s", self.name, reason, exc_info=exc)
 
 
+def route_heads(rules: Iterable[Rule]) -> frozenset[str]:
+    """The first path segments of `rules` (`api` for `/api/health/`, `` for `/`), so that a
+    path whose first segment is none of them is known to match no rule; empty when a rule
+    starts with a variable (`/<name>`), which may match any first segment."""
+    heads = set()
+    for rule in rules:
+        head = rule.rule.split("/", 2)[1] if rule.rule.startswith("/") else "<"
+        if "<" in head:
+            return frozenset()
+        heads.add(head)
+    return frozenset(heads)
+
+
 class Generation:
     """A built, immutable set of plugins and the Quart app that serves them."""
 
@@ -89,6 +104,7 @@ class Generation:
         self.hooks = Hooks(trace=settings.trace_hooks)
         self.records: list[PluginRecord] = []
         self.app: Quart | None = None
+        self._route_heads: frozenset[str] | None = None  # see `route_heads`
         self.active = 0  # requests in flight on this generation
         self.idle = asyncio.Event()
         self.idle.set()
@@ -116,6 +132,13 @@ class Generation:
     def serves(self, path: str, method: str | None) -> bool:
         """Whether a core or plugin route answers `path` (apps come after routes)."""
         assert self.app is not None
+        heads = self._route_heads
+        if heads is None:
+            heads = self._route_heads = route_heads(self.app.url_map.iter_rules())
+        # Most app paths share no first segment with any route: no need to match them.
+        head = path.split("/", 2)[1] if path.startswith("/") else ""
+        if heads and head and head not in heads:
+            return False
         try:
             self.app.url_map.bind("courtyard").match(path, method or "GET")
         except NotFound:
