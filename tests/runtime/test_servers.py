@@ -3,11 +3,12 @@ loopback ports, put through what the runtime needs of its HTTP server
 (docs/configuration.md#server-loop).
 
 Most checks are the real-server tests of the other modules (end to end, request limits,
-events, apps, `courtyard dev`), run again here with the `courtyard_server` fixture
-overridden: every server started in this module runs on granian unless the test names
-another, and is checked to be the server named (its `server` header) before the test
-goes on. The rest are checks of their own: the request path's Host, Origin and request
-id; WebSocket refusals; uvloop; the gateway's trusted proxies; a taken port.
+events, apps, `courtyard dev`), which run on the default server (granian), run again
+here on the other one: the `courtyard_server` fixture is overridden so that every
+server started in this module runs on Hypercorn unless the test names another, and is
+checked to be the server named (its `server` header) before the test goes on. The rest
+are checks of their own, on granian: the request path's Host, Origin and request id;
+WebSocket refusals; uvloop; the gateway's trusted proxies; a taken port.
 """
 
 from __future__ import annotations
@@ -55,11 +56,11 @@ def courtyard_routes(ctx):
 
 @pytest.fixture
 def courtyard_server(courtyard_server: Callable[..., Server]) -> Callable[..., Server]:
-    """`courtyard serve` as the shared fixture starts it, on granian unless the test names
-    another `server`; a server said to be granian is checked to be."""
+    """`courtyard serve` as the shared fixture starts it, on Hypercorn unless the test
+    names another `server`; the server named is checked to be the one serving."""
 
     def start(**settings: Any) -> Server:
-        settings.setdefault("server", "granian")
+        settings.setdefault("server", "hypercorn")
         server = courtyard_server(**settings)
         served_by = httpx.get(f"{server.url}/api/health/live").headers.get("server", "")
         expected = "granian" if settings["server"] == "granian" else "hypercorn"
@@ -82,7 +83,7 @@ def test_granian_serves_the_request_path(courtyard_server, add_fixture_plugins, 
     """The default server and loop (granian, uvloop) through the request path."""
     add_fixture_plugins("hello")
     write_plugin(plugin_dir, "loop", "", LOOP_PLUGIN)
-    server = courtyard_server(entry_points=False, upload_max_bytes=limits.MiB)
+    server = courtyard_server(server="granian", entry_points=False, upload_max_bytes=limits.MiB)
     assert httpx.get(f"{server.url}/loop/").json() == {"loop": "uvloop"}
     live = httpx.get(f"{server.url}/api/health/live", headers={"X-Request-Id": "probe-1"})
     assert live.json()["status"] == "live" and live.headers["x-request-id"] == "probe-1"
@@ -179,7 +180,7 @@ def test_granian_on_a_taken_port_exits_with_the_cause(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("server_name", "loop", "module"),
     [
-        pytest.param(None, None, "uvloop", marks=pytest.mark.slow),  # the defaults
+        pytest.param("granian", None, "uvloop", marks=pytest.mark.slow),  # the default loop
         pytest.param("granian", "asyncio", "asyncio", marks=pytest.mark.slow),
         pytest.param("hypercorn", "uvloop", "uvloop", marks=pytest.mark.slow),
         pytest.param("hypercorn", "asyncio", "asyncio", marks=pytest.mark.slow),
@@ -199,48 +200,16 @@ def test_the_loop_setting_picks_the_event_loop(
 
 
 @pytest.mark.slow
-async def test_granian_reloads_under_load_drop_nothing(
+async def test_hypercorn_reloads_under_load_drop_nothing(
     courtyard_server, add_fixture_plugins, plugin_dir
 ) -> None:
-    """A replaced generation drains its requests in flight before it shuts down: twenty
-    reloads (and more, until a hundred requests were served) under load fail nothing,
-    and every generation's plugins start and shut down once."""
-    add_fixture_plugins("hello", "@acme/greeter")
-    server = courtyard_server(entry_points=False)
-    failures: list[str] = []
-    served = 0
-    stop = asyncio.Event()
-
-    async def hammer(client: httpx.AsyncClient) -> None:
-        nonlocal served
-        while not stop.is_set():
-            try:
-                answer = await client.get("/greeter/load")
-                if answer.status_code != 200 or answer.json() != {"message": "hello, load"}:
-                    failures.append(f"{answer.status_code} {answer.text}")
-                served += 1
-            except httpx.HTTPError as exc:
-                failures.append(repr(exc))
-
-    reloads = 0
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-        workers = [asyncio.create_task(hammer(client)) for _ in range(4)]
-        while reloads < 20 or served < 100:
-            answer = await client.post("/api/plugins/reload", headers=INTERNAL)
-            assert answer.status_code == 200, answer.text
-            reloads += 1
-        stop.set()
-        await asyncio.gather(*workers)
-
-    assert failures == []
-    assert server.stop() == 0
-    events_log = plugin_dir.parent / "data" / "plugin-data" / "hello" / "events.log"
-    trace = events_log.read_text().split()
-    assert trace.count("startup") == trace.count("shutdown") == reloads + 1
+    await end_to_end.test_twenty_reloads_under_load_drop_nothing(
+        courtyard_server, add_fixture_plugins, plugin_dir
+    )
 
 
 @pytest.mark.slow
-def test_granian_strict_start_failure_exits_with_the_cause(
+def test_hypercorn_strict_start_failure_exits_with_the_cause(
     courtyard_server, add_fixture_plugins
 ) -> None:
     end_to_end.test_strict_start_failure_exits_non_zero_with_the_cause(
@@ -249,23 +218,23 @@ def test_granian_strict_start_failure_exits_with_the_cause(
 
 
 @pytest.mark.slow
-def test_granian_ready_waits_for_slow_startup_hooks(courtyard_server, plugin_dir) -> None:
+def test_hypercorn_ready_waits_for_slow_startup_hooks(courtyard_server, plugin_dir) -> None:
     end_to_end.test_ready_waits_for_slow_startup_hooks(courtyard_server, plugin_dir)
 
 
 @pytest.mark.slow
-def test_granian_json_logs(courtyard_server) -> None:
+def test_hypercorn_json_logs(courtyard_server) -> None:
     end_to_end.test_json_logs(courtyard_server)
 
 
 @pytest.mark.slow
-def test_granian_serves_courtyard_dev(courtyard_server, tmp_path) -> None:
+def test_hypercorn_serves_courtyard_dev(courtyard_server, tmp_path) -> None:
     """`courtyard dev --server granian`: reloads on save, drops nothing meanwhile."""
     dev.test_dev_reloads_on_save_shows_a_broken_save_and_drops_nothing(courtyard_server, tmp_path)
 
 
 @pytest.mark.slow
-async def test_granian_streams_server_sent_events(courtyard_server, feed_plugin) -> None:
+async def test_hypercorn_streams_server_sent_events(courtyard_server, feed_plugin) -> None:
     await events.test_sse_streams_events_and_resumes_with_last_event_id(
         courtyard_server, feed_plugin
     )
@@ -273,7 +242,7 @@ async def test_granian_streams_server_sent_events(courtyard_server, feed_plugin)
 
 
 @pytest.mark.slow
-async def test_granian_reloads_and_stops_end_open_streams(courtyard_server, feed_plugin) -> None:
+async def test_hypercorn_reloads_and_stops_end_open_streams(courtyard_server, feed_plugin) -> None:
     await events.test_a_reload_ends_streams_and_clients_resume_on_the_new_generation(
         courtyard_server, feed_plugin
     )
@@ -281,7 +250,7 @@ async def test_granian_reloads_and_stops_end_open_streams(courtyard_server, feed
 
 
 @pytest.mark.slow
-async def test_granian_serves_websockets(courtyard_server, feed_plugin) -> None:
+async def test_hypercorn_serves_websockets(courtyard_server, feed_plugin) -> None:
     """Messages both ways, the close code of a reload, and a plugin's refusal (400)."""
     await events.test_websocket_streams_events_and_resumes(courtyard_server, feed_plugin)
 
@@ -332,12 +301,12 @@ async def handshake(port: int, path: str, headers: dict[str, str]) -> tuple[int,
 
 
 @pytest.mark.slow
-async def test_granian_serves_static_and_asgi_apps(courtyard_server) -> None:
+async def test_hypercorn_serves_static_and_asgi_apps(courtyard_server) -> None:
     await example_apps.test_example_apps_serve_through_the_runtime(courtyard_server)
 
 
 @pytest.mark.slow
-def test_granian_refuses_bodies_over_their_limits_while_they_stream(
+def test_hypercorn_refuses_bodies_over_their_limits_while_they_stream(
     courtyard_server, plugin_dir, tmp_path
 ) -> None:
     limits.test_a_chunked_upload_far_over_the_limit_is_refused_while_it_streams(
@@ -347,13 +316,13 @@ def test_granian_refuses_bodies_over_their_limits_while_they_stream(
 
 
 @pytest.mark.slow
-def test_granian_bodies_in_flight_share_the_budget(courtyard_server, tmp_path) -> None:
+def test_hypercorn_bodies_in_flight_share_the_budget(courtyard_server, tmp_path) -> None:
     limits.test_declared_bodies_in_flight_share_the_budget(courtyard_server)
     limits.test_streamed_bodies_in_flight_share_the_budget(courtyard_server, tmp_path)
 
 
 @pytest.mark.slow
-def test_granian_drops_trickling_bodies_and_keeps_quiet_streams(courtyard_server) -> None:
+def test_hypercorn_drops_trickling_bodies_and_keeps_quiet_streams(courtyard_server) -> None:
     limits.test_a_client_that_stops_sending_its_body_is_dropped(courtyard_server)
     limits.test_a_quiet_event_stream_outlives_the_read_timeout(courtyard_server)
 
@@ -366,7 +335,7 @@ def test_granian_gives_the_gateway_the_peer_address(courtyard_server) -> None:
 
     def limited(trusted: list[str]) -> list[int]:
         gateway = {"gateway": {"rules": [rule], "trusted_proxies": trusted}}
-        server = courtyard_server(only_plugins=["gateway"], plugins=gateway)
+        server = courtyard_server(server="granian", only_plugins=["gateway"], plugins=gateway)
         url = f"{server.url}/api/health/live"
         statuses = []
         for forwarded in ("198.51.100.1", "198.51.100.2", "198.51.100.1"):
@@ -399,7 +368,7 @@ def test_a_connection_that_sends_no_head_is_closed(courtyard_server, server_name
 @pytest.mark.slow
 async def test_granian_stops_promptly_when_idle(courtyard_server) -> None:
     """Idle keep-alive connections do not hold a stop for `drain_timeout`."""
-    server = courtyard_server(entry_points=False, drain_timeout=60)
+    server = courtyard_server(server="granian", entry_points=False, drain_timeout=60)
     async with httpx.AsyncClient(base_url=server.url) as client:
         assert (await client.get("/api/health/live")).status_code == 200  # kept alive
         started = time.monotonic()
