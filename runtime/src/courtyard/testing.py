@@ -21,6 +21,7 @@ its data under the test's temporary folder.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -188,6 +189,10 @@ async def courtyard(tmp_path: Path, plugin_dir: Path) -> AsyncIterator[Callable[
         for client in (runtime.client, *runtime.clients):
             await client.aclose()
         await runtime.dispatcher.close()
+    # Finalize what the runtimes left for the garbage collector (a database connection a
+    # cancelled task still held) while their event loop runs: later, its driver's thread
+    # would report to a closed loop, and pytest would blame whichever test came next.
+    gc.collect()
 
 
 @dataclass
