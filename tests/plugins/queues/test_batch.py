@@ -5,6 +5,7 @@ that report only), and each lease is the one `POST /worker/dequeue` would make."
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
 from typing import Any
@@ -149,14 +150,17 @@ async def test_a_batch_honours_pauses_and_priorities(queues):
     leased = (await ok(new_worker(rt.client, "strict"), lease=3))["tasks"]
     assert [t["task_id"] for t in leased] == [*high, low[0]]
 
-    # Weighted (6 and 3): each lease draws its own order, so a batch takes from both.
+    # Weighted (6 and 3): each lease draws its own order, so a batch takes from both. The
+    # draws are seeded: two thirds of 30 is 20, and unseeded, high <= low came about once
+    # in 25 runs; with the seed the test checks the weighting, not its luck.
+    random.seed(20261205)
     for n in range(30):
         await enqueue(rt.client, "inference.high", {"n": n})
         await enqueue(rt.client, "inference.low", {"n": n})
     leased = (await ok(new_worker(rt.client, "inference"), lease=30))["tasks"]
     by_queue = Counter(t["queue"] for t in leased)
     assert sum(by_queue.values()) == 30
-    assert by_queue["inference.high"] > by_queue["inference.low"] > 0
+    assert by_queue["inference.high"] >= 18 and by_queue["inference.low"] > 0, by_queue
     # A single sub-queue of the parent is served alone.
     only_low = (await ok(new_worker(rt.client, "inference.low"), lease=100))["tasks"]
     assert {t["queue"] for t in only_low} == {"inference.low"}
