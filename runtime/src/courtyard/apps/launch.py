@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .config import WorkerApp
 from .sandbox import DEBIAN_PACKAGE, LAUNCH_ENV, SOCKET_DIR_INSIDE, Sandbox, SandboxUnavailable
-from .sockets import SOCKET_NAME
+from .sockets import SOCKET_NAME, WS_SOCKET_NAME
 
 log = logging.getLogger("courtyard.apps.workers")  # the logger of every part of the pool
 
@@ -47,7 +47,17 @@ ENV_ALLOW_LIST = (
 )
 APP_DATA_ENV = "COURTYARD_APP_DATA"
 # What worker_main.py imports besides the standard library.
-_WORKER_IMPORTS = ("hypercorn", "h11", "h2", "hpack", "hyperframe", "priority", "wsproto")
+_WORKER_IMPORTS = (
+    "granian",
+    "hypercorn",
+    "h11",
+    "h2",
+    "hpack",
+    "hyperframe",
+    "priority",
+    "wsproto",
+    "uvloop",
+)
 
 
 @dataclass(frozen=True)
@@ -75,13 +85,15 @@ def launch(
     python_path: str,
 ) -> Launch:
     """The command, environment and stdin of a worker for `app` (in `sandbox`, if any)."""
-    listen_at = SOCKET_DIR_INSIDE + "/" + SOCKET_NAME if sandbox else str(socket_dir / SOCKET_NAME)
+    inside = SOCKET_DIR_INSIDE if sandbox else str(socket_dir)
     argv = [
         sys.executable,
         "-P",
         str(WORKER_MAIN),
         "--socket",
-        listen_at,
+        inside + "/" + SOCKET_NAME,
+        "--ws-socket",
+        inside + "/" + WS_SOCKET_NAME,
         "--root",
         str(app.root),
         "--entry",

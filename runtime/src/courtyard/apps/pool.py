@@ -6,12 +6,13 @@ and `path` as it wants the app to see them.
 
 Design
     One worker process per app version (`worker_main.py`, run by the runtime's own Python)
-    imports the app and serves it with Hypercorn on a unix socket in a folder of its own
-    under `runtime_dir`. The pool starts it on the first request, waits until the socket
-    accepts, and reuses it (and its keep-alive connections) for the requests that follow.
-    Requests and responses stream both ways with h11, WebSocket sessions are relayed with
-    wsproto: no body sits whole in memory. The worker's environment is the app's own `env`
-    plus a short allow-list, never the runtime's variables; it runs in a sandbox.
+    imports the app and serves it (HTTP on granian, WebSockets on Hypercorn) on unix
+    sockets in a folder of its own under `runtime_dir`. The pool starts it on the first
+    request, waits until the HTTP socket accepts, and reuses it (and its keep-alive
+    connections) for the requests that follow. Requests and responses stream both ways
+    over HTTP/1.1 (http1.py), WebSocket sessions are relayed with wsproto: no body sits
+    whole in memory. The worker's environment is the app's own `env` plus a short
+    allow-list, never the runtime's variables; it runs in a sandbox.
 
     This module schedules: which worker takes a request, when one starts, is recycled,
     evicted or stopped. The rest is beside it: process.py supervises one worker process
@@ -195,13 +196,14 @@ class WorkerPool:
 
     # -- lending workers (to proxy.py's relays) and scheduling them --------------------
 
-    async def checkout(self, app: WorkerApp, reuse: bool = True) -> tuple[Worker, Connection]:
-        """A claimed worker and a connection to it. A worker found unreachable before
-        anything was sent (it died while idle) is replaced once, transparently."""
+    async def checkout(self, app: WorkerApp, websocket: bool = False) -> tuple[Worker, Connection]:
+        """A claimed worker and a connection to it (for a WebSocket, a new one). A worker
+        found unreachable before anything was sent (it died while idle) is replaced once,
+        transparently."""
         for attempt in range(2):
             worker = await self._acquire(app)
             try:
-                return worker, await worker.connect(reuse)
+                return worker, await worker.connect(websocket=websocket)
             except WorkerGone as exc:
                 self.release(worker, None, reusable=False)
                 if attempt:
@@ -310,7 +312,6 @@ class WorkerPool:
                 and worker.state in ("ready", "retiring")
                 and len(worker.connections) < _IDLE_CONNECTIONS
             ):
-                connection.h11.start_next_cycle()
                 worker.connections.append(connection)
             else:
                 connection.close()

@@ -3,10 +3,10 @@
 exit, signalling and stopping it.
 
 A worker is `worker_main.py`, run by the runtime's own Python (with the command line and
-environment of launch.py), which imports the app and serves it with Hypercorn on a unix
-socket in a folder of its own (sockets.py). What it prints goes to the log, one line each;
-the first lines are kept for the message of a start failure, which goes to the log only
-(it may hold secrets).
+environment of launch.py), which imports the app and serves it (HTTP on granian,
+WebSockets on Hypercorn) on two unix sockets in a folder of its own (sockets.py). What it
+prints goes to the log, one line each; the first lines are kept for the message of a
+start failure, which goes to the log only (it may hold secrets).
 
 Sandbox (sandbox.py)
     Each worker runs under bubblewrap: it sees its version folder (read-only), its app's
@@ -52,7 +52,7 @@ from .config import WorkerApp
 from .errors import START_FAILED, Refusal, WorkerGone
 from .launch import find_sandbox, launch, worker_python_path
 from .sandbox import Sandbox
-from .sockets import SOCKET_NAME, Connection, SocketFolders
+from .sockets import SOCKET_NAME, WS_SOCKET_NAME, Connection, SocketFolders
 from .tree import kill_descendants, resident_bytes
 
 log = logging.getLogger("courtyard.apps.workers")  # the logger of every part of the pool
@@ -70,7 +70,8 @@ class Worker:
     def __init__(self, app: WorkerApp, socket_dir: Path) -> None:
         self.app = app
         self.socket_dir = socket_dir  # the worker's own: the only one its sandbox sees
-        self.socket_path = socket_dir / SOCKET_NAME
+        self.socket_path = socket_dir / SOCKET_NAME  # HTTP
+        self.ws_socket_path = socket_dir / WS_SOCKET_NAME  # WebSockets
         self.token = secrets.token_hex(16).encode()
         self.process: asyncio.subprocess.Process | None = None  # bwrap, when sandboxed
         self.stdin: asyncio.WriteTransport | None = None  # closed: the worker exits
@@ -119,26 +120,27 @@ class Worker:
         """The first lines it printed, trimmed."""
         return "\n".join(self.head).strip()[:_OUTPUT_HEAD_CHARS]
 
-    async def connect(self, reuse: bool = True) -> Connection:
-        """A kept-alive connection to the worker, or a new one."""
-        while reuse and self.connections:
+    async def connect(self, websocket: bool = False) -> Connection:
+        """A kept-alive connection to the worker, or a new one (for a WebSocket: always a
+        new one, to the worker's WebSocket socket)."""
+        while not websocket and self.connections:
             connection = self.connections.pop()
             if connection.usable():
                 return connection
             connection.close()
         try:
-            return await self.open()
+            return await self.open(websocket)
         except OSError as exc:
             raise WorkerGone(f"cannot connect: {exc}") from exc
 
-    async def open(self) -> Connection:
+    async def open(self, websocket: bool = False) -> Connection:
         """A new connection to the worker's socket, checked to be the worker's own.
 
         The socket's folder is writable by the app: it could put there a link to another
         program's socket (a database's, a container engine's) for the runtime to relay
         requests to. The peer's process id, from the kernel, must be the worker's.
         """
-        connection = await Connection.open(self.socket_path)
+        connection = await Connection.open(self.ws_socket_path if websocket else self.socket_path)
         peer = connection.peer_pid()
         if peer is not None and peer != self.pid:
             connection.close()
@@ -511,7 +513,7 @@ def _kill(pid: int) -> None:
 
 
 def _terminate(worker: Worker) -> None:
-    """Ask a worker to stop (SIGTERM): Hypercorn finishes its requests, then exits."""
+    """Ask a worker to stop (SIGTERM): it finishes its requests, then exits."""
     assert worker.process is not None
     if not worker.sandboxed:
         _signal_group(worker.process.pid, signal.SIGTERM)

@@ -1,5 +1,5 @@
 """Relaying one exchange to a worker: an HTTP/1.1 request and its response, streamed both
-ways with h11, or a WebSocket session, relayed message by message with wsproto. No body
+ways (http1.py), or a WebSocket session, relayed message by message with wsproto. No body
 sits whole in memory; status codes, headers and close codes pass as the app sends them.
 
 `proxy_http` and `proxy_websocket` serve one ASGI scope with a worker the pool lends
@@ -17,7 +17,6 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
-import h11
 import wsproto
 import wsproto.connection
 import wsproto.events as ws_events
@@ -26,6 +25,7 @@ import wsproto.utilities
 from ..asgi import Receive, Scope, Send, header
 from .errors import ClientGone, Refusal, TooLarge, WorkerGone, send_error, too_large
 from .headers import WS_HANDSHAKE, content_length, request_headers, response_headers, target
+from .http1 import LAST_CHUNK, ProtocolError, RequestError, chunk, read_response, request_head
 from .sockets import CHUNK, Connection
 
 if TYPE_CHECKING:
@@ -39,8 +39,9 @@ WS_MAX_MESSAGE = 16 * 1024**2  # a message from the app; bigger ones close with 
 class Lender(Protocol):
     """What the relays need of the pool: a worker lent for one exchange."""
 
-    async def checkout(self, app: WorkerApp, reuse: bool = True) -> tuple[Worker, Connection]:
-        """A claimed worker and a connection to it (or a `Refusal`)."""
+    async def checkout(self, app: WorkerApp, websocket: bool = False) -> tuple[Worker, Connection]:
+        """A claimed worker and a connection to it (or a `Refusal`); for a WebSocket, a
+        new connection to the worker's WebSocket socket."""
         ...
 
     def release(self, worker: Worker, connection: Connection | None, reusable: bool) -> None:
@@ -119,9 +120,9 @@ async def proxy_http(
             raise too_large(settings) from None
         except ClientGone:
             return
-        except (WorkerGone, OSError, h11.RemoteProtocolError) as exc:
+        except (WorkerGone, OSError, ProtocolError) as exc:
             raise await worker.crashed(exc) from None
-        except h11.LocalProtocolError as exc:
+        except RequestError as exc:
             raise Refusal(400, "BAD_REQUEST", f"Cannot forward the request: {exc}") from None
     except Refusal as refusal:
         if exchange.started:
@@ -132,7 +133,7 @@ async def proxy_http(
 
 
 class HttpExchange:
-    """One request relayed to a worker over HTTP/1.1, both bodies streamed."""
+    """One request relayed to a worker over HTTP/1.1 (http1.py), both bodies streamed."""
 
     def __init__(
         self,
@@ -152,17 +153,13 @@ class HttpExchange:
         self.connection: Connection | None = None
         self.started = False  # http.response.start sent to the caller
         self.complete = False  # the whole response sent
+        self.sent = False  # the whole request written
         self.received = 0
+        self._response_reusable = False
 
     def reusable(self) -> bool:
         """Whether the connection can carry another request."""
-        connection = self.connection
-        return (
-            self.complete
-            and connection is not None
-            and connection.h11.our_state is h11.DONE
-            and connection.h11.their_state is h11.DONE
-        )
+        return self.complete and self.sent and self._response_reusable
 
     async def run(self) -> None:
         """Send the request head, then relay the bodies concurrently until the response
@@ -171,6 +168,7 @@ class HttpExchange:
         first_body = self.first.get("body", b"")
         more = self.first.get("more_body", False)
         headers = request_headers(self.scope, self.worker)
+        chunked = False
         if self.length is not None:
             headers.append((b"content-length", b"%d" % self.length))
         elif not more:
@@ -178,12 +176,17 @@ class HttpExchange:
                 headers.append((b"content-length", b"%d" % len(first_body)))
         else:
             headers.append((b"transfer-encoding", b"chunked"))
-        request = h11.Request(
-            method=self.scope["method"], target=target(self.scope), headers=headers
-        )
-        self._write(request)
-        download = asyncio.create_task(self._download())
-        upload = asyncio.create_task(self._upload(first_body, more))
+            chunked = True
+        head = request_head(self.scope["method"], target(self.scope), headers)
+        if not more:  # the whole request at once, the common case
+            self._check_length(len(first_body), last=True)
+            self.connection.writer.writelines((head, first_body) if first_body else (head,))
+            self.sent = True
+            await self._download_watching()
+            return
+        self.connection.writer.write(head)
+        upload = asyncio.ensure_future(self._upload(first_body, chunked))
+        download = asyncio.ensure_future(self._download())
         try:
             done, _ = await asyncio.wait({download, upload}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -197,11 +200,10 @@ class HttpExchange:
         assert exc is not None
         raise exc
 
-    def _write(self, event: h11.Event) -> None:
-        assert self.connection is not None
-        data = self.connection.h11.send_with_data_passthrough(event)
-        if data:
-            self.connection.writer.writelines(data)
+    def _check_length(self, sent: int, last: bool) -> None:
+        """The body must be as long as the caller's Content-Length said."""
+        if self.length is not None and (sent > self.length or (last and sent != self.length)):
+            raise RequestError("the body does not match its Content-Length")
 
     async def _drain(self) -> None:
         assert self.connection is not None
@@ -210,27 +212,62 @@ class HttpExchange:
         except OSError as exc:
             raise WorkerGone(str(exc)) from exc
 
-    async def _upload(self, body: bytes, more: bool) -> None:
+    async def _upload(self, body: bytes, chunked: bool) -> None:
         """Relay the request body, then watch for the client leaving."""
+        assert self.connection is not None
+        writer = self.connection.writer
         settings = self.worker.app.settings
         self.received = len(body)
-        if body:
-            self._write(h11.Data(data=body))
-            await self._drain()
-        while more:
+        more = True
+        while True:
+            self._check_length(self.received, last=not more)
+            if body:
+                writer.writelines(chunk(body) if chunked else (body,))
+                await self._drain()
+            if not more:
+                break
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 raise ClientGone
-            chunk = message.get("body", b"")
-            self.received += len(chunk)
+            body = message.get("body", b"")
+            self.received += len(body)
             if self.received > settings.max_body_size:
                 raise TooLarge
-            if chunk:
-                self._write(h11.Data(data=chunk))
-                await self._drain()
             more = message.get("more_body", False)
-        self._write(h11.EndOfMessage())
+        if chunked:
+            writer.write(LAST_CHUNK)
         await self._drain()
+        self.sent = True
+        await self._watch()
+
+    async def _download_watching(self) -> None:
+        """Relay the response in this task, while a second one watches for the client
+        leaving (then this one is cancelled, and ClientGone raised): one task a request
+        rather than two."""
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            with contextlib.suppress(Exception):
+                await self._watch()
+            if not self.complete:
+                gone = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await self._download()
+        except asyncio.CancelledError:
+            if gone and task.uncancel() == 0:
+                raise ClientGone from None
+            raise
+        finally:
+            watcher.cancel()
+
+    async def _watch(self) -> None:
+        """Wait for the client to leave (a request's body is all read by now)."""
         while (await self.receive())["type"] != "http.disconnect":
             pass
         raise ClientGone
@@ -238,35 +275,20 @@ class HttpExchange:
     async def _download(self) -> None:
         """Relay the response to the caller as it arrives."""
         assert self.connection is not None
-        connection = self.connection
-        while True:
-            event = connection.h11.next_event()
-            if event is h11.NEED_DATA:
-                try:
-                    data = await connection.reader.read(CHUNK)
-                except OSError as exc:
-                    raise WorkerGone(str(exc)) from exc
-                connection.h11.receive_data(data)  # b"": end of file, h11 judges it
-            elif isinstance(event, h11.Response):
-                await self.send(
-                    {
-                        "type": "http.response.start",
-                        "status": event.status_code,
-                        "headers": response_headers(event.headers),
-                    }
-                )
-                self.started = True
-            elif isinstance(event, h11.Data):
-                await self.send(
-                    {"type": "http.response.body", "body": bytes(event.data), "more_body": True}
-                )
-            elif isinstance(event, h11.EndOfMessage):
-                await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-                self.complete = True
-                return
-            elif isinstance(event, h11.ConnectionClosed):
-                raise WorkerGone("the worker closed the connection")
-            # InformationalResponse (1xx): nothing to relay in ASGI.
+        response, body = await read_response(self.connection.reader, self.scope["method"])
+        send = self.send
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": response_headers(response.headers),
+            }
+        )
+        self.started = True
+        async for piece, last in body:
+            await send({"type": "http.response.body", "body": piece, "more_body": not last})
+        self._response_reusable = response.reusable
+        self.complete = True
 
 
 # -- WebSocket ---------------------------------------------------------------------------
@@ -279,7 +301,7 @@ async def proxy_websocket(
     if (await receive())["type"] != "websocket.connect":
         return
     try:
-        worker, connection = await workers.checkout(app, reuse=False)
+        worker, connection = await workers.checkout(app, websocket=True)
     except Refusal as refusal:
         await send_error(scope, send, refusal)
         return

@@ -1,6 +1,7 @@
-"""Reaching a worker: the folders its unix socket lives in, and the connections to it.
+"""Reaching a worker: the folders its unix sockets live in, and the connections to it.
 
-Each worker listens on `worker.sock` in a folder of its own, `<runtime_dir>/w<pid>-<n>/`
+Each worker listens on `worker.sock` (HTTP) and `ws.sock` (WebSockets) in a folder of its
+own, `<runtime_dir>/w<pid>-<n>/`
 (the runtime's pid, a number), the only folder of the runtime's its sandbox sees. If those
 paths would be too long for AF_UNIX, a short private folder under the system's temporary
 directory is used instead.
@@ -21,21 +22,18 @@ import struct
 import tempfile
 from pathlib import Path
 
-import h11
-
-SOCKET_NAME = "worker.sock"
+SOCKET_NAME = "worker.sock"  # HTTP
+WS_SOCKET_NAME = "ws.sock"  # WebSockets
 CHUNK = 256 * 1024
-MAX_HEAD = 64 * 1024  # response head (status line and headers) from a worker
 _MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux, 103 on macOS
 
 
 class Connection:
-    """A stream to a worker, with its h11 state when used for HTTP."""
+    """A stream to a worker (HTTP/1.1 kept alive, or one WebSocket)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
 
     @classmethod
     async def open(cls, path: Path) -> Connection:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -59,6 +60,13 @@ def specifier(text: str) -> SpecifierSet:
 
 
 def resolve(versions: Iterable[str], wanted: str | None) -> str | None:
+    """The version of `versions` that `wanted` picks, or None (see `_resolve`); the
+    answers are remembered, as every request to an app resolves its range."""
+    return _resolve(tuple(versions), wanted)
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolve(versions: tuple[str, ...], wanted: str | None) -> str | None:
     """The version of `versions` that `wanted` picks, or None.
 
     No range, or `latest`, picks the highest release (a pre-release only if there is

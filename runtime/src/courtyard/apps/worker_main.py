@@ -1,30 +1,34 @@
-"""One app worker process: imports an ASGI application and serves it with Hypercorn.
+"""One app worker process: imports an ASGI application and serves it: HTTP on granian's
+embedded server, WebSockets on Hypercorn (granian drops `websocket.accept` headers).
 
 Started by `courtyard.apps.pool.WorkerPool` (process.py), never by hand:
 
-    python -P .../courtyard/apps/worker_main.py --socket PATH --root DIR --entry module:attr
+    python -P .../courtyard/apps/worker_main.py --socket PATH --ws-socket PATH \
+        --root DIR --entry module:attr
 
 It is run as a script, not with `-m`, so that it imports only the standard library and
-Hypercorn, never the runtime; `-P` keeps this folder off `sys.path`, and the app's folder
-goes first instead. Its environment is the one the pool built (the app's own variables and
-a short allow-list).
+its servers (granian, Hypercorn, uvloop if installed), never the runtime; `-P` keeps this
+folder off `sys.path`, and the app's folder goes first instead. Its environment is the one
+the pool built (the app's own variables and a short allow-list).
 
 In a sandbox (sandbox.py) it is started by `worker_env.py`, which first reads the
 environment from stdin: no variable the app chose is seen by bwrap or setpriv.
 
-The pool talks to it over a unix socket (HTTP/1.1 and WebSocket) and sends, on every
-request, headers that only it can set (they are stripped before the app sees them):
+The pool talks to it over two unix sockets (HTTP/1.1 kept alive; WebSockets) and sends,
+on every request, headers that only it can set (they are stripped before the app sees
+them):
 
 - `x-courtyard-token`: the secret the pool wrote on this process's stdin at start. A
   request without it is refused (403): another app's worker, running as the same user, may
-  reach this socket but does not know the secret.
+  reach these sockets but does not know the secret.
 - `x-courtyard-root-path`: the request's ASGI `root_path` (percent-encoded), applied to
   the scope. `X-Forwarded-Proto` and the last `X-Forwarded-For` address become the
   scope's `scheme` and `client`.
 
-Lifetime: SIGTERM stops it gracefully (Hypercorn finishes in-flight requests; before
-Hypercorn runs it ends the process at once, also as the PID 1 of a sandbox, which gets
-only the signals it handles). It also exits as soon as its stdin reaches end of file: the
+Lifetime: SIGTERM stops it gracefully (both servers stop accepting, requests and
+WebSockets in flight finish within `--graceful-timeout`, then the app's lifespan ends;
+before the servers run it ends the process at once, also as the PID 1 of a sandbox, which
+gets only the signals it handles). It also exits as soon as its stdin reaches end of file: the
 runtime has gone, however it died (on Linux the kernel's parent-death signal backs this
 up). A `MemoryError` escaping the app ends the process: after one, its state is unknown.
 
@@ -43,20 +47,19 @@ import contextlib
 import hmac
 import importlib
 import importlib.util
+import logging
 import os
 import resource
 import signal
+import socket
 import sys
 import threading
 import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 from urllib.parse import unquote
-
-if TYPE_CHECKING:
-    from hypercorn.typing import ASGIFramework
 
 TOKEN_HEADER = b"x-courtyard-token"
 ROOT_PATH_HEADER = b"x-courtyard-root-path"
@@ -72,7 +75,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line the pool passes."""
     parser = argparse.ArgumentParser(prog="courtyard-worker")
-    parser.add_argument("--socket", required=True, help="unix socket path to listen on")
+    parser.add_argument("--socket", required=True, help="unix socket for HTTP")
+    parser.add_argument("--ws-socket", required=True, help="unix socket for WebSockets")
     parser.add_argument("--root", required=True, help="the app's version folder")
     parser.add_argument("--entry", required=True, help="module:attr of the ASGI app")
     parser.add_argument("--address-space-mb", type=int, default=0, help="RLIMIT_AS; 0: none")
@@ -105,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         traceback.print_exc()
         _exit(EXIT_LOAD_FAILED)
     try:
-        asyncio.run(_serve(_Forwarded(app, token), args))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_serve(_Forwarded(app, token), args))
     finally:
         _TREE.kill_descendants(os.getpid())
 
@@ -176,24 +181,237 @@ async def _forbidden(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def _serve(app: _Forwarded, args: argparse.Namespace) -> None:
-    # Hypercorn is imported here, after the memory limit, so the limit covers it too.
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
+    """Serve `app` until SIGTERM (or SIGINT): HTTP on granian's embedded server at
+    `--socket`, WebSockets on Hypercorn at `--ws-socket` (granian drops the headers of a
+    `websocket.accept`). Then stop accepting, let what is in flight finish (up to
+    `--graceful-timeout`), and run the lifespan shutdown."""
+    # Granian is imported here, after the memory limit, so the limit covers it too.
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
+    from granian.log import LogLevels
+    from granian.server.embed import Server
 
-    config = Config()
-    config.bind = [f"unix:{args.socket}"]
-    config.accesslog = None
-    config.errorlog = "-"
-    config.loglevel = "WARNING"
-    config.graceful_timeout = args.graceful_timeout
-    # The pool keeps connections open between requests and decides itself when to recycle.
-    config.keep_alive_timeout = 24 * 3600
-    config.keep_alive_max_requests = 2**62
-    # The runtime's own server adds these to the response it sends on.
-    config.include_server_header = False
-    config.include_date_header = False
-    # An ASGI 3 app: its loose scope mappings take Hypercorn's typed scopes.
-    await serve(cast("ASGIFramework", app), config)  # handles SIGTERM and SIGINT: graceful shutdown
+    inflight = _InFlight(app)
+    lifespan = _Lifespan(app)
+    await lifespan.startup()
+    stop = asyncio.Event()
+    # The WebSocket socket listens before the HTTP one (the pool waits for the latter).
+    sockets = _WebSockets(app, args, stop)
+    # Granian listens on a staging path first: its socket accepts before its server
+    # serves, and the pool takes a socket that accepts for a worker that is ready.
+    staging = Path(args.socket).with_name("starting.sock")
+    server = Server(
+        inflight,
+        uds=staging,
+        interface=Interfaces.ASGINL,  # the lifespan is run here (_Lifespan)
+        http=HTTPModes.http1,
+        websockets=False,
+        backpressure=_MAX_CONNECTIONS,
+        # The pool keeps connections open between requests and decides itself when to
+        # recycle: an idle connection is never closed by the worker.
+        http1_settings=HTTP1Settings(header_read_timeout=_KEEP_ALIVE_MS),
+        log_dictconfig=_GRANIAN_LOGGING,
+        log_level=LogLevels.warning,
+        log_access=False,
+    )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    http = asyncio.create_task(server.serve())
+    stopping = asyncio.create_task(stop.wait())
+    serving = asyncio.create_task(_until_serving(staging))
+    await asyncio.wait({http, stopping, serving}, return_when=asyncio.FIRST_COMPLETED)
+    if serving.done() and not stop.is_set() and not http.done():
+        os.rename(staging, args.socket)  # ready: now the pool sees it
+        await asyncio.wait({http, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    serving.cancel()
+    stop.set()
+    if not http.done():
+        server.stop()  # type: ignore[no-untyped-call]  # stop accepting
+    # Granian misses a stop that comes while it is still starting (it would wait for
+    # ever): wait for it only so long, then go on.
+    await asyncio.wait({http}, timeout=args.graceful_timeout)
+    # Granian lets its connections finish but does not say when: wait for the requests
+    # in flight ourselves, then end the lifespan (granian would end it at once).
+    await inflight.drained(args.graceful_timeout)
+    await sockets.stopped()
+    await lifespan.shutdown()
+    if http.done() and not http.cancelled() and http.exception() is not None:
+        raise http.exception()  # type: ignore[misc]  # could not serve: to the log
+
+
+async def _until_serving(path: Path) -> None:
+    """Return once the server at `path` answers a request (a 403: it has no secret)."""
+    while True:
+        with contextlib.suppress(OSError):
+            reader, writer = await asyncio.open_unix_connection(path)
+            try:
+                writer.write(b"GET / HTTP/1.1\r\nhost: worker\r\nconnection: close\r\n\r\n")
+                if (await reader.read(9)).startswith(b"HTTP/1."):
+                    return
+            finally:
+                writer.close()
+        await asyncio.sleep(0.005)
+
+
+class _WebSockets:
+    """Hypercorn on the WebSocket socket, started at its first connection: a worker
+    whose app takes no WebSocket never imports it (a worker's start costs less)."""
+
+    def __init__(self, app: ASGIApp, args: argparse.Namespace, stop: asyncio.Event) -> None:
+        self.app = app
+        self.args = args
+        self.stop = stop
+        self.task: asyncio.Task[None] | None = None
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(args.ws_socket)
+        self.listener.bind(args.ws_socket)
+        self.listener.listen(128)
+        asyncio.get_running_loop().add_reader(self.listener.fileno(), self._start)
+
+    def _start(self) -> None:
+        """A first connection waits: serve it, and every later one, with Hypercorn."""
+        asyncio.get_running_loop().remove_reader(self.listener.fileno())
+        if not self.stop.is_set():
+            self.task = asyncio.ensure_future(self._serve())
+
+    async def _serve(self) -> None:
+        from hypercorn.asyncio import serve
+        from hypercorn.config import Config
+
+        config = Config()
+        config.bind = [f"fd://{self.listener.fileno()}"]
+        config.accesslog = None
+        config.errorlog = "-"
+        config.loglevel = "WARNING"
+        config.graceful_timeout = self.args.graceful_timeout
+        config.include_server_header = False
+        config.include_date_header = False
+        # An ASGI 3 app: its loose scope mappings take Hypercorn's typed scopes.
+        await serve(cast(Any, _no_lifespan(self.app)), config, shutdown_trigger=self.stop.wait)
+
+    async def stopped(self) -> None:
+        """Wait for Hypercorn's graceful stop (the stop event is set), if it ran."""
+        if self.task is None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self.listener.fileno())
+            self.listener.close()
+            return
+        with contextlib.suppress(Exception):
+            await self.task
+
+
+def _no_lifespan(app: ASGIApp) -> ASGIApp:
+    """`app` for Hypercorn, whose lifespan is a no-op: the app's own runs once (_serve)."""
+
+    async def sockets_only(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+
+    return sockets_only
+
+
+class _EmbedNotice(logging.Filter):
+    """Drops the warning granian's embedded server logs at every start (the worker runs it
+    by choice: docs/performance.md, app throughput)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Embedded server is experimental!"
+
+
+# Granian's records go to stderr (the pool logs what a worker prints), that notice aside.
+_GRANIAN_LOGGING: dict[str, Any] = {
+    "filters": {"embed_notice": {"()": _EmbedNotice}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}},
+    "loggers": {
+        "_granian": {"handlers": ["stderr"], "filters": ["embed_notice"], "propagate": False},
+        "granian.access": {"handlers": [], "level": "WARNING", "propagate": False},
+    },
+}
+_KEEP_ALIVE_MS = 24 * 3600 * 1000
+_MAX_CONNECTIONS = 10_000
+
+
+class _InFlight:
+    """Counts the HTTP requests and WebSockets being served, so that a stop can wait for
+    them (granian does not). Lifespan scopes pass uncounted."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.active += 1
+        self._idle.clear()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self._idle.set()
+
+    async def drained(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+
+
+class _Lifespan:
+    """The app's lifespan, run here rather than by granian (which would run the shutdown
+    as soon as it stops accepting, with requests still in flight). As with Hypercorn, an
+    app that does not support the lifespan (it raises on the scope) is served without it;
+    one that answers `lifespan.startup.failed` does not start."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._inbox: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()
+        self._outbox: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()
+        self._task: asyncio.Future[None] | None = None
+
+    async def startup(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.3"}, "state": {}}
+        self._task = asyncio.ensure_future(self.app(scope, self._inbox.get, self._outbox.put))
+        await self._inbox.put({"type": "lifespan.startup"})
+        answer = await self._answer()
+        if answer is None:
+            self._task = None  # no lifespan support: serve without
+        elif answer["type"] != "lifespan.startup.complete":
+            raise RuntimeError(f"lifespan start-up failed: {answer.get('message', '')}")
+
+    async def shutdown(self) -> None:
+        if self._task is None or self._task.done():
+            return
+        await self._inbox.put({"type": "lifespan.shutdown"})
+        await self._answer()
+        with contextlib.suppress(Exception):
+            await self._task
+
+    async def _answer(self) -> MutableMapping[str, Any] | None:
+        """The app's next message, or None if its lifespan ended without one."""
+        assert self._task is not None
+        reply: asyncio.Future[MutableMapping[str, Any]] = asyncio.ensure_future(self._outbox.get())
+        waiting: set[asyncio.Future[Any]] = {reply, self._task}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if reply.done():
+            return reply.result()
+        reply.cancel()
+        return None
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (as for the runtime's own server), else
+    asyncio's: granian hands every request to the loop, which uvloop does for less."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _read_token() -> bytes:
@@ -208,7 +426,7 @@ def _read_token() -> bytes:
 
 
 def _exit_at_once(signum: int, frame: object) -> None:
-    """SIGTERM before Hypercorn serves (it then handles SIGTERM itself)."""
+    """SIGTERM before the servers serve (`_serve` then handles SIGTERM itself)."""
     _exit(128 + signum)
 
 
@@ -263,7 +481,7 @@ def _follow_parent() -> None:
 
             libc = ctypes.CDLL(None, use_errno=True)
             # PR_SET_PDEATHSIG with SIGTERM, not SIGKILL: this process gets to end the
-            # processes its app started (`_exit_at_once`, or Hypercorn's shutdown).
+            # processes its app started (`_exit_at_once`, or the servers' shutdown).
             libc.prctl(1, signal.SIGTERM)
         except (OSError, AttributeError):
             pass
