@@ -189,7 +189,7 @@ async def test_the_app_sees_only_its_own_environment(apps, make_pool, monkeypatc
     assert "SECRET_TOKEN" not in env
     assert not [value for value in env.values() if "secret" in value]
     assert env[APP_DATA_ENV] == env["HOME"]
-    allowed = {*ENV_ALLOW_LIST, "PYTHONUNBUFFERED", "PYTHONPATH", APP_DATA_ENV}
+    allowed = {*ENV_ALLOW_LIST, "PYTHONUNBUFFERED", "PYTHONPATH", "MALLOC_ARENA_MAX", APP_DATA_ENV}
     assert set(env) <= {*allowed, "ECHO_GREETING", "DATABASE_URL"}
     # The process's initial environment, as the kernel holds it, is as clean.
     (pid,) = spawned(pool)

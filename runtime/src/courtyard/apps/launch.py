@@ -135,6 +135,11 @@ def environment(app: WorkerApp, data: Path, sandboxed: bool, python_path: str) -
     env = {name: os.environ[name] for name in ENV_ALLOW_LIST if name in os.environ}
     env.setdefault("PATH", os.defpath)
     env["PYTHONUNBUFFERED"] = "1"  # the app's prints reach the log as they happen
+    # glibc reserves 64 MiB of address space per arena, up to one per thread, and the
+    # worker's server (granian) runs threads: under the address-space cap (max_memory_mb
+    # times ADDRESS_SPACE_FACTOR) the reservations alone could fail an allocation the
+    # resident memory would allow. The app's own setting wins.
+    env["MALLOC_ARENA_MAX"] = "2"
     env[APP_DATA_ENV] = env["HOME"] = str(data)  # the one place it may write to keep
     if sandboxed:
         env["TMPDIR"] = "/tmp"  # its private one
