@@ -86,7 +86,9 @@ def page(browser: Any, console: Console, tmp_path: Path) -> Iterator[Any]:
     """A fresh browser context (no cookie) on the console; a screenshot is saved in the
     test's temporary folder when the test ends."""
     context = browser.new_context(base_url=console.url, viewport={"width": 1280, "height": 800})
-    context.set_default_timeout(15_000)
+    # An upload or a removal reloads every plugin: under CI's load (four test workers on
+    # two cores) that took over 15 s once.
+    context.set_default_timeout(60_000)
     opened = context.new_page()
     yield opened
     opened.screenshot(path=str(tmp_path / "last.png"), full_page=True)
