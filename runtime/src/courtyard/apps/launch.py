@@ -29,6 +29,9 @@ log = logging.getLogger("courtyard.apps.workers")  # the logger of every part of
 WORKER_MAIN = Path(__file__).with_name("worker_main.py")
 WORKER_ENV = Path(__file__).with_name("worker_env.py")  # a sandboxed worker's first step
 WORKER_TREE = Path(__file__).with_name("tree.py")  # loaded by worker_main.py
+# Loaded by worker_main.py too: counting its requests in flight, as the runtime's server does.
+WORKER_INFLIGHT = Path(__file__).parents[1] / "servers" / "inflight.py"
+WORKER_FILES = (WORKER_MAIN, WORKER_ENV, WORKER_TREE, WORKER_INFLIGHT)  # the sandbox binds them
 ADDRESS_SPACE_FACTOR = 4  # RLIMIT_AS, as a multiple of max_memory_mb
 
 # Variables a worker inherits from the runtime: what Python and common libraries need to
@@ -177,7 +180,7 @@ async def find_sandbox(
     """The sandbox for workers, located and self-tested; None (and a line in the log) if
     there is none here."""
     try:
-        extra = [str(WORKER_MAIN), str(WORKER_ENV), str(WORKER_TREE)]
+        extra = [str(path) for path in WORKER_FILES]
         extra += filter(None, python_path.split(os.pathsep))
         sandbox = Sandbox.locate(bwrap, user, extra, protect)
         await sandbox.self_test()

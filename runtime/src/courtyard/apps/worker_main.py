@@ -191,7 +191,7 @@ async def _serve(app: _Forwarded, args: argparse.Namespace) -> None:
     from granian.log import LogLevels
     from granian.server.embed import Server
 
-    inflight = _InFlight(app)
+    inflight = _INFLIGHT.InFlight(app)
     lifespan = _Lifespan(app)
     await lifespan.startup()
     stop = asyncio.Event()
@@ -337,31 +337,6 @@ _KEEP_ALIVE_MS = 24 * 3600 * 1000
 _MAX_CONNECTIONS = 10_000
 
 
-class _InFlight:
-    """Counts the HTTP requests and WebSockets being served, so that a stop can wait for
-    them (granian does not). Lifespan scopes pass uncounted."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.active += 1
-        self._idle.clear()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.active -= 1
-            if self.active == 0:
-                self._idle.set()
-
-    async def drained(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
-
-
 class _Lifespan:
     """The app's lifespan, run here rather than by granian (which would run the shutdown
     as soon as it stops accepting, with requests still in flight). As with Hypercorn, an
@@ -441,19 +416,21 @@ def _exit(code: int) -> None:
         os._exit(code)
 
 
-def _load_tree() -> ModuleType:
-    """tree.py, loaded by path: this script imports nothing of the runtime, and the app's
-    folder, first on sys.path, must not be able to stand in for it."""
-    spec = importlib.util.spec_from_file_location(
-        "_courtyard_worker_tree", Path(__file__).with_name("tree.py")
-    )
+def _load(name: str, path: Path) -> ModuleType:
+    """A module of the runtime, loaded by its path: this script imports nothing of the
+    runtime, and the app's folder, first on sys.path, must not be able to stand in for it.
+    The sandbox binds these files (launch.py, WORKER_FILES)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-_TREE = _load_tree()
+_TREE = _load("_courtyard_worker_tree", Path(__file__).with_name("tree.py"))
+_INFLIGHT = _load(
+    "_courtyard_worker_inflight", Path(__file__).parents[1] / "servers" / "inflight.py"
+)
 
 
 def _become_subreaper() -> None:

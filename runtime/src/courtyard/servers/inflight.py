@@ -1,10 +1,16 @@
-"""Counting the requests in flight, for a server that does not wait for them itself."""
+"""Counting the requests in flight, for a server that does not wait for them itself.
+
+App workers load this file by its path too (apps/worker_main.py), beside the app and
+without the runtime: it imports nothing of the runtime when it runs.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
-from ..asgi import ASGIApp, Receive, Scope, Send
+if TYPE_CHECKING:
+    from ..asgi import ASGIApp, Receive, Scope, Send
 
 
 class InFlight:
