@@ -320,14 +320,14 @@ class SqlTaskStore:
             for report in reports:
                 outcome: Settled | None
                 if report.error is None:
-                    outcome = await self._complete(conn, report.task_id, worker_id, report, now)
-                    if outcome is not None:
-                        processed[outcome.queue] += 1
+                    task = await self._complete(conn, report.task_id, worker_id, report.result, now)
+                    if task is not None:
+                        processed[task.queue] += 1
                 else:
                     task = await self._fail(
                         conn, report.task_id, worker_id, report.error, report.retry, backoff
                     )
-                    outcome = None if task is None else Settled(task.id, task.queue, task.state)
+                outcome = None if task is None else Settled(task.id, task.queue, task.state)
                 if outcome is None:
                     lost = await self._lost(conn, report.task_id)
                     assert isinstance(lost, TaskNotFound | LeaseLost)
@@ -341,31 +341,31 @@ class SqlTaskStore:
         return Exchange(settled, leased)
 
     async def _complete(
-        self, conn: AsyncConnection, task_id: str, worker_id: str, report: Report, now: float
-    ) -> Settled | None:
+        self, conn: AsyncConnection, task_id: str, worker_id: str, result: Any, now: float
+    ) -> Task | None:
+        """Record `result` for a task `worker_id` holds, and free its unique key; None when
+        it holds no such task (the caller counts it as processed)."""
         row = (
             await conn.execute(
                 update(TASKS)
                 .where(self._owned(task_id, worker_id))
                 .values(
                     state=COMPLETED,
-                    result=dumps(report.result),
+                    result=dumps(result),
                     completed_at=now,
                     expires_at=_until(now, T.retention),
                     lease_expires_at=None,
                     deadline=None,
                     updated_at=now,
                 )
-                .returning(T.queue, T.unique_key)
+                .returning(*TASKS.c)
             )
         ).first()
         if row is None:
             return None
-        if row.unique_key:
-            await conn.execute(
-                delete(UNIQUE).where(UNIQUE.c.key == row.unique_key, UNIQUE.c.task_id == task_id)
-            )
-        return Settled(task_id, row.queue, COMPLETED)
+        task = _task(row)
+        await self._release_unique(conn, [task])
+        return task
 
     async def _lease_many(
         self,
@@ -424,28 +424,10 @@ class SqlTaskStore:
 
     async def complete(self, task_id: str, worker_id: str, result: Any) -> Task:
         """See `TaskStore.complete`."""
-        now = self.clock()
         async with self._write() as conn:
-            row = (
-                await conn.execute(
-                    update(TASKS)
-                    .where(self._owned(task_id, worker_id))
-                    .values(
-                        state=COMPLETED,
-                        result=dumps(result),
-                        completed_at=now,
-                        expires_at=_until(now, T.retention),
-                        lease_expires_at=None,
-                        deadline=None,
-                        updated_at=now,
-                    )
-                    .returning(*TASKS.c)
-                )
-            ).first()
-            if row is None:
+            task = await self._complete(conn, task_id, worker_id, result, self.clock())
+            if task is None:
                 raise await self._lost(conn, task_id)
-            task = _task(row)
-            await self._release_unique(conn, [task])
             await self._count(conn, Counter({task.queue: 1}), Counter())
         return task
 
