@@ -68,6 +68,17 @@ def test_a_wheel_the_runtime_would_not_find_is_refused(
     assert said in refused.value.message
 
 
+def test_an_archive_without_metadata_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "courtyard_hello-1.2.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("courtyard_hello/plugin.toml", MANIFEST)
+
+    with pytest.raises(CommandError) as refused:
+        check_wheel(path)
+
+    assert refused.value.code == "NOT_A_PLUGIN" and "no .dist-info" in refused.value.message
+
+
 def test_a_folder_without_a_project_is_refused(tmp_path: Path) -> None:
     (tmp_path / "plugin.toml").write_text(MANIFEST)
 

@@ -82,7 +82,10 @@ def check_wheel(wheel: Path) -> Built:
     """
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-        dist_info = next(n.split("/")[0] for n in names if n.split("/")[0].endswith(".dist-info"))
+        tops = {n.split("/")[0] for n in names}
+        dist_info = next((top for top in sorted(tops) if top.endswith(".dist-info")), None)
+        if dist_info is None:
+            raise CommandError("NOT_A_PLUGIN", f"{wheel.name} has no .dist-info: not a wheel")
         wheel_version = dist_info.removesuffix(".dist-info").rsplit("-", 1)[1]
         points = configparser.ConfigParser(delimiters=("=",))
         points.optionxform = str  # type: ignore[assignment,method-assign]  # names keep their case
