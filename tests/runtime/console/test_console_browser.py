@@ -286,9 +286,9 @@ def test_no_serious_accessibility_violation_narrow_and_dark(
     )
     phone = dark.new_page()
     sign_in(phone, console.admin, "/console/plugins")
+    # The dark background, once the stylesheet applies (under load it came after `load`).
+    phone.wait_for_function("getComputedStyle(document.body).backgroundColor === 'rgb(15, 18, 23)'")
     assert phone.evaluate("document.documentElement.scrollWidth") <= 375
-    background = phone.evaluate("getComputedStyle(document.body).backgroundColor")
-    assert background == "rgb(15, 18, 23)"
     assert not phone.locator("#sidebar").is_visible()
     phone.get_by_role("button", name="Menu").click()
     assert phone.get_by_role("button", name="Menu").get_attribute("aria-expanded") == "true"
