@@ -83,6 +83,9 @@ def run_page(page: Path, workdir: Path, env: dict[str, str], port: int) -> None:
         "UV_OFFLINE": "1",
         "UV_NO_PROGRESS": "1",
         "NO_COLOR": "1",
+        # pytest and the CLI wrap to the terminal's width: the pages show 80 columns.
+        "COLUMNS": "80",
+        "LINES": "24",
         RUN_MARKER: marker,
     }
     previous = Path.cwd()
