@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "courtyard.security",
             "courtyard.redaction",
             "courtyard.limits",
+            "courtyard.proxies",
             "courtyard.logs",
             "courtyard.routes",
             "courtyard.discovery",

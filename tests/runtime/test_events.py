@@ -637,6 +637,7 @@ async def publish(
 
 async def test_sse_streams_events_and_resumes_with_last_event_id(courtyard_server, feed_plugin):
     server = courtyard_server(entry_points=False)
+    idle = subscribers(server)  # the runtime's own (services/replication.py)
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         async with sse(client, "/feed/sse") as stream:
             headers = stream.response.headers
@@ -655,7 +656,7 @@ async def test_sse_streams_events_and_resumes_with_last_event_id(courtyard_serve
         assert head.status_code == 200 and head.content == b""
         assert head.headers["content-type"] == "text/event-stream; charset=utf-8"
         # The client went away: its subscription went with it.
-        await wait_until(lambda: httpx.get(f"{server.url}/feed/subscribers").json()["count"] == 0)
+        await wait_until(lambda: subscribers(server) == idle)
 
         missed = [await publish(client, "notes.added", {"n": i}) for i in range(3, 5)]
         async with sse(client, "/feed/sse", headers={"Last-Event-ID": ids[2]}) as stream:
@@ -767,6 +768,11 @@ def port_of(server: Any) -> int:
     return int(server.url.rsplit(":", 1)[1])
 
 
+def subscribers(server: Any) -> int:
+    """How many subscribers the server's event bus feeds (the feed plugin's count)."""
+    return int(httpx.get(f"{server.url}/feed/subscribers").json()["count"])
+
+
 async def frame(ws: WebSocketClient) -> dict[str, Any]:
     event = await ws.next()
     assert isinstance(event, ws_events.TextMessage), event
@@ -776,16 +782,17 @@ async def frame(ws: WebSocketClient) -> dict[str, Any]:
 async def test_websocket_streams_events_and_resumes(courtyard_server, feed_plugin):
     server = courtyard_server(entry_points=False, drain_timeout=120)
     port = port_of(server)
+    idle = subscribers(server)  # the runtime's own (services/replication.py)
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         ws, accepted = await WebSocketClient.connect(port, "/feed/ws")
         assert isinstance(accepted, ws_events.AcceptConnection)
-        await wait_until(lambda: httpx.get(f"{server.url}/feed/subscribers").json()["count"])
+        await wait_until(lambda: subscribers(server) > idle)
         await ws.send(ws_events.TextMessage("ignored"))
         first = await publish(client, "notes.added", {"a": 1})
         got = await frame(ws)
         assert got["id"] == first and got["topic"] == "notes.added" and got["data"] == {"a": 1}
         ws.close()
-        await wait_until(lambda: httpx.get(f"{server.url}/feed/subscribers").json()["count"] == 0)
+        await wait_until(lambda: subscribers(server) == idle)
 
         missed = await publish(client, "notes.added", "missed")
         ws, _ = await WebSocketClient.connect(port, f"/feed/ws?lastEventId={first}")
@@ -813,7 +820,7 @@ async def test_the_runtime_announces_generations_and_failed_plugins(courtyard, p
         write_plugin(plugin_dir, "broken", "", "raise RuntimeError('no luck')\n")
         answer = await runtime.reload()
         assert answer.status_code == 200
-        failed, serving = await take(events, 2)
+        failed, serving, recorded = await take(events, 3)
         assert failed.topic == "courtyard.plugin.failed"
         assert failed.data["generation"] == 2 and failed.data["name"] == "broken"
         assert "no luck" in failed.data["error"]
@@ -823,6 +830,9 @@ async def test_the_runtime_announces_generations_and_failed_plugins(courtyard, p
             "plugins": [],
             "failed": [{"name": "broken", "error": failed.data["error"]}],
         }
+        # The other instances reload too (services/replication.py).
+        assert recorded.topic == "courtyard.store.changed"
+        assert recorded.data == {"revision": await runtime.dispatcher.services.store.head()}
 
         runtime.dispatcher.settings = runtime.dispatcher.settings.model_copy(
             update={"strict": True}

@@ -31,6 +31,7 @@ from .core import (
     Runtime,
     apps_api,
     audit_api,
+    cluster_api,
     events_api,
     health,
     keys_api,
@@ -93,6 +94,7 @@ def create_app(
     app.register_blueprint(audit_api.blueprint)
     app.register_blueprint(keys_api.blueprint)
     app.register_blueprint(events_api.blueprint)
+    app.register_blueprint(cluster_api.blueprint)
     console.mount(app, generation.settings)
     # Set when this generation retires or the server stops: event streams end then.
     app.extensions[RETIRING] = asyncio.Event()

@@ -8,6 +8,7 @@ generation, whose shutdown hooks run once it is idle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import gc
 import itertools
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from courtyard_sdk import ApiError
+from courtyard_sdk.request_ids import REQUEST_ID
 from courtyard_sdk.status import PluginStatus
 from werkzeug.datastructures import Headers
 
@@ -26,8 +28,10 @@ from .app import create_app
 from .apps.registry import AppRegistry, app_folders
 from .apps.router import AppRequest, AppRouter
 from .asgi import Receive, Scope, Send, header, with_header
+from .core.uploads import limits
 from .generation import BuildError, Generation
 from .installs import accept_tree, clean_staging, install_tree, remove_tree, restore_tree
+from .logs import per_worker
 from .security import (
     STATE_CHANGING,
     HostAllowList,
@@ -38,6 +42,8 @@ from .security import (
 )
 from .services import Services
 from .services.events import announce, end_streams
+from .services.replication import Batch, Replicator, Status
+from .services.store import APP, PLUGIN, RELOAD, Archive
 from .settings import Settings
 
 log = logging.getLogger("courtyard.dispatcher")
@@ -66,12 +72,20 @@ class Dispatcher:
         self.hosts = HostAllowList(settings.host, settings.allowed_hosts)
         self.apps = AppRouter(
             AppRegistry(settings.app_folders),
-            settings.data_dir / "run",
+            per_worker(settings.data_dir / "run"),  # run/<index> in each of several
             app_data_dir=settings.data_dir / "app-data",
             allow_unsandboxed=settings.apps_allow_unsandboxed,
             sandbox_user=settings.apps_sandbox_user,
         )
         self.services = Services(settings)
+        self.replication = Replicator(
+            self.services.store,
+            self.services.events,
+            settings.data_dir,
+            limits(settings),
+            on_changes=self._apply,
+            status=self._status,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -148,6 +162,15 @@ class Dispatcher:
                 clean_staging(app_folder)  # backups of versions being overwritten
         try:
             await self.services.start()
+            # What the other instances installed, before the first generation builds.
+            await self.replication.catch_up()
+            synced = await self._sync(PLUGIN) + await self._sync(APP)
+            log.info(
+                "instance %s at revision %d of the shared store%s",
+                self.replication.instance,
+                self.replication.applied,
+                f", {len(synced)} install(s) brought up to date" if synced else "",
+            )
             # Everything loaded so far (the libraries, the services and their connections)
             # lives as long as the process: spare the garbage collector from scanning it
             # again and again (Instagram's gc.freeze trick). Generations come later, so
@@ -156,32 +179,38 @@ class Dispatcher:
             gc.freeze()
             async with self._changes:
                 # Checked before the generation serves: an open runtime never answers here.
-                return await self._swap(
+                generation = await self._swap(
                     accept=lambda g: self.services.auth.exposure_refusal(g.credentials)
                 )
+            self.replication.follow()
+            return generation
         except BaseException as exc:
             self.state, self.startup_error = "failed", exc
             raise
 
-    async def reload(self, before: Callable[[], object] | None = None) -> Generation:
-        """Build a new generation and swap it in; the old one retires once idle.
+    async def reload(self) -> Generation:
+        """Build a new generation and swap it in; the old one retires once idle. The other
+        instances reload too.
 
-        :param before: a change to the plugin files to make first, under the same lock,
-            so that no other reload sees it half done.
         :raises BuildError: the new generation could not be built; the old one serves on.
         """
         async with self._changes:
-            if before is not None:
-                before()
-            return await self._swap()
+            generation = await self._swap()
+        await self.replication.announce(RELOAD)
+        return generation
 
-    async def install_plugin(self, name: str, content: Path, destination: Path) -> Generation:
-        """Put plugin `name`'s files (`content`, a prepared folder beside `destination`)
-        in place and serve a generation in which it loads; if it does not load, the previous
-        files come back (or the new folder goes) and the serving generation stays.
+    async def install_plugin(
+        self, name: str, content: Path, plugin_dir: Path, archive: Archive
+    ) -> Generation:
+        """Put plugin `name`'s files (`content`, a prepared folder in `plugin_dir`, the
+        first plugin directory) in place and serve a generation in which it loads; if it
+        does not load, the previous files come back (or the new folder goes) and the
+        serving generation stays. Once it serves, the shared store records `archive`, and
+        the other instances serve it too.
 
         :raises BuildError: naming why the plugin did not load.
         """
+        destination = plugin_dir / name
 
         def loads_it(generation: Generation) -> str | None:
             rec = next((r for r in generation.records if r.candidate.root == destination), None)
@@ -189,24 +218,83 @@ class Dispatcher:
                 return f"{name}: not found after install"
             return f"{name}: {rec.error}" if rec.status == PluginStatus.FAILED else None
 
-        async with self._changes:
+        async with self._changes, self.replication.lock(PLUGIN):
             journal = install_tree(content, destination)
             try:
                 generation = await self._swap(accept=loads_it)
             except BuildError:
                 restore_tree(journal, destination)
                 raise
-        # Until here a crash restores the previous files at start-up (installs.py).
+            try:
+                revision = await self.services.store.install(PLUGIN, name, archive, exclusive=False)
+            except BaseException:
+                # What the store does not hold, no instance serves: this one neither.
+                restore_tree(journal, destination)
+                with contextlib.suppress(BuildError):
+                    await self._swap()
+                raise
+            self.replication.marked(PLUGIN, name, archive.sha256)
+        # Until here a crash restores the previous files at start-up (installs.py), and
+        # the store's version comes back (`start`).
         await asyncio.to_thread(accept_tree, journal)
+        await self.replication.settle(revision)
         return generation
 
     async def remove_plugin(self, root: Path) -> Generation:
-        """Delete a directory plugin's folder and serve a generation without it.
+        """Delete a directory plugin's folder and serve a generation without it; the
+        store forgets it first, so that no instance brings it back.
 
         :raises BuildError: the files are gone, but the new generation failed to build;
             the old one serves on.
         """
-        return await self.reload(before=lambda: remove_tree(root))
+        folders = self.settings.plugin_folders
+        async with self._changes, self.replication.lock(PLUGIN):
+            revision = await self.replication.record_removal(PLUGIN, root, folders)
+            remove_tree(root)
+            generation = await self._swap()
+        await self.replication.settle(revision)
+        return generation
+
+    async def _sync(self, kind: str) -> list[str]:
+        """Make the first folder of `kind` hold what the store holds (services/replication.py).
+
+        :return: the paths changed.
+        """
+        folders = self.settings.plugin_folders if kind == PLUGIN else self.settings.app_folders
+        if not folders:
+            return []
+        async with self.replication.lock(kind):
+            return await self.replication.sync_folder(kind, folders[0])
+
+    def _status(self) -> Status:
+        """How this instance serves, for its reports to the other instances."""
+        generation = self.current
+        if generation is None:
+            return Status(self.state, 0, {}, [])
+        entry_points = {
+            r.name: r.candidate.manifest.version
+            for r in generation.loaded
+            if r.candidate.source == "entry point" and r.candidate.manifest is not None
+        }
+        failed = [r.name for r in generation.failed]
+        return Status(self.state, generation.number, entry_points, failed)
+
+    async def _apply(self, batch: Batch) -> None:
+        """Apply the other instances' changes (the replicator's `on_changes`)."""
+        if batch.plugins:
+            async with self._changes:
+                await self._sync(PLUGIN)
+                try:
+                    await self._swap()
+                except BuildError as exc:
+                    log.error("the plugins as another instance changed them fail here: %s", exc)
+        if batch.apps:
+            async with self.apps.changes:
+                await self._sync(APP)
+                self.apps.registry.invalidate()
+                await self.apps.stop_paths(batch.apps)  # fresh workers for new code
+        if batch.keys:
+            self.services.auth.keys_changed()
 
     async def _swap(self, accept: Callable[[Generation], str | None] | None = None) -> Generation:
         """Build a generation from the plugin files and serve it (hold `_changes`).
@@ -222,8 +310,13 @@ class Dispatcher:
             next(self._numbers), self.settings, self.services, first=self.current is None
         )
         try:
-            await generation.build()
-            await self._assemble(generation)
+            # In a context of its own (with the request id, for the log): what a build
+            # leaves scheduled (its startup timeouts, cancelled but kept until they would
+            # have expired) would otherwise hold the request that asked for it, and so the
+            # generation serving that request, alive long after it retired.
+            context = contextvars.Context()
+            context.run(REQUEST_ID.set, REQUEST_ID.get())
+            await asyncio.create_task(self._build(generation), context=context)
             if accept is not None and (refusal := accept(generation)) is not None:
                 await generation.shutdown()
                 raise BuildError(refusal)
@@ -249,6 +342,10 @@ class Dispatcher:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         return generation
+
+    async def _build(self, generation: Generation) -> None:
+        await generation.build()
+        await self._assemble(generation)
 
     async def _assemble(self, generation: Generation) -> None:
         """Give a built generation its app and start it: one containment with the build
@@ -287,6 +384,7 @@ class Dispatcher:
         self.begin_shutdown()
         if self._boot is not None:
             await asyncio.gather(self._boot, return_exceptions=True)
+        await self.replication.close()
         async with self._changes:
             generation, self.current = self.current, None
         if generation is not None:

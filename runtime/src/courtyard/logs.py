@@ -1,4 +1,5 @@
-"""Logging set-up: text or JSON lines, each carrying the current request id."""
+"""Logging set-up: text or JSON lines, each carrying the current request id, and, in
+one of the processes of `courtyard serve --workers N`, the worker's index (`set_worker`)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,29 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 from courtyard_sdk.request_ids import REQUEST_ID
+
+_worker: int | None = None  # this process's index among the server's processes
+
+
+def set_worker(index: int | None) -> None:
+    """Say that this process is worker `index` (from 0) of several server processes
+    (servers/supervised.py); None: the only one. Call it before `configure_logging`."""
+    global _worker
+    _worker = index
+
+
+def worker_index() -> int | None:
+    """This process's index among the server's processes; None when it is the only one."""
+    return _worker
+
+
+def per_worker(folder: Path) -> Path:
+    """`folder` itself in a single server process, `folder/<index>` in each of several:
+    for what each process keeps to itself (app workers' sockets, dispatcher.py)."""
+    return folder if _worker is None else folder / str(_worker)
 
 
 class RequestIdFilter(logging.Filter):
@@ -16,6 +38,7 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Add `record.request_id`; never drops a record."""
         record.request_id = REQUEST_ID.get()
+        record.worker = _worker
         return True
 
 
@@ -24,7 +47,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Render `record` as JSON with time, level, logger, request id and message."""
-        entry = {
+        entry: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
@@ -32,19 +55,26 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"),
             "message": record.getMessage(),
         }
+        if (worker := getattr(record, "worker", None)) is not None:
+            entry["worker"] = worker
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
+# In worker N of several server processes: `worker N` before the logger's name.
+WORKER_TEXT_FORMAT = (
+    "%(asctime)s %(levelname)-7s worker %(worker)s %(name)s [%(request_id)s] %(message)s"
+)
 
 
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
     """Send every log line to stderr in `fmt` ('text' or 'json') at `level`."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    text = TEXT_FORMAT if _worker is None else WORKER_TEXT_FORMAT
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(text))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from .database_urls import async_url
+from .proxies import networks
 
 CONFIG_FILE = "courtyard.toml"
 ENV_PREFIX = "COURTYARD_"
@@ -37,6 +38,9 @@ class Settings(BaseModel):
     # pair by default (docs/performance.md#servers-and-event-loops).
     server: Literal["granian", "hypercorn"] = "granian"
     loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # Server processes sharing the address (`courtyard serve --workers N`,
+    # servers/supervisor.py); 0: one per usable core beyond loopback, 1 on loopback.
+    workers: int = Field(default=0, ge=0, le=1024)
     plugin_dirs: tuple[Path, ...] | None = None
     app_dirs: tuple[Path, ...] | None = None
     data_dir: Path = Path("data")
@@ -62,6 +66,8 @@ class Settings(BaseModel):
     read_timeout: float = Field(default=30.0, gt=0)
     # Who may reach the server: Host names besides loopback and the bound address.
     allowed_hosts: tuple[str, ...] = ()
+    # Load balancers whose X-Forwarded-Proto and X-Forwarded-For are believed (proxies.py).
+    trusted_proxies: tuple[str, ...] = ()
     # App workers (docs/apps.md): sandboxed with bubblewrap; without it they do not start.
     apps_allow_unsandboxed: bool = False
     apps_sandbox_user: str = "nobody"
@@ -71,6 +77,10 @@ class Settings(BaseModel):
     event_bus: Literal["memory", "redis"] = "memory"
     event_history: int = Field(default=1000, ge=0)
     insecure: bool = False
+    # Several instances (docs/deployment.md): this one's id in the shared store, its logs
+    # and /api/cluster/ (default `<hostname>-<pid>`), and whether /api/health/ shows it.
+    instance_id: str | None = Field(default=None, min_length=1, max_length=128)
+    health_details: bool = False
     jwt_secret: str | None = None
     jwks_file: Path | None = None
     jwks_url: str | None = None
@@ -95,6 +105,12 @@ class Settings(BaseModel):
         # Checked when settings are read, so that every command reports a bad URL cleanly.
         if value is not None:
             async_url(value)  # raises SettingsError naming the problem
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        networks(value)  # raises SettingsError naming a bad entry
         return value
 
     @field_validator("root_app")
@@ -133,7 +149,7 @@ class Settings(BaseModel):
 
 
 _LIST_FIELDS = {"plugin_dirs", "app_dirs"}
-_NAME_LIST_FIELDS = {"only_plugins", "jwt_algorithms", "allowed_hosts"}
+_NAME_LIST_FIELDS = {"only_plugins", "jwt_algorithms", "allowed_hosts", "trusted_proxies"}
 _PATH_FIELDS = {"data_dir", "jwks_file", *_LIST_FIELDS}
 _BOOL_FIELDS = {
     "strict",
@@ -142,6 +158,7 @@ _BOOL_FIELDS = {
     "insecure",
     "audit",
     "apps_allow_unsandboxed",
+    "health_details",
 }
 _FILE_ONLY = {"plugins", "roles"}
 ENV_FIELDS = [name for name in Settings.model_fields if name not in _FILE_ONLY]

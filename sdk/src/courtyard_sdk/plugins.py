@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from quart import current_app, has_request_context, request
+from quart import has_request_context
+from quart.ctx import RequestContext
+from quart.globals import request_ctx
 
 from .manifest import Manifest, Menu
 from .status import PluginStatus
@@ -56,10 +58,15 @@ class PluginDirectory(Protocol):
 def current_plugin() -> str | None:
     """The plugin whose route serves the current request; None for a core route, an
     unknown path, or outside a request."""
-    if not has_request_context() or request.url_rule is None:
+    if not has_request_context():
         return None
-    owners: dict[str, str] = current_app.extensions.get(OWNERS, {})
-    return owners.get(request.url_rule.endpoint.split(".", 1)[0])
+    # The context itself, not its proxy: one lookup rather than one per access.
+    current: RequestContext = request_ctx._get_current_object()  # type: ignore[attr-defined]
+    rule = current.request.url_rule
+    if rule is None:
+        return None
+    owners: dict[str, str] = current.app.extensions.get(OWNERS, {})
+    return owners.get(rule.endpoint.partition(".")[0])
 
 
 __all__ = ["OWNERS", "PluginDirectory", "PluginInfo", "current_plugin"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from courtyard.testing import free_port
 from queues_kit import FAST, enqueue, new_worker, task_info, write_config
-from servers import REDIS_SERVER, _ping, available, redis_server
+from servers import REDIS_SERVER, available, ping, redis_server
 
 pytestmark = pytest.mark.skipif(
     not available(), reason="redis-server is not installed (Debian package redis-server)"
@@ -37,7 +37,7 @@ class AofRedis:
         log = (self.folder / "redis.log").open("ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
-        while not _ping(self.port):
+        while not ping(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError((self.folder / "redis.log").read_text()[-2000:])
             time.sleep(0.02)

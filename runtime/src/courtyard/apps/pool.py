@@ -146,6 +146,10 @@ class WorkerPool:
         else:
             raise ValueError(f"WorkerPool.handle: unsupported scope type {scope['type']!r}")
 
+    def running_keys(self) -> list[str]:
+        """The `name@version` keys that have workers."""
+        return list(self._workers)
+
     async def stop_app(self, key: str, drain_timeout: float | None = None) -> None:
         """Stop `key`'s workers once their in-flight requests finish.
 

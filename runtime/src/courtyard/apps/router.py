@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
@@ -142,6 +143,17 @@ class AppRouter:
         if self._pool is not None:
             for key in keys:
                 await self._pool.stop_app(key)
+
+    async def stop_paths(self, paths: Collection[str]) -> None:
+        """Stop the workers of the versions installed at `paths` (`name/version`, or
+        `name` for all its versions), once their requests have finished."""
+        if self._pool is not None:
+
+            def installed_at(key: str) -> bool:
+                name, _, version = key.rpartition("@")
+                return name in paths or f"{name}/{version}" in paths
+
+            await self.stop_keys([k for k in self._pool.running_keys() if installed_at(k)])
 
     async def close(self) -> None:
         """Stop every worker process."""

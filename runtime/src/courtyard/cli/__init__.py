@@ -15,7 +15,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import apps, audit, db, keys, new, plugins, serve
+from . import apps, audit, db, keys, new, plugins, serve, status
 from .plugin_commands import PluginCommandGroup
 
 __all__ = ["add_remote_commands", "main"]
@@ -39,5 +39,5 @@ main.add_command(serve.serve)
 main.add_command(serve.dev)
 main.add_command(plugins.plugins)
 add_remote_commands(plugins.plugins, main)
-for group in (new.new, keys.keys, audit.audit, db.db):
+for group in (new.new, keys.keys, audit.audit, db.db, status.status):
     main.add_command(group)

@@ -1,5 +1,6 @@
-"""`courtyard serve`: the runtime, served by granian or Hypercorn (servers/); `courtyard
-dev`: the same, with a plugin being written, reloaded on every save (watch.py)."""
+"""`courtyard serve`: the runtime, served by granian or Hypercorn (servers/), in one
+process or several (`--workers`, servers/supervisor.py); `courtyard dev`: the same in one
+process, with a plugin being written, reloaded on every save (watch.py)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,12 @@ def server_options(func: F) -> F:
 
 @click.command()
 @server_options
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0, max=1024),
+    help="Server processes sharing the address [default: 0, auto: one per usable core "
+    "beyond loopback, 1 on loopback]. Env: COURTYARD_WORKERS.",
+)
 def serve(config: str | None, **flags: Any) -> None:
     """Serve the runtime with every plugin found."""
     _run(config, flags, dev=False)
@@ -74,11 +81,8 @@ def dev(plugin_dir: Path, config: str | None, **flags: Any) -> None:
 
 
 def _run(config: str | None, flags: dict[str, Any], *, dev: bool) -> None:
-    # Imported here: the server pulls in Quart and the HTTP servers, which no other command
-    # needs.
     from ..logs import configure_logging
-    from ..server import serve
-    from ..servers import run
+    from ..servers.supervisor import worker_count
 
     settings = read_settings(config, **flags)
     configure_logging(settings.log_level, settings.log_format)
@@ -91,7 +95,20 @@ def _run(config: str | None, flags: dict[str, Any], *, dev: bool) -> None:
         if path
         else f"no {CONFIG_FILE} in {Path.cwd()} (defaults, COURTYARD_* variables and flags)",
     )
+    # `courtyard dev` reloads one process on every save: it always runs one.
+    workers = 1 if dev else worker_count(settings)
     try:
+        if workers > 1:
+            # The supervisor starts the server processes (servers/supervisor.py).
+            from ..servers.supervisor import supervise
+
+            supervise(settings, workers)
+            return
+        # Imported here: the server pulls in Quart and the HTTP servers, which no other
+        # command needs.
+        from ..server import serve
+        from ..servers import run
+
         run(serve(settings, dev=dev), settings.loop)
     except CourtyardError as exc:
         raise click.ClickException(str(exc)) from None

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from ..apps.router import AppRouter
     from ..generation import Generation
     from ..services import Services
+    from ..services.replication import Replicator
+    from ..services.store import Archive
 
 RUNTIME = "courtyard.runtime"  # app.extensions key of the Runtime serving the app
 GENERATION = "courtyard.generation"  # app.extensions key of the app's generation
@@ -28,6 +30,8 @@ class Runtime(Protocol):
     """`starting`, `ready`, `stopping` or `failed`."""
     services: Services
     apps: AppRouter
+    replication: Replicator
+    """Records changes in the shared store and has the other instances apply them."""
 
     async def reload(self) -> Generation:
         """Build a generation from the plugin files and serve it.
@@ -36,9 +40,11 @@ class Runtime(Protocol):
         """
         ...
 
-    async def install_plugin(self, name: str, content: Path, destination: Path) -> Generation:
+    async def install_plugin(
+        self, name: str, content: Path, plugin_dir: Path, archive: Archive
+    ) -> Generation:
         """Put a plugin's files in place and serve a generation in which it loads, or put
-        the previous files back.
+        the previous files back; record `archive` in the shared store.
 
         :raises BuildError: naming why the plugin did not load.
         """

@@ -15,7 +15,8 @@ from quart import Blueprint, request
 from quart_schema import DataSource, document_querystring, document_request, document_response, tag
 
 from ..apps.registry import App, AppManifestError, InvalidAppName, read_app_manifest
-from ..installs import accept_tree, install_tree, remove_tree, replaced
+from ..installs import accept_tree, install_tree, remove_tree, replaced, restore_tree
+from ..services.store import APP, AlreadyInstalled
 from . import current_generation, current_runtime, uploads
 from .openapi import AppUploadQuery, ArchiveUpload, archive_errors
 
@@ -88,14 +89,20 @@ async def upload_app() -> dict[str, Any]:
         raise ApiError(400, "NO_WORKER_DIRS", "No workerDirs configured")
     overwrite = request.args.get("overwrite", "").lower() in ("1", "true", "yes")
     app_dir = settings.app_folders[0]
-    async with uploads.received_archive(app_dir, settings) as content:
+    async with uploads.received_archive(app_dir, settings) as received:
         try:
-            name, version, _ = read_app_manifest(content)
+            name, version, _ = read_app_manifest(received.content)
         except InvalidAppName as exc:
             raise ApiError(400, "PATH_TRAVERSAL", f"Invalid package name: {exc}") from None
         except AppManifestError as exc:
             raise ApiError(400, "INVALID_MANIFEST", str(exc)) from None
-        async with host.apps.changes:
+        exists = ApiError(
+            409,
+            "VERSION_EXISTS",
+            f"{name} {version} is installed; versions are "
+            "immutable (add ?overwrite=true to replace it)",
+        )
+        async with host.apps.changes, host.replication.lock(APP):
             host.apps.registry.invalidate()
             installed = host.apps.registry.get(name)
             # 1.0 is 1.0.0: an equal version, however spelt, is the same version.
@@ -103,17 +110,25 @@ async def upload_app() -> dict[str, Any]:
             version = same or version  # an overwrite keeps the installed spelling
             destination = app_dir / name / version
             if (same or destination.exists()) and not overwrite:
-                raise ApiError(
-                    409,
-                    "VERSION_EXISTS",
-                    f"{name} {version} is installed; versions are "
-                    "immutable (add ?overwrite=true to replace it)",
+                raise exists
+            journal = install_tree(received.content, destination)
+            path = f"{name}/{version}"
+            try:
+                # Exclusive: another instance may have installed this version meanwhile.
+                revision = await host.services.store.install(
+                    APP, path, received.archive, exclusive=not overwrite
                 )
-            journal = install_tree(content, destination)
+            except BaseException as exc:
+                restore_tree(journal, destination)
+                if isinstance(exc, AlreadyInstalled):
+                    raise exists from None
+                raise
+            host.replication.marked(APP, path, received.archive.sha256)
             host.apps.registry.invalidate()
             if replaced(journal):
                 await host.apps.stop_keys([f"{name}@{version}"])  # fresh workers, new code
             await asyncio.to_thread(accept_tree, journal)  # an archive checked beforehand
+        await host.replication.settle(revision)
     log.info("installed app %s %s at %s", name, version, destination)
     return {
         "success": True,
@@ -149,14 +164,17 @@ def _installed_app(scope: str, name: str, missing: ApiError) -> tuple[str, App]:
 async def delete_app(scope: str, name: str) -> dict[str, bool]:
     """Remove an app and all its versions (`_` as scope for an unscoped app)."""
     host = current_runtime()
-    async with host.apps.changes:
+    async with host.apps.changes, host.replication.lock(APP):
         host.apps.registry.invalidate()
         missing = ApiError(404, "APP_NOT_FOUND", f"App {scope}/{name} not found")
         full, app = _installed_app(scope, name, missing)
         keys = [v.key for v in app.versions.values()]
+        folders = current_generation().settings.app_folders
+        revision = await host.replication.record_removal(APP, app.path, folders)
         await asyncio.to_thread(remove_tree, app.path)
         host.apps.registry.invalidate()
         await host.apps.stop_keys(keys)
+    await host.replication.settle(revision)
     log.info("removed app %s", full)
     return {"success": True}
 
@@ -169,7 +187,7 @@ async def delete_app(scope: str, name: str) -> dict[str, bool]:
 async def delete_version(scope: str, name: str, version: str) -> dict[str, bool]:
     """Remove one version of an app; its workers stop once their requests are done."""
     host = current_runtime()
-    async with host.apps.changes:
+    async with host.apps.changes, host.replication.lock(APP):
         host.apps.registry.invalidate()
         missing = ApiError(
             404, "VERSION_NOT_FOUND", f"App {scope}/{name} has no version {version[:100]!r}"
@@ -181,11 +199,15 @@ async def delete_version(scope: str, name: str, version: str) -> dict[str, bool]
             raise missing from None
         if version not in app.versions:
             raise missing
-        await asyncio.to_thread(remove_tree, app.versions[version].root)
+        folders = current_generation().settings.app_folders
+        root = app.versions[version].root
+        revision = await host.replication.record_removal(APP, root, folders)
+        await asyncio.to_thread(remove_tree, root)
         if not any(p for p in app.path.iterdir() if not p.name.startswith(".")):
             await asyncio.to_thread(remove_tree, app.path)
         host.apps.registry.invalidate()
         await host.apps.stop_keys([f"{full}@{version}"])
+    await host.replication.settle(revision)
     log.info("removed app %s %s", full, version)
     return {"success": True}
 

@@ -7,7 +7,7 @@ from quart import Blueprint
 from quart_schema import document_response, tag
 
 from .. import __version__
-from . import current_runtime
+from . import current_generation, current_runtime
 
 blueprint = Blueprint("health", __name__, url_prefix="/api/health")
 
@@ -18,6 +18,22 @@ class HealthStatus(BaseModel):
     ok: bool
     status: str
     version: str
+
+
+class InstanceDetails(BaseModel):
+    """Which instance answered (setting `health_details`): its id, its serving
+    generation, and the last change of the shared store it applied."""
+
+    id: str
+    generation: int
+    revision: int
+
+
+class HealthDetails(HealthStatus):
+    """The health of the runtime, with the instance's details when the `health_details`
+    setting asks for them."""
+
+    instance: InstanceDetails | None = None
 
 
 class ReadyStatus(HealthStatus):
@@ -32,10 +48,19 @@ def _status(ok: bool, status: str) -> tuple[dict[str, object], int]:
 
 @blueprint.get("/")
 @tag(["health"])
-@document_response(HealthStatus)
+@document_response(HealthDetails)
 async def health() -> tuple[dict[str, object], int]:
-    """Overall health of the runtime."""
-    return _status(True, "healthy")
+    """Overall health of the runtime; with the `health_details` setting, which instance
+    answered."""
+    body, status = _status(True, "healthy")
+    runtime = current_runtime()
+    if current_generation().settings.health_details:
+        body["instance"] = {
+            "id": runtime.replication.instance,
+            "generation": current_generation().number,
+            "revision": runtime.replication.applied,
+        }
+    return body, status
 
 
 @blueprint.get("/ready")

@@ -16,6 +16,7 @@ from quart import Blueprint
 from quart_schema import document_response, tag, validate_request
 
 from ..services.auth import parse_duration
+from ..services.store import KEYS
 from . import current_runtime
 
 blueprint = Blueprint("keys", __name__, url_prefix="/api/keys")
@@ -85,8 +86,8 @@ async def create_key(data: NewKey) -> tuple[dict[str, Any], int]:
     `INVALID_EXPIRY`, `NO_PERMISSIONS`; 403 `AUTHORIZATION_FAILED` for permissions (or a
     tenant) the caller does not hold itself.
     """
-    auth = current_runtime().services.auth
-    info, secret = await auth.create_key(
+    runtime = current_runtime()
+    info, secret = await runtime.services.auth.create_key(
         name=data.name,
         roles=tuple(data.roles),
         permissions=tuple(data.permissions),
@@ -94,6 +95,7 @@ async def create_key(data: NewKey) -> tuple[dict[str, Any], int]:
         expires_in=None if data.expiresIn is None else parse_duration(data.expiresIn),
         by=current_identity(),
     )
+    await runtime.replication.announce(KEYS)  # every instance knows it is protected now
     return {**info.to_json(), "secret": secret}, 201
 
 
@@ -105,5 +107,7 @@ async def create_key(data: NewKey) -> tuple[dict[str, Any], int]:
 async def revoke_key(key_id: str) -> dict[str, Any]:
     """Revoke a key: it stops working at once, on every instance. The key stays listed
     as `revoked`; revoking it again changes nothing. 404 `KEY_NOT_FOUND`."""
-    auth = current_runtime().services.auth
-    return (await auth.revoke_key(key_id, by=current_identity())).to_json()
+    runtime = current_runtime()
+    revoked = await runtime.services.auth.revoke_key(key_id, by=current_identity())
+    await runtime.replication.announce(KEYS)
+    return revoked.to_json()

@@ -68,6 +68,7 @@ CORE_TAGS: list[dict[str, str]] = [
     {"name": "keys", "description": "API keys"},
     {"name": "audit", "description": "The audit log"},
     {"name": "events", "description": "Runtime and plugin events as Server-Sent Events"},
+    {"name": "cluster", "description": "The instances sharing this one's database"},
     {"name": "meta", "description": "This document, the docs page, discovery"},
     {"name": "console", "description": "The operator console's pages (HTML) and files"},
 ]

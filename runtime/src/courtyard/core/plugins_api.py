@@ -241,13 +241,15 @@ async def upload_plugin() -> dict[str, Any]:
     if not settings.plugin_folders:
         raise ApiError(400, "NO_PLUGIN_DIRS", "No pluginDirs configured")
     plugin_dir = settings.plugin_folders[0]
-    async with uploads.received_archive(plugin_dir, settings) as content:
-        manifest = _uploaded_manifest(content)
+    async with uploads.received_archive(plugin_dir, settings) as received:
+        manifest = _uploaded_manifest(received.content)
         destination = plugin_dir / manifest.name
 
         try:
             # The new generation serves only if the plugin loads in it.
-            await current_runtime().install_plugin(manifest.name, content, destination)
+            await current_runtime().install_plugin(
+                manifest.name, received.content, plugin_dir, received.archive
+            )
         except BuildError as exc:
             raise ApiError(422, "PLUGIN_LOAD_FAILED", str(exc)) from None
     log.info("installed plugin %s %s at %s", manifest.name, manifest.version, destination)

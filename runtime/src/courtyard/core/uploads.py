@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -15,6 +16,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..archives import ArchiveError, Limits, archive_kind, extract, flatten_root
 from ..installs import remove_path, staging_dir
+from ..services.store import Archive
 from ..settings import Settings
 
 
@@ -34,9 +36,23 @@ def _too_large(limit: int) -> ArchiveError:
     return ArchiveError(413, "ARCHIVE_TOO_LARGE", f"the upload exceeds {limit} bytes")
 
 
+@dataclass(frozen=True)
+class Received:
+    """An uploaded archive: the folder holding its checked content, and the archive
+    itself, for the shared store (services/store.py)."""
+
+    content: Path
+    archive: Archive
+
+
+def _read(stream: BinaryIO) -> bytes:
+    stream.seek(0)
+    return stream.read()
+
+
 @contextlib.asynccontextmanager
-async def received_archive(parent: Path, settings: Settings) -> AsyncIterator[Path]:
-    """Receive the request's `file` part and yield the folder holding its content.
+async def received_archive(parent: Path, settings: Settings) -> AsyncIterator[Received]:
+    """Receive the request's `file` part and yield its content and the archive.
 
     The content is extracted into a hidden staging folder inside `parent` (so that the
     caller can move it into place with one rename); the staging folder goes afterwards,
@@ -65,8 +81,10 @@ async def received_archive(parent: Path, settings: Settings) -> AsyncIterator[Pa
         tree = staging / "tree"
         tree.mkdir()
         # Read where the parser spooled it: the upload takes its size on disk once.
-        await asyncio.to_thread(extract, cast(BinaryIO, upload.stream), kind, tree, bounds)
-        yield flatten_root(tree)
+        stream = cast(BinaryIO, upload.stream)
+        await asyncio.to_thread(extract, stream, kind, tree, bounds)
+        archive = Archive(kind, await asyncio.to_thread(_read, stream))
+        yield Received(flatten_root(tree), archive)
     except BaseException:
         if created:  # leave no empty plugin or app directory behind a refusal
             await asyncio.to_thread(remove_path, staging)

@@ -6,6 +6,10 @@ Each server module offers `serve(app, settings, stop)`: bind `settings.host` and
 `settings.port`, run the ASGI lifespan of `app`, serve until `stop` is set, then stop
 accepting, give requests in flight `settings.drain_timeout` seconds, and run the lifespan
 shutdown last.
+
+`courtyard serve --workers N` runs N such server processes on one address
+(supervisor.py starts and watches them, supervised.py is each one's start), sharing it
+with SO_REUSEPORT.
 """
 
 from __future__ import annotations
@@ -23,15 +27,22 @@ if TYPE_CHECKING:
 __all__ = ["bind_address", "run", "serve_on"]
 
 
-async def serve_on(settings: Settings, app: ASGIApp, stop: asyncio.Event) -> None:
+async def serve_on(
+    settings: Settings, app: ASGIApp, stop: asyncio.Event, *, shared: bool = False
+) -> None:
     """Serve `app` on the server `settings.server` names until `stop` is set.
 
+    :param shared: one of several server processes on the address (supervisor.py): bind
+        with SO_REUSEPORT (granian always does on Linux).
     :raises StartupError: the server cannot serve (it could not bind, or stopped by
         itself).
     """
     # Imported here: each pulls in its server, and only one serves.
     if settings.server == "granian":
-        from .granian_server import serve
+        from .granian_server import serve as serve_granian
+
+        await serve_granian(app, settings, stop)
     else:
-        from .hypercorn_server import serve
-    await serve(app, settings, stop)
+        from .hypercorn_server import serve as serve_hypercorn
+
+        await serve_hypercorn(app, settings, stop, shared=shared)

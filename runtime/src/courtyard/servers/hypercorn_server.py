@@ -10,7 +10,7 @@ from courtyard_sdk import StartupError
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
-from .binding import bind_address
+from .binding import bind_address, shared_socket
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework
@@ -34,15 +34,23 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-async def serve(app: ASGIApp, settings: Settings, stop: asyncio.Event) -> None:
+async def serve(
+    app: ASGIApp, settings: Settings, stop: asyncio.Event, *, shared: bool = False
+) -> None:
     """Serve `app` until `stop` is set: Hypercorn then stops accepting, waits up to
     `drain_timeout` for requests in flight, and runs the lifespan shutdown.
 
+    :param shared: one of several server processes on the address: the socket is bound
+        here with SO_REUSEPORT, which Hypercorn does not set, and handed to it.
     :raises StartupError: Hypercorn cannot bind the address.
     """
     # An ASGI 3 app: its `dict[str, Any]` scopes and messages take Hypercorn's TypedDicts.
     framework = cast("ASGIFramework", app)
+    config = hypercorn_config(settings)
     try:
-        await hypercorn_serve(framework, hypercorn_config(settings), shutdown_trigger=stop.wait)
+        if shared:
+            # Hypercorn takes the descriptor over (and closes it when it stops).
+            config.bind = [f"fd://{shared_socket(settings.host, settings.port).detach()}"]
+        await hypercorn_serve(framework, config, shutdown_trigger=stop.wait)
     except OSError as exc:  # binding: the address is taken or not this machine's
         raise StartupError(f"hypercorn cannot serve: {exc}") from exc

@@ -1,6 +1,8 @@
 """The event bus: `MemoryEventBus` in the process (the default), `RedisEventBus`
-(events_redis.py) shared by several runtime instances; `make_event_bus` (services/__init__)
-picks one from the settings. Both implement `courtyard_sdk.services.EventBus`.
+(events_redis.py) shared by several runtime instances, and `HubEventBus` (events_hub.py),
+the memory bus of each of several server processes (`courtyard serve --workers N`),
+shared through their supervisor; `make_event_bus` (services/__init__) picks one from the
+settings. All implement `courtyard_sdk.services.EventBus`.
 
 Ids are `<milliseconds>-<sequence>` in both (Redis stream ids; the memory bus makes them
 the same way), so they increase across topics and across restarts, and a client's
@@ -204,6 +206,13 @@ class MemoryEventBus:
         topic, text = make_event(topic, data, tenant)
         key = self._next_id()
         event = Event(format_event_id(key), topic, json.loads(text), time.time(), tenant)
+        self._deliver(key, event)
+        return event
+
+    def _deliver(self, key: Key, event: Event) -> None:
+        """Hold `event` (id `key`, newer than every event held) and hand it to the
+        subscribers that want it; one that lags is dropped (the hub bus, events_hub.py,
+        delivers the events the hub numbered through here too)."""
         if self._history.maxlen == 0:
             self._floor = key
         else:
@@ -213,7 +222,6 @@ class MemoryEventBus:
         for subscriber in [s for s in self._subscribers if s.wants(event)]:
             if not subscriber.offer(event):
                 self._subscribers.discard(subscriber)
-        return event
 
     @asynccontextmanager
     async def subscribe(

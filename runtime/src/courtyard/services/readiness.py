@@ -1,5 +1,6 @@
 """Whether this instance can do its work: the database answers, Redis answers (when the
-event bus uses it), the data folder's disk has room. `/api/health/ready` answers 503
+event bus uses it; `events`: the hub of several server processes is in reach, see
+events_hub.py), the data folder's disk has room. `/api/health/ready` answers 503
 while one of them fails, so that a load balancer routes around the instance.
 
 Each look is bounded (`TIMEOUT`) and its result kept for `CACHE_SECONDS`: probes every
@@ -14,6 +15,8 @@ import time
 from typing import TYPE_CHECKING
 
 from sqlalchemy import text
+
+from .events_hub import HubEventBus
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -40,14 +43,17 @@ class Readiness:
         self._lock = asyncio.Lock()
 
     async def problems(self) -> dict[str, str]:
-        """What fails now, by dependency (`database`, `redis`, `disk`); empty when ready."""
+        """What fails now, by dependency (`database`, `redis` or `events`, `disk`); empty
+        when ready."""
         async with self._lock:
             if self._last is not None and time.monotonic() - self._last[0] < CACHE_SECONDS:
                 return self._last[1]
             found: dict[str, str] = {}
+            # The bus's own check: Redis, or the hub of several server processes.
+            bus = "events" if isinstance(self.events, HubEventBus) else "redis"
             for name, check in (
                 ("database", self._database),
-                ("redis", self._redis),
+                (bus, self._bus),
                 ("disk", self._disk),
             ):
                 try:
@@ -63,7 +69,7 @@ class Readiness:
         async with self.database.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
 
-    async def _redis(self) -> None:
+    async def _bus(self) -> None:
         await self.events.ping()
 
     async def _disk(self) -> None:

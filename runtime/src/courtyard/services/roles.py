@@ -38,6 +38,7 @@ CORE_PERMISSIONS = (
     "apps:install",
     "apps:remove",
     "keys:manage",
+    "cluster:read",
 )
 
 

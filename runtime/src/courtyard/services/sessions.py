@@ -4,10 +4,12 @@
 A session cookie is `v1.<payload>.<signature>`: the payload (base64url JSON) names the
 session, what it was made from and when it ends; the signature is HMAC-SHA256 with the
 server's session secret, a random 32-byte file `<data_dir>/session.secret` made on first
-use (delete it to end every session). Nothing else is stored: a session made from a key is
-checked against the key on every request, so revoking or expiring the key ends its
-sessions at once; a session made from a JWT carries the token's identity and ends with
-the token's `exp` at the latest. Signing out forgets the session in this process.
+use (delete it to end every session); instances sharing a PostgreSQL database share one
+secret, kept in it (`courtyard_secrets`), so that a session works on each of them.
+Nothing else is stored: a session made from a key is checked against the key on every
+request, so revoking or expiring the key ends its sessions at once; a session made from
+a JWT carries the token's identity and ends with the token's `exp` at the latest.
+Signing out forgets the session in this process.
 
 A cookie is never a reason to skip the Origin check (app.py): browsers attach it by
 themselves, also to requests another site makes them send.
@@ -87,6 +89,10 @@ class Sessions:
         self._ended: dict[str, float] = {}  # signed-out session id -> its expiry
 
     # The secret ----------------------------------------------------------------------
+
+    def share(self, secret: bytes) -> None:
+        """Sign with `secret`, the one the instances sharing a database keep there."""
+        self._secret = secret
 
     def secret(self) -> bytes:
         """The signing secret, read (or made, readable by this user only) on first use."""
