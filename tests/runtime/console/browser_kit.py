@@ -47,6 +47,9 @@ def sign_in(page: Any, secret: str, target: str = "/") -> None:
     page.get_by_label("API key or token").fill(secret)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_selector("#sidebar", state="attached")
+    # The console's script (deferred) listens for drops and clicks once the page has
+    # loaded: under load, a test acting at once on the parsed page would act too early.
+    page.wait_for_load_state("load")
 
 
 def axe_results(page: Any) -> dict[str, Any]:
