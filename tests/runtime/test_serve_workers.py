@@ -24,7 +24,8 @@ from typing import Any
 import httpx
 import pytest
 from courtyard.servers.binding import hold_address, shared_socket
-from courtyard.servers.supervisor import Hub, Supervisor, worker_count
+from courtyard.servers.hub import Hub
+from courtyard.servers.supervisor import Supervisor, worker_count
 from courtyard.services import make_event_bus
 from courtyard.services.events import MemoryEventBus
 from courtyard.services.events_hub import HubEventBus, use_hub

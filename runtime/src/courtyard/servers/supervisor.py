@@ -10,7 +10,7 @@ kernel spreads the connections over them. It imports nothing of the server (no Q
 app, no database): it only watches.
 
 - Events: with `event_bus = "memory"`, the supervisor is the hub of the processes' buses
-  (`Hub`; services/events_hub.py is the process's side): every process sees every event,
+  (hub.py; services/events_hub.py is the process's side): every process sees every event,
   with the same ids. With Redis, the processes share Redis's stream instead.
 - Start: each process says when its first generation serves; the supervisor logs once
   when all do. One that cannot start (its error: a plugin failing in strict mode, the
@@ -37,13 +37,14 @@ import signal
 import socket
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from courtyard_sdk import StartupError
 
+from ..security import is_loopback_host
 from .binding import bind_address, hold_address
+from .hub import Hub
 from .processes import keep_environment_private
 
 if TYPE_CHECKING:
@@ -55,8 +56,6 @@ QUICK_EXIT = 10.0  # seconds: a process that dies sooner after its start died "a
 MAX_QUICK_EXITS = 5
 BACKOFF, MAX_BACKOFF = 0.5, 8.0  # seconds before a replacement starts
 KILL_AFTER = 10.0  # seconds after drain_timeout before a stopping process is killed
-LINE_LIMIT = 4 * 1024 * 1024  # the longest hub message (events_hub.LINE_LIMIT and more)
-MAX_BACKLOG = 64 * 1024 * 1024  # bytes of events a process may leave unread
 
 
 def usable_cores() -> int:
@@ -67,25 +66,13 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def worker_count(settings: Settings) -> int:
     """The server processes `courtyard serve` runs: `workers`, or when it is 0 (auto),
     one per usable core when serving beyond loopback (production), one on loopback (a
     developer's machine)."""
     if settings.workers:
         return settings.workers
-    return 1 if _loopback(settings.host) else usable_cores()
+    return 1 if is_loopback_host(settings.host) else usable_cores()
 
 
 def supervise(settings: Settings, workers: int) -> None:
@@ -332,94 +319,3 @@ def _signal(proc: Process, signum: int) -> None:
     if proc.process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             proc.process.send_signal(signum)
-
-
-class Hub:
-    """The events of every server process (services/events_hub.py says the wire): it
-    numbers each event published, keeps the last `history`, and sends each to every
-    process.
-
-    :param stuck: called with a process's index when it leaves too much unread.
-    """
-
-    def __init__(self, history: int, stuck: Any) -> None:
-        self._held: deque[tuple[tuple[int, int], bytes]] = deque(maxlen=history)
-        # As MemoryEventBus: every id after the floor is held; at first, the start.
-        self._floor = (time.time_ns() // 1_000_000, 0)
-        self._last = self._floor
-        self._peers: dict[int, asyncio.StreamWriter] = {}
-        self._readers: dict[int, asyncio.Task[None]] = {}
-        self._stuck = stuck
-
-    async def attach(self, index: int, sock: socket.socket) -> None:
-        """Greet worker `index` on its new connection, with what is held, and follow it."""
-        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=LINE_LIMIT)
-        hello = {
-            "t": "hello",
-            "floor": _id(self._floor),
-            "last": _id(self._last),
-            "held": len(self._held),
-        }
-        writer.write(json.dumps(hello).encode() + b"\n")
-        writer.writelines(line + b"\n" for _, line in self._held)
-        self._peers[index] = writer
-        self._readers[index] = asyncio.create_task(self._follow(index, reader, writer))
-
-    def detach(self, index: int) -> None:
-        """Forget worker `index` (it exited)."""
-        writer = self._peers.pop(index, None)
-        if writer is not None:
-            writer.close()
-        reader = self._readers.pop(index, None)
-        if reader is not None:
-            reader.cancel()
-
-    def close(self) -> None:
-        """Forget every worker."""
-        for index in list(self._peers):
-            self.detach(index)
-
-    async def _follow(
-        self, index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            while line := await reader.readline():
-                message = json.loads(line)
-                if message.get("t") == "publish":
-                    self._publish(index, message)
-        except OSError:
-            return  # it died: the supervisor detaches it
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("worker %d sent what the event hub cannot read: %r", index, exc)
-            writer.close()  # it finds out, and refuses to serve events alone
-
-    def _publish(self, publisher: int, message: dict[str, Any]) -> None:
-        now = time.time_ns() // 1_000_000
-        key = self._last = (now, 0) if now > self._last[0] else (self._last[0], self._last[1] + 1)
-        event = {
-            "t": "event",
-            "id": _id(key),
-            "topic": message["topic"],
-            "data": message["data"],
-            "time": time.time(),
-            "tenant": message.get("tenant"),
-        }
-        line = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
-        if self._held.maxlen == 0:
-            self._floor = key
-        else:
-            if len(self._held) == self._held.maxlen:
-                self._floor = self._held[0][0]  # about to leave the history
-            self._held.append((key, line))
-        for index, writer in list(self._peers.items()):
-            if index == publisher:  # its own copy says which publish it answers
-                writer.write(line[:-1] + b',"ref":%d}\n' % int(message["ref"]))
-            else:
-                writer.write(line + b"\n")
-            if writer.transport.get_write_buffer_size() > MAX_BACKLOG:
-                self.detach(index)
-                self._stuck(index)
-
-
-def _id(key: tuple[int, int]) -> str:
-    return f"{key[0]}-{key[1]}"
