@@ -12,6 +12,7 @@ file is sent from memory.
 from __future__ import annotations
 
 import asyncio
+import functools
 import mimetypes
 import os
 from collections import OrderedDict
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
-from ..asgi import Receive, Scope, Send, header, send_error
+from ..asgi import Receive, Scope, Send, send_error
 
 
 class _Settings(Protocol):
@@ -72,6 +73,15 @@ class StaticFile:
     headers: tuple[tuple[bytes, bytes], ...]  # etag, last-modified, cache-control
     content_type: bytes
     body: bytes | None
+
+    @functools.cached_property
+    def ok_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers of its 200 answer, made once (senders copy, never change them)."""
+        return [
+            *self.headers,
+            (b"content-type", self.content_type),
+            (b"content-length", str(self.size).encode()),
+        ]
 
 
 class StaticFiles:
@@ -159,9 +169,16 @@ def _content_type(path: Path) -> str:
 
 
 def _not_modified(scope: Scope, etag: str, mtime: float) -> bool:
-    if (match := header(scope, b"if-none-match")) is not None:
+    """Whether the request's validators match: If-None-Match, else If-Modified-Since."""
+    match = since = None
+    for name, value in scope.get("headers", ()):  # one pass: this runs on every request
+        if name == b"if-none-match" and match is None:
+            match = value.decode("latin-1")
+        elif name == b"if-modified-since" and since is None:
+            since = value.decode("latin-1")
+    if match is not None:
         return match.strip() == "*" or etag in (tag.strip() for tag in match.split(","))
-    if (since := header(scope, b"if-modified-since")) is not None:
+    if since is not None:
         try:
             return int(mtime) <= parsedate_to_datetime(since).timestamp()
         except (TypeError, ValueError):
@@ -199,12 +216,7 @@ async def serve_static(
         await send({"type": "http.response.start", "status": 304, "headers": found.headers})
         await send({"type": "http.response.body", "body": b""})
         return
-    headers = [
-        *found.headers,
-        (b"content-type", found.content_type),
-        (b"content-length", str(found.size).encode()),
-    ]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.start", "status": 200, "headers": found.ok_headers})
     if scope["method"] == "HEAD":
         await send({"type": "http.response.body", "body": b""})
     elif found.body is not None:
