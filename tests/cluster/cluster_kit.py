@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 from archive_kit import tar_file, tgz_bytes
-from courtyard.testing import free_port
+from courtyard.testing import free_port, settings_toml
 
 # Sent by every client: the runtime's CSRF check passes programs that say so.
 INTERNAL = {"X-Courtyard-Internal": "true"}
@@ -114,26 +114,6 @@ def multipart(filename: str, data: bytes, boundary: str = "cluster-boundary") ->
 # -- instances -----------------------------------------------------------------------------
 
 
-def _toml(values: dict[str, Any]) -> str:
-    """Settings as TOML: scalars and lists at the top, `plugins` as tables."""
-
-    def literal(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, int | float):
-            return repr(value)
-        if isinstance(value, list | tuple):
-            return "[" + ", ".join(literal(v) for v in value) + "]"
-        return json.dumps(str(value))  # a TOML basic string
-
-    top = [f"{k} = {literal(v)}" for k, v in values.items() if k != "plugins" and v is not None]
-    tables = []
-    for name, table in values.get("plugins", {}).items():
-        tables.append(f'[plugins."{name}"]')
-        tables += [f"{k} = {literal(v)}" for k, v in table.items()]
-    return "\n".join([*top, *tables]) + "\n"
-
-
 @dataclass
 class Instance:
     """One `courtyard serve` process of the cluster, restartable on the same port."""
@@ -188,7 +168,7 @@ class Instance:
         """Start the process; do not wait for it."""
         assert not self.running, f"{self.name} already runs"
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(_toml(self.settings), encoding="utf-8")
+        self.config_path.write_text(settings_toml(self.settings), encoding="utf-8")
         with self.log_path.open("ab") as log:
             log.write(f"---- start {time.strftime('%H:%M:%S')}\n".encode())
             log.flush()

@@ -304,7 +304,8 @@ def courtyard_server(tmp_path: Path, plugin_dir: Path) -> Iterator[Callable[...,
     ) -> Server:
         port = free_port()
         config = tmp_path / f"courtyard-{port}.toml"
-        config.write_text(_toml(_settings(tmp_path, plugin_dir, overrides)), encoding="utf-8")
+        settings = _settings(tmp_path, plugin_dir, overrides)
+        config.write_text(settings_toml(settings), encoding="utf-8")
         log_path = tmp_path / f"server-{port}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
@@ -334,8 +335,9 @@ def courtyard_server(tmp_path: Path, plugin_dir: Path) -> Iterator[Callable[...,
         server.stop()
 
 
-def _toml(values: dict[str, Any]) -> str:
-    """Write settings as TOML (the subset settings use: scalars, lists, tables)."""
+def settings_toml(values: dict[str, Any]) -> str:
+    """Settings as a `courtyard.toml` (the subset settings use: scalars, lists, tables;
+    `plugins` as tables, None left out)."""
     top: list[str] = []
     tables: list[str] = []
 

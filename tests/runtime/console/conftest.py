@@ -21,14 +21,14 @@ from courtyard.testing import Server, free_port
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     """`courtyard serve` with the first-party plugins, an admin key and a viewer key."""
     need_chromium()
-    from courtyard.testing import _toml, _wait_ready
+    from courtyard.testing import _wait_ready, settings_toml
 
     root = tmp_path_factory.mktemp("console")
     (root / "plugins").mkdir()
     port = free_port()
     config = root / "courtyard.toml"
     config.write_text(
-        _toml(
+        settings_toml(
             {
                 "plugin_dirs": [root / "plugins"],
                 "app_dirs": [root / "apps"],
