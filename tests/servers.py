@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +38,7 @@ __all__ = [
     "postgres_bin",
     "postgres_server",
     "redis_server",
+    "serve_on_taken_port",
 ]
 
 
@@ -53,6 +57,30 @@ def need_postgres() -> None:
     """Skip the calling test, naming the Debian package, when PostgreSQL is missing."""
     if postgres_bin("initdb") is None or postgres_bin("postgres") is None:
         pytest.skip("PostgreSQL is not installed (Debian package postgresql)")
+
+
+def serve_on_taken_port(
+    folder: Path, *options: str, reuse_port: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run `courtyard serve <options>` on a port another socket listens on (with
+    SO_REUSEPORT, as granian's do, when `reuse_port`), and return how it ended."""
+    with socket.socket() as taken:
+        if reuse_port:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        return subprocess.run(
+            [
+                *(sys.executable, "-m", "courtyard", "serve", *options),
+                *("--port", str(port), "--data-dir", str(folder / "data")),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin", "COURTYARD_ENTRY_POINTS": "0"},
+            cwd=folder,
+        )
 
 
 @contextmanager

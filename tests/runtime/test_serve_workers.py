@@ -13,8 +13,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -33,6 +31,7 @@ from courtyard.settings import Settings
 from courtyard.testing import Server
 from courtyard_sdk.events import MAX_EVENT_BYTES, parse_event_id
 from courtyard_sdk.services import EventBusUnavailable, SubscriptionLagged
+from servers import serve_on_taken_port
 from test_events import SSE, nothing_more, take
 
 # The hub and the buses, in one process ---------------------------------------------------
@@ -325,23 +324,9 @@ def test_a_process_that_cannot_start_stops_all(workers_server, plugin_dir):
 
 @pytest.mark.slow
 def test_an_address_in_use_refuses_the_start(tmp_path):
-    with socket.socket() as taken:
-        # A server sharing its port with SO_REUSEPORT (as granian's does) holds it too.
-        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        done = subprocess.run(
-            [
-                *(sys.executable, "-m", "courtyard", "serve", "--workers", "2"),
-                *("--port", str(port), "--data-dir", str(tmp_path / "data")),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={"PATH": "/usr/bin:/bin", "COURTYARD_ENTRY_POINTS": "0"},
-            cwd=tmp_path,
-        )
+    # A server sharing its port with SO_REUSEPORT (as granian's does) holds it too.
+    done = serve_on_taken_port(tmp_path, "--workers", "2", reuse_port=True)
+    port = done.args[done.args.index("--port") + 1]
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"cannot serve on http://127.0.0.1:{port}" in done.stderr
     assert "Address already in use" in done.stderr

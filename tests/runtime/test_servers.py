@@ -35,6 +35,7 @@ from courtyard.servers.inflight import InFlight
 from courtyard.servers.lifespan import Lifespan
 from courtyard.testing import Server, free_port, write_plugin
 from courtyard_sdk import StartupError
+from servers import serve_on_taken_port
 
 INTERNAL = {"X-Courtyard-Internal": "true"}
 
@@ -157,21 +158,7 @@ def test_granian_refuses_a_public_address_without_binding(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_granian_on_a_taken_port_exits_with_the_cause(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        done = subprocess.run(
-            [
-                *(sys.executable, "-m", "courtyard", "serve", "--server", "granian"),
-                *("--port", str(port), "--data-dir", str(tmp_path / "data")),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={"PATH": "/usr/bin:/bin", "COURTYARD_ENTRY_POINTS": "0"},
-            cwd=tmp_path,
-        )
+    done = serve_on_taken_port(tmp_path, "--server", "granian")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "granian cannot serve" in done.stderr
     assert "Address already in use" in done.stderr or "in use" in done.stderr
