@@ -49,7 +49,7 @@ from typing import Any
 
 from courtyard import throwaway
 from courtyard.testing import free_port
-from harness import load, require, save, smoke, table, wait_for
+from harness import load, median_rows, require, save, smoke, table, wait_for
 from servers import write_bench_plugins
 
 INTERNAL = {"X-Courtyard-Internal": "true"}
@@ -250,16 +250,7 @@ def main() -> None:
         a, b = nodes[0], nodes[1]
         print(f"propagation: {args.uploads} upload(s) on {a.name}, served by {b.name}")
         spread = propagation(a, b, args.uploads)
-    rows: list[dict[str, object]] = [
-        {
-            "target": name,
-            "rps": statistics.median(s["rps"] for s in runs),
-            "p50_ms": statistics.median(s["p50_ms"] for s in runs),
-            "p99_ms": statistics.median(s["p99_ms"] for s in runs),
-            "errors": int(sum(s["errors"] for s in runs)),
-        }
-        for name, runs in samples.items()
-    ]
+    rows = median_rows(samples, "target")
     timing = [
         {"measure": measure, **{k: "-" if v is None else v for k, v in spread[measure].items()}}
         for measure in ("a_answered", "served_on_b", "b_after_a_answered")

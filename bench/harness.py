@@ -250,14 +250,14 @@ def side_by_side(
     return samples
 
 
-def compare(
-    samples: dict[str, list[dict[str, float]]], ours: str, base: str
-) -> tuple[list[dict[str, object]], dict[str, object]]:
-    """A row per server (each figure the median over the rounds), and `ours` / `base`
-    requests per second: the median of the rounds' ratios and the worst round's."""
-    rows: list[dict[str, object]] = [
+def median_rows(
+    samples: dict[str, list[dict[str, float]]], label: str = "server"
+) -> list[dict[str, object]]:
+    """A row per measured target (named under `label`): each figure the median over its
+    rounds, the errors summed."""
+    return [
         {
-            "server": name,
+            label: name,
             "rps": statistics.median(s["rps"] for s in runs),
             "p50_ms": statistics.median(s["p50_ms"] for s in runs),
             "p99_ms": statistics.median(s["p99_ms"] for s in runs),
@@ -265,6 +265,14 @@ def compare(
         }
         for name, runs in samples.items()
     ]
+
+
+def compare(
+    samples: dict[str, list[dict[str, float]]], ours: str, base: str
+) -> tuple[list[dict[str, object]], dict[str, object]]:
+    """A row per server (each figure the median over the rounds), and `ours` / `base`
+    requests per second: the median of the rounds' ratios and the worst round's."""
+    rows = median_rows(samples)
     ratios = [o["rps"] / b["rps"] for o, b in zip(samples[ours], samples[base], strict=True)]
     summary = {f"{ours}/{base} rps": statistics.median(ratios), "worst round": min(ratios)}
     return rows, summary
