@@ -1,20 +1,20 @@
 """The hub bus: the memory bus of one of several server processes (`courtyard serve
 --workers N`, `event_bus = "memory"`), through which every process sees every event.
 
-The supervisor (servers/supervisor.py) holds the hub: one connection per server process,
-a Unix socket pair it made and the process inherited (`use_hub`). A publish goes to the
-hub, which gives the event its id (`<milliseconds>-<sequence>`, as the memory bus does:
-one clock, so ids are the same and increase in every process), keeps the last
-`event_history` events, and sends the event to every process, the publisher included;
-each process then delivers it to its subscribers and holds it for resumes exactly as
-`MemoryEventBus` does (its subclass here). The publisher's `publish` returns once its own
-copy is back, with the id. A process (re)started later first gets what the hub holds,
-so a client's `Last-Event-ID` resumes on any process.
+The supervisor (servers/supervisor.py) holds the hub (servers/hub.py): one connection
+per server process, a Unix socket pair it made and the process inherited (`use_hub`). A
+publish goes to the hub, which gives the event its id (`<milliseconds>-<sequence>`, as
+the memory bus does: one clock, so ids are the same and increase in every process),
+keeps the last `event_history` events, and sends the event to every process, the
+publisher included; each process then delivers it to its subscribers and holds it for
+resumes exactly as `MemoryEventBus` does (its subclass here). The publisher's `publish`
+returns once its own copy is back, with the id. A process (re)started later first gets
+what the hub holds, so a client's `Last-Event-ID` resumes on any process.
 
 If the connection to the hub breaks (the supervisor is gone, or dropped a process that
 did not read its events), the process does not go on alone: it logs the error, every
 subscription lags, publishes and subscribes are refused (`EventBusUnavailable`), and
-`/api/health/ready` answers 503 (`ping`).
+`/api/health/ready` answers 503 (`events`).
 
 The wire: lines of compact JSON, each one message.
 
