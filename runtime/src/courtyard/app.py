@@ -20,7 +20,8 @@ from courtyard_sdk.origin import allows_without_origin
 from courtyard_sdk.request_ids import REQUEST_ID
 from courtyard_sdk.status import PluginStatus
 from pydantic import BaseModel
-from quart import Blueprint, Quart, Request, Response, g, request, websocket
+from quart import Blueprint, Quart, Request, Response, g, websocket
+from quart.globals import request_ctx
 from quart.json.provider import DefaultJSONProvider
 from quart_schema import QuartSchema
 
@@ -40,6 +41,7 @@ from .core import (
 )
 from .core.meta import CourtyardOpenAPIProvider
 from .limits import UPLOAD_PATHS
+from .quart_app import GenerationApp
 from .request_audit import watch_requests
 from .routes import mount_plugins
 
@@ -57,7 +59,7 @@ def create_app(
     :param explain_failures: answer requests under a failed plugin's base with why it
         failed (`courtyard dev`), rather than 404.
     """
-    app = Quart("courtyard", static_folder=None)  # no /static route to shadow an app
+    app = GenerationApp("courtyard", static_folder=None)  # no /static route to shadow an app
     app.request_class = cast(
         "type[_Request]",
         type("Request", (_Request,), {"upload_max_bytes": generation.settings.upload_max_bytes}),
@@ -202,10 +204,13 @@ def _install_request_path(app: Quart, generation: Generation) -> None:
     auth, credentials = generation.services.auth, generation.credentials
 
     async def before() -> Any:
+        # The request itself, not the `request` proxy: each access through it costs a lookup.
+        current = request_ctx.request
+        headers = current.headers
         # Set in the request's own task: its after-request function sees it too.
-        REQUEST_ID.set(security.request_id_for(request.headers.get("X-Request-Id")))
+        REQUEST_ID.set(security.request_id_for(headers.get("X-Request-Id")))
         # A bad credential is refused here (401), before anything else looks at it.
-        identity = await auth.identify(request.headers, credentials)
+        identity = await auth.identify(headers, credentials, current.remote_addr)
         # No credential header: a console session cookie may stand for one.
         session = await console.session_identity(auth) if identity.kind == "anonymous" else None
         from_cookie = session is not None
@@ -213,29 +218,31 @@ def _install_request_path(app: Quart, generation: Generation) -> None:
         setattr(g, G_ATTRIBUTE, identity)
         # A verified credential header is no browser's doing: only requests without one,
         # and every request a session cookie authenticates, are checked for their origin.
-        if request.method in security.STATE_CHANGING and (
+        if current.method in security.STATE_CHANGING and (
             from_cookie or not identity.authenticated
         ):
-            view = app.view_functions.get(request.url_rule.endpoint) if request.url_rule else None
+            rule = current.url_rule
+            view = app.view_functions.get(rule.endpoint) if rule else None
             # A route's own 401 comes before any 403: a client answers it with a key.
             check(*getattr(view, PERMISSIONS_ATTRIBUTE, ()))
             security.check_origin(
-                request.scheme,
-                request.host,
-                request.headers,
+                current.scheme,
+                current.host,
+                headers,
                 may_omit=allows_without_origin(view) and not from_cookie,
             )
         if on_request:  # the first answer that is not None is sent
-            return await on_request.first(request=request)
+            return await on_request.first(request=current)
         return None
 
     async def after(response: Response) -> Response:
+        current = request_ctx.request
         if on_response:  # each may replace the response
             response = await on_response.fold(
-                "response", app.make_response, request=request, response=response
+                "response", app.make_response, request=current, response=response
             )
         response.headers["X-Request-Id"] = REQUEST_ID.get()
-        if audit is not None and request.method in security.STATE_CHANGING:
+        if audit is not None and current.method in security.STATE_CHANGING:
             await audit.after(response.status_code)  # queued: no database write here
         return response
 
