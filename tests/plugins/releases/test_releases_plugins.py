@@ -118,3 +118,56 @@ async def test_plugin_instances_are_checked_against_the_plugins_schema(courtyard
     error(await carol.delete(f"/api/v1/plugin-instances/{made['id']}"), 404,
           "PLUGIN_INSTANCE_NOT_FOUND")  # fmt: skip
     data(await alice.delete(f"/api/v1/plugin-instances/{made['id']}"), 204)
+
+
+async def test_one_read_at_a_time_refreshes_a_tenants_disabled_plugins(monkeypatch):
+    import asyncio
+    from contextlib import asynccontextmanager
+
+    from courtyard_releases import plugin_registry
+
+    reads: list[str] = []
+    answer = {"off": frozenset({"notes"})}
+    release = asyncio.Event()
+
+    class Session:
+        async def exec(self, statement: Any) -> Any:
+            reads.append("read")
+            off = answer["off"]  # what the database holds when the query runs
+            await release.wait()
+            return type("Result", (), {"all": lambda self: off})()
+
+    class Api:
+        @asynccontextmanager
+        async def session_for(self, tenant: str) -> Any:
+            yield Session()
+
+    disabled = plugin_registry.Disabled(Api())  # type: ignore[arg-type]
+    first = [asyncio.create_task(disabled.of("t1")) for _ in range(20)]
+    await asyncio.sleep(0)
+    release.set()
+    assert {frozenset(r) for r in await asyncio.gather(*first)} == {frozenset({"notes"})}
+    assert reads == ["read"]  # twenty requests, one query
+
+    # Once the answer is old, one request reads again; the others keep the old answer.
+    monkeypatch.setattr(plugin_registry, "CACHE_SECONDS", 0.0)
+    release.clear()
+    answer["off"] = frozenset()
+    stale = await asyncio.gather(*(disabled.of("t1") for _ in range(20)))
+    assert set(stale) == {frozenset({"notes"})} and reads == ["read", "read"]
+    release.set()
+    await asyncio.sleep(0.01)
+    monkeypatch.setattr(plugin_registry, "CACHE_SECONDS", 60.0)
+    assert await disabled.of("t1") == frozenset()
+
+    # A change made here is seen at once, even with a read under way.
+    release.clear()
+    disabled.forget("t1")
+    waiting = asyncio.create_task(disabled.of("t1"))
+    while len(reads) < 3:  # its query has run
+        await asyncio.sleep(0)
+    answer["off"] = frozenset({"notes"})
+    disabled.forget("t1")
+    release.set()
+    assert await waiting == frozenset()  # it asked before the change
+    assert await disabled.of("t1") == frozenset({"notes"})  # not the answer kept

@@ -10,6 +10,8 @@ touched. The releases plugin itself cannot be disabled (its own API would go wit
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import time
 from typing import Any
@@ -68,26 +70,58 @@ class InstanceUpdate(Body):
 
 class Disabled:
     """Each tenant's disabled plugins, as read at most `CACHE_SECONDS` ago (every request
-    to a plugin's route asks; a change made here is seen at once)."""
+    to a plugin's route asks; a change made here is seen at once).
+
+    One read at a time per tenant: once the answer is old, the request that notices starts
+    a read, and the others keep the old answer meanwhile rather than each reading too (a
+    stampede of queries every `CACHE_SECONDS` under load)."""
 
     def __init__(self, api: Api) -> None:
         self.api = api
         self._read: dict[str, tuple[float, frozenset[str]]] = {}
+        self._reading: dict[str, asyncio.Task[frozenset[str]]] = {}
 
     async def of(self, tenant: str) -> frozenset[str]:
         """The plugins `tenant` disabled."""
         read = self._read.get(tenant)
         if read is not None and time.monotonic() - read[0] < CACHE_SECONDS:
             return read[1]
-        async with self.api.session_for(tenant) as session:
-            statement = select(PluginSetting.plugin).where(PluginSetting.enabled == False)  # noqa: E712
-            names = frozenset((await session.exec(statement)).all())
-        self._read[tenant] = (time.monotonic(), names)
-        return names
+        reading = self._reading.get(tenant)
+        if reading is None:
+            # A fresh context: a copy of the request's would keep the request alive.
+            reading = asyncio.get_running_loop().create_task(
+                self._fetch(tenant), context=contextvars.Context()
+            )
+            reading.add_done_callback(_retrieve)
+            self._reading[tenant] = reading
+        if read is not None:
+            return read[1]
+        return await asyncio.shield(reading)
+
+    async def _fetch(self, tenant: str) -> frozenset[str]:
+        me = asyncio.current_task()
+        try:
+            async with self.api.session_for(tenant) as session:
+                statement = select(PluginSetting.plugin).where(PluginSetting.enabled == False)  # noqa: E712
+                names = frozenset((await session.exec(statement)).all())
+            if self._reading.get(tenant) is me:  # not begun before a `forget`
+                self._read[tenant] = (time.monotonic(), names)
+            return names
+        finally:
+            if self._reading.get(tenant) is me:
+                del self._reading[tenant]
 
     def forget(self, tenant: str) -> None:
-        """Read `tenant`'s choices again at the next request."""
+        """Read `tenant`'s choices again at the next request (a read begun before the
+        change answers the requests waiting for it, and is not kept)."""
         self._read.pop(tenant, None)
+        self._reading.pop(tenant, None)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Take a read's failure off the task: the requests waiting for it got it."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def refuse_disabled(disabled: Disabled) -> None:
