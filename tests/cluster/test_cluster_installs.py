@@ -157,7 +157,7 @@ def test_health_details_the_cluster_api_and_courtyard_status(cluster: Cluster, p
         return answer.json()
 
     def caught_up(instance: Instance) -> bool:
-        """Every instance listed has reported the revision (each reports every second)."""
+        """Every instance listed has reported the revision (each reports every 2 s)."""
         return all(e["revision"] == revision for e in listing(instance)["instances"])
 
     for instance in (a, b):

@@ -96,12 +96,6 @@ async def upload_app() -> dict[str, Any]:
             raise ApiError(400, "PATH_TRAVERSAL", f"Invalid package name: {exc}") from None
         except AppManifestError as exc:
             raise ApiError(400, "INVALID_MANIFEST", str(exc)) from None
-        exists = ApiError(
-            409,
-            "VERSION_EXISTS",
-            f"{name} {version} is installed; versions are "
-            "immutable (add ?overwrite=true to replace it)",
-        )
         async with host.apps.changes, host.replication.lock(APP):
             host.apps.registry.invalidate()
             installed = host.apps.registry.get(name)
@@ -110,7 +104,7 @@ async def upload_app() -> dict[str, Any]:
             version = same or version  # an overwrite keeps the installed spelling
             destination = app_dir / name / version
             if (same or destination.exists()) and not overwrite:
-                raise exists
+                raise _version_exists(name, version)
             journal = install_tree(received.content, destination)
             path = f"{name}/{version}"
             try:
@@ -121,7 +115,7 @@ async def upload_app() -> dict[str, Any]:
             except BaseException as exc:
                 restore_tree(journal, destination)
                 if isinstance(exc, AlreadyInstalled):
-                    raise exists from None
+                    raise _version_exists(name, version) from None
                 raise
             host.replication.marked(APP, path, received.archive.sha256)
             host.apps.registry.invalidate()
@@ -134,6 +128,15 @@ async def upload_app() -> dict[str, Any]:
         "success": True,
         "data": {"app": {"name": name, "version": version, "installedAt": str(destination)}},
     }
+
+
+def _version_exists(name: str, version: str) -> ApiError:
+    return ApiError(
+        409,
+        "VERSION_EXISTS",
+        f"{name} {version} is installed; versions are immutable (add ?overwrite=true to "
+        "replace it)",
+    )
 
 
 def _installed_app(scope: str, name: str, missing: ApiError) -> tuple[str, App]:

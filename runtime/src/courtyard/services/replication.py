@@ -26,6 +26,7 @@ import contextlib
 import contextvars
 import fcntl
 import io
+import itertools
 import logging
 import os
 import socket
@@ -42,11 +43,14 @@ from .store import APP, KEYS, PLUGIN, RELOAD, Archive, Instance, Store, now
 
 log = logging.getLogger("courtyard.replication")
 
-POLL_INTERVAL = 0.5  # seconds between two looks at the log without a wake-up
-HEARTBEAT = 1.0  # seconds between two reports of this instance
+# Seconds between two looks at the log without a wake-up (the bus wakes the followers at
+# once; this is for a wake-up missed), and between two reports of this instance: each is
+# a query or a write that serving pays for.
+POLL_INTERVAL = 1.0
+HEARTBEAT = 2.0
 # An instance not seen for this long is not waited for: long enough that a busy instance
 # late with its report is still waited for (a killed one costs a change SETTLE_TIMEOUT).
-LIVE_WITHIN = 10 * HEARTBEAT
+LIVE_WITHIN = 5 * HEARTBEAT
 SETTLE_TIMEOUT = 5.0  # seconds a change waits for the others to apply it
 WAKE_TOPIC = "courtyard.store.changed"
 
@@ -324,9 +328,11 @@ class Replicator:
         await self._report()
 
     async def _heartbeat(self) -> None:
-        while True:
+        for beat in itertools.count():
             with contextlib.suppress(Exception):
                 await self._report()
+                if beat % 1800 == 0:  # at the start, then about once an hour
+                    await self.store.forget_gone()
             await asyncio.sleep(HEARTBEAT)
 
     async def _report(self) -> None:

@@ -271,6 +271,8 @@ class Store:
                     .order_by(CHANGES.c.revision)
                 )
             ).all()
+            if not rows:  # the usual answer of a poll: one query
+                return [], True
             oldest = await connection.scalar(sa.select(sa.func.min(CHANGES.c.revision)))
         changes = [Change(r.revision, r.kind, r.path, r.sha256, r.instance) for r in rows]
         return changes, oldest is None or oldest <= revision + 1
@@ -305,10 +307,12 @@ class Store:
         async with self.database.engine.begin() as connection:
             await connection.execute(INSTANCES.delete().where(INSTANCES.c.id == instance.id))
             await connection.execute(INSTANCES.insert().values(**values))
-            # Forget instances not seen for a day: they are gone, not lagging.
-            await connection.execute(
-                INSTANCES.delete().where(INSTANCES.c.seen_at < instance.seen_at - LOG_KEPT)
-            )
+
+    async def forget_gone(self) -> None:
+        """Forget instances not seen for a day: they are gone, not lagging."""
+        async with self.database.engine.begin() as connection:
+            gone = INSTANCES.c.seen_at < now() - LOG_KEPT
+            await connection.execute(INSTANCES.delete().where(gone))
 
     async def leave(self, instance_id: str) -> None:
         """Forget an instance that stops (others no longer wait for it)."""
