@@ -21,11 +21,6 @@ def set_worker(index: int | None) -> None:
     _worker = index
 
 
-def worker_index() -> int | None:
-    """This process's index among the server's processes; None when it is the only one."""
-    return _worker
-
-
 def per_worker(folder: Path) -> Path:
     """`folder` itself in a single server process, `folder/<index>` in each of several:
     for what each process keeps to itself (app workers' sockets, dispatcher.py)."""

@@ -18,7 +18,6 @@ With the embedded SQLite database this serves the processes of one `courtyard se
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -354,8 +353,3 @@ def _instance(row: Any) -> Instance:
         started_at=_utc(row.started_at),
         seen_at=_utc(row.seen_at),
     )
-
-
-def paths_under(paths: Iterable[str], path: str) -> list[str]:
-    """The paths of `paths` at `path` or inside it."""
-    return [p for p in paths if p == path or p.startswith(path + "/")]
