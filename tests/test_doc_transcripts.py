@@ -38,6 +38,8 @@ COMMAND_LINES = (b"  $ ", b"  > ")  # prysk's commands, and the lines that conti
 RUN_MARKER = "COURTYARD_DOCS_RUN"
 # Set by this run of the tests, unknown to a reader's shell.
 OUR_VARIABLES = ("COURTYARD_", "PYTEST_", "VIRTUAL_ENV")
+# Set by CI, where pytest stops shortening its summary lines to the terminal's width.
+CI_VARIABLES = ("CI", "BUILD_NUMBER")
 PAGE_TIMEOUT = 300  # seconds: a page that hangs (a server that never starts) fails
 
 pytestmark = pytest.mark.slow  # each page starts servers and runs uv: CI's slow step
@@ -75,7 +77,11 @@ def run_page(page: Path, workdir: Path, env: dict[str, str], port: int) -> None:
         for line in transcript(page.read_bytes())
     ]
     shell_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(OUR_VARIABLES)},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(OUR_VARIABLES) and k not in CI_VARIABLES
+        },
         **env,
         "COURTYARD_PORT": str(port),  # instead of the default, 8000
         # Temporary folders (`mktemp -d`) inside the run's folder.
