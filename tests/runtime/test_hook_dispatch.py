@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from courtyard.hooks import Failure, Hooks, as_list
-from courtyard_sdk import Blueprint, hookimpl
+from courtyard_sdk import Blueprint, hookimpl, only_under
 
 
 @dataclass
@@ -202,3 +202,37 @@ async def test_chain_first_answer_wins_and_fold_passes_the_replaced_value_on(tra
         assert "request='late'" in traced[2]
     else:
         assert traced == []
+
+
+@pytest.mark.parametrize("trace", [False, True])
+async def test_chain_skips_an_implementation_marked_for_other_paths(trace):
+    hooks = Hooks(trace=trace)
+    seen = []
+
+    def mine(request):
+        seen.append(("mine", request.path))
+
+    def everywhere(request):
+        seen.append(("everywhere", request.path))
+
+    plugins = [
+        plugin(hooks, "api", courtyard_request=only_under("/api/v1", "/v1")(mine)),
+        plugin(hooks, "all", courtyard_request=everywhere),
+        plugin(
+            hooks, "root", courtyard_request=only_under("/")(lambda request: everywhere(request))
+        ),
+    ]
+    requests = hooks.chain(plugins, "courtyard_request")
+    for path in ("/api/v1", "/api/v1/jobs", "/api/v10", "/v1/x", "/other"):
+        await requests.first(request=types.SimpleNamespace(path=path))
+    assert [name for name, path in seen if name == "mine"] == ["mine"] * 3
+    assert [path for name, path in seen if name == "mine"] == ["/api/v1", "/api/v1/jobs", "/v1/x"]
+    assert len([name for name, _ in seen if name == "everywhere"]) == 10  # "/" is every path
+
+
+@pytest.mark.parametrize("prefix", ["api", "/api/", ""])
+def test_only_under_refuses_a_prefix_that_is_not_an_absolute_path(prefix):
+    with pytest.raises(ValueError, match="must start with /"):
+        only_under(prefix)
+    with pytest.raises(ValueError, match="at least one"):
+        only_under()

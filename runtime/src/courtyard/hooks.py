@@ -33,6 +33,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import pluggy
 from courtyard_sdk import PluginContext, hookspecs
+from courtyard_sdk.hook_paths import hook_paths
 
 from . import tracing
 
@@ -117,18 +118,37 @@ def _arguments(names: tuple[str, ...]) -> Arguments:
     return lambda kwargs: ()
 
 
+class Paths:
+    """The paths a chained implementation concerns (`courtyard_sdk.only_under`), in the form
+    that is quick to test on every request."""
+
+    __slots__ = ("below", "exact")
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        self.exact = frozenset(prefixes)
+        self.below = tuple(prefix + "/" for prefix in prefixes)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.exact or (isinstance(path, str) and path.startswith(self.below))
+
+
+Call = tuple[Callable[..., Any], Arguments, Any, Paths | None]
+
+
 class Chain:
     """One request-path hook across plugins, ready to call on every request.
 
-    Each entry is an implementation's function, a picker of the arguments it declares and
-    the plugin's context; the loops below call it as pluggy would (positional arguments in
-    the declared order), await what is awaitable, and apply the hook's rule.
+    Each entry is an implementation's function, a picker of the arguments it declares, the
+    plugin's context and the paths it concerns (None: all); the loops below call it as
+    pluggy would (positional arguments in the declared order), await what is awaitable,
+    and apply the hook's rule. An entry for other paths than the request's is skipped.
     """
 
-    __slots__ = ("_calls",)
+    __slots__ = ("_calls", "_scoped")
 
-    def __init__(self, calls: list[tuple[Callable[..., Any], Arguments, Any]]) -> None:
+    def __init__(self, calls: list[Call]) -> None:
         self._calls = calls
+        self._scoped = any(paths is not None for *_, paths in calls)
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -136,7 +156,10 @@ class Chain:
     async def first(self, **kwargs: Any) -> Any:
         """Call in order until one answers: the first result that is not None, or None
         (`courtyard_request`)."""
-        for function, arguments, ctx in self._calls:
+        path = kwargs["request"].path if self._scoped else None
+        for function, arguments, ctx, paths in self._calls:
+            if paths is not None and path not in paths:
+                continue
             kwargs["ctx"] = ctx
             result = function(*arguments(kwargs))
             if inspect.isawaitable(result):
@@ -151,7 +174,10 @@ class Chain:
 
         :return: the argument `name` after the last call.
         """
-        for function, arguments, ctx in self._calls:
+        path = kwargs["request"].path if self._scoped else None
+        for function, arguments, ctx, paths in self._calls:
+            if paths is not None and path not in paths:
+                continue
             kwargs["ctx"] = ctx
             result = function(*arguments(kwargs))
             if inspect.isawaitable(result):
@@ -287,19 +313,22 @@ class Hooks:
         Each is called directly, skipping pluggy's dispatch; with tracing on, through
         pluggy, so that every call is logged.
         """
-        calls: list[tuple[Callable[..., Any], Arguments, Any]] = []
+        calls: list[Call] = []
         for plugin in plugins:
             impl = self.implementation(plugin, hook)
             if impl is None:
                 continue
+            prefixes = hook_paths(impl.function)
+            paths = Paths(prefixes) if prefixes and "/" not in prefixes else None
             if self.traced:
-                calls.append(self._traced_call(plugin, hook))
+                function, arguments = self._traced_call(plugin, hook)
             else:
-                calls.append((impl.function, _arguments(tuple(impl.argnames)), plugin.ctx))
+                function, arguments = impl.function, _arguments(tuple(impl.argnames))
+            calls.append((function, arguments, plugin.ctx, paths))
         return Chain(calls)
 
-    def _traced_call(self, plugin: Plugin, hook: str) -> tuple[Callable[..., Any], Arguments, Any]:
-        """A chain entry calling through pluggy: takes every argument of the hookspec."""
+    def _traced_call(self, plugin: Plugin, hook: str) -> tuple[Callable[..., Any], Arguments]:
+        """A chain entry's call through pluggy: takes every argument of the hookspec."""
         spec = getattr(self.pm.hook, hook).spec
         assert spec is not None
         names = tuple(spec.argnames)
@@ -309,4 +338,4 @@ class Hooks:
             del arguments["ctx"]  # call() passes the plugin's own
             return self.call(plugin, hook, **arguments)
 
-        return call, _arguments(names), plugin.ctx
+        return call, _arguments(names)

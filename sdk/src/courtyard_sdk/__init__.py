@@ -33,6 +33,7 @@ from .errors import (
     StartupError,
 )
 from .events import sse_response, stream_to_websocket
+from .hook_paths import only_under
 from .manifest import Manifest, Menu, SettingSpec, parse_manifest, read_manifest
 from .names import is_valid_name
 from .origin import allow_without_origin
@@ -71,6 +72,7 @@ __all__ = [
     "hookspecs",
     "is_valid_name",
     "jsonify",
+    "only_under",
     "parse_manifest",
     "read_manifest",
     "request",

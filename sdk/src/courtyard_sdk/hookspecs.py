@@ -96,8 +96,9 @@ def courtyard_startup(ctx: PluginContext) -> None:
 def courtyard_request(ctx: PluginContext, request: Request) -> Response | None:
     """Look at (or answer) every HTTP request before it reaches its route.
 
-    Called for every request, plugin by plugin in dependency order. May be a coroutine
-    function. Returning a response (anything a Quart view may return) short-circuits: later
+    Called for every request, plugin by plugin in dependency order (only for some paths
+    when marked with `courtyard_sdk.only_under`). May be a coroutine function, or return
+    an awaitable. Returning a response (anything a Quart view may return) short-circuits: later
     plugins and the route are skipped, and that response is sent (response hooks still
     run).
 
@@ -112,7 +113,9 @@ def courtyard_response(ctx: PluginContext, request: Request, response: Response)
     """Look at (or replace) every HTTP response before it is sent.
 
     Called for every response, error responses included, in reverse dependency order (the
-    plugin that saw the request first sees the response last). May be a coroutine function.
+    plugin that saw the request first sees the response last); only for some paths when
+    marked with `courtyard_sdk.only_under`. May be a coroutine function, or return an
+    awaitable.
 
     :param ctx: the plugin's context.
     :param request: the current Quart request.

@@ -51,8 +51,11 @@ async def courtyard_shutdown(ctx: PluginContext) -> None:
 
 
 @hookimpl
-async def courtyard_request(ctx: PluginContext, request: Request) -> Any:
-    """Answer CORS preflights, then take a token; a refused request gets 429."""
+def courtyard_request(ctx: PluginContext, request: Request) -> Any:
+    """Answer CORS preflights, then take a token; a refused request gets 429.
+
+    A plain function, which returns the rate limiting's coroutine only where rules apply:
+    it runs on every request, and most servers have no rules."""
     gateway = ctx.state.get(Gateway)
     if gateway is None:
         return None
@@ -72,6 +75,11 @@ async def courtyard_request(ctx: PluginContext, request: Request) -> Any:
             return Response("", status=204, headers=headers)
     if not gateway.has_rules:
         return None
+    return _take_token(gateway, request)
+
+
+async def _take_token(gateway: Gateway, request: Request) -> Any:
+    """The 429 answer when `request` finds its bucket empty, else None."""
     limited = await gateway.limit(request)
     if limited is None:
         return None

@@ -10,9 +10,10 @@ into the API's envelope.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
-from courtyard_sdk import Blueprint, PluginContext, Request, Response, hookimpl
+from courtyard_sdk import Blueprint, PluginContext, Response, hookimpl, only_under
 
 from . import (
     agent_routes,
@@ -78,19 +79,16 @@ async def courtyard_shutdown(ctx: PluginContext) -> None:
 
 
 @hookimpl
-async def courtyard_request(ctx: PluginContext) -> None:
+def courtyard_request(ctx: PluginContext) -> Awaitable[None] | None:
     """Refuse the routes of a plugin the caller's tenant disabled (plugin_registry.py)."""
-    await refuse_disabled(ctx.state[Disabled])
+    return refuse_disabled(ctx.state[Disabled])
 
 
 @hookimpl
-async def courtyard_response(
-    ctx: PluginContext, request: Request, response: Response
-) -> Response | None:
+@only_under(PREFIX)
+async def courtyard_response(ctx: PluginContext, response: Response) -> Response | None:
     """Every error under `/api/v1` in the API's envelope."""
-    if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
-        return await rewrap(response)
-    return None
+    return await rewrap(response)
 
 
 @hookimpl

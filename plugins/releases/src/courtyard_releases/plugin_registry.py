@@ -14,6 +14,7 @@ import asyncio
 import contextvars
 import json
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from courtyard_sdk import ApiError, Blueprint, Response, SettingsError, request
@@ -83,20 +84,25 @@ class Disabled:
 
     async def of(self, tenant: str) -> frozenset[str]:
         """The plugins `tenant` disabled."""
+        known = self.known(tenant)
+        if known is not None:
+            return known
+        return await asyncio.shield(self._reading[tenant])
+
+    def known(self, tenant: str) -> frozenset[str] | None:
+        """The plugins `tenant` disabled as last read, without waiting (a read starts when
+        that answer is old); None before the first read is done."""
         read = self._read.get(tenant)
         if read is not None and time.monotonic() - read[0] < CACHE_SECONDS:
             return read[1]
-        reading = self._reading.get(tenant)
-        if reading is None:
+        if tenant not in self._reading:
             # A fresh context: a copy of the request's would keep the request alive.
             reading = asyncio.get_running_loop().create_task(
                 self._fetch(tenant), context=contextvars.Context()
             )
             reading.add_done_callback(_retrieve)
             self._reading[tenant] = reading
-        if read is not None:
-            return read[1]
-        return await asyncio.shield(reading)
+        return None if read is None else read[1]
 
     async def _fetch(self, tenant: str) -> frozenset[str]:
         me = asyncio.current_task()
@@ -124,17 +130,33 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-async def refuse_disabled(disabled: Disabled) -> None:
-    """Refuse a request to a plugin the caller's tenant disabled (`courtyard_request`).
+def refuse_disabled(disabled: Disabled) -> Awaitable[None] | None:
+    """Refuse a request to a plugin the caller's tenant disabled (`courtyard_request`, on
+    every request: it waits only for the first read of a tenant's choices).
 
     :raises ApiError: 403 `PLUGIN_DISABLED`.
+    :return: None, or what to await when the tenant's choices are not read yet.
     """
     plugin = current_plugin()
     if plugin is None or plugin == SELF:
-        return
+        return None
     identity = current_identity()
     tenant = OPEN_TENANT if identity.kind == "open" else identity.tenant_id
-    if tenant is not None and plugin in await disabled.of(tenant):
+    if tenant is None:
+        return None
+    known = disabled.known(tenant)
+    if known is None:
+        return _refuse_once_read(disabled, tenant, plugin)
+    _refuse_if_in(plugin, known)
+    return None
+
+
+async def _refuse_once_read(disabled: Disabled, tenant: str, plugin: str) -> None:
+    _refuse_if_in(plugin, await disabled.of(tenant))
+
+
+def _refuse_if_in(plugin: str, disabled: frozenset[str]) -> None:
+    if plugin in disabled:
         raise ApiError(403, "PLUGIN_DISABLED", f"plugin {plugin} is disabled for this tenant")
 
 

@@ -15,7 +15,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from courtyard_sdk import ApiError, Blueprint, PluginContext, Request, Response, hookimpl
+from courtyard_sdk import (
+    ApiError,
+    Blueprint,
+    PluginContext,
+    Request,
+    Response,
+    hookimpl,
+    only_under,
+)
 
 from . import agent_routes, page, routes
 from .errors import PREFIX, envelope
@@ -133,20 +141,20 @@ async def courtyard_shutdown(ctx: PluginContext) -> None:
 
 
 @hookimpl
-async def courtyard_request(ctx: PluginContext, request: Request) -> Any:
+@only_under(PREFIX)
+def courtyard_request(ctx: PluginContext, request: Request) -> Any:
     """RustCI's rate limits on its documented routes."""
     state = ctx.state.get(State)
-    if state is None or state.limiter is None or not request.path.startswith(PREFIX):
+    if state is None or state.limiter is None:
         return None
     return state.limiter.check(request)
 
 
 @hookimpl
+@only_under(PREFIX)
 async def courtyard_response(ctx: PluginContext, request: Request, response: Response) -> Any:
     """RustCI's envelope for every error under `/api/runners`, whoever answered it; the
     X-RateLimit-* headers of a limited route."""
-    if not request.path.startswith(PREFIX):
-        return None
     state = ctx.state.get(State)
     if state is not None and state.limiter is not None:
         state.limiter.headers(request, response)
