@@ -42,6 +42,9 @@ QUEUE = "platform.pipeline"
 UNIQUE_TTL = 86400.0
 RENDERING = ("manifestRenderer", "deployer", "promoter")
 DRAIN_SECONDS = 10.0  # how long a stopping instance lets running steps finish
+# How long one lease call of an idle consumer lasts. Not how often it looks: an enqueue
+# wakes it at once, and the queues plugin looks again every `poll_seconds` of its own.
+LEASE_WAIT_SECONDS = 30.0
 
 Publish = Callable[[str], Awaitable[None]]
 Audit = Callable[[str, str, dict[str, Any]], Awaitable[None]]
@@ -181,7 +184,7 @@ class Pipeline:
                     self._busy.discard(worker_id)
 
     async def _lease(self, worker_id: str) -> Any:
-        return await self.queue().lease(worker_id, self.settings["poll_seconds"])
+        return await self.queue().lease(worker_id, LEASE_WAIT_SECONDS)
 
     async def run_task(self, task: Any, worker_id: str) -> None:
         """Run the step a leased task names, renewing its lease meanwhile."""
