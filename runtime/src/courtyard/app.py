@@ -26,7 +26,7 @@ from quart.json.provider import DefaultJSONProvider
 from quart_schema import QuartSchema
 
 from . import __version__, console, errors, security
-from .asgi import header
+from .asgi import Scope, header
 from .core import (
     GENERATION,
     RUNTIME,
@@ -210,7 +210,8 @@ def _install_request_path(app: Quart, generation: Generation) -> None:
         headers = current.headers
         # Set in the request's own task: its after-request function sees it too. From the
         # scope: werkzeug's lookup of a header the request lacks raises and catches inside.
-        REQUEST_ID.set(security.request_id_for(header(current.scope, b"x-request-id")))
+        scope = cast(Scope, current.scope)  # Quart types it as a TypedDict
+        REQUEST_ID.set(security.request_id_for(header(scope, b"x-request-id")))
         # A bad credential is refused here (401), before anything else looks at it.
         identity = await auth.identify(headers, credentials, current.remote_addr)
         # No credential header: a console session cookie may stand for one.
