@@ -162,6 +162,8 @@ class Chain:
                 continue
             kwargs["ctx"] = ctx
             result = function(*arguments(kwargs))
+            if result is None:  # most calls: spare the awaitable check (an ABC's)
+                continue
             if inspect.isawaitable(result):
                 result = await result
             if result is not None:
@@ -180,6 +182,8 @@ class Chain:
                 continue
             kwargs["ctx"] = ctx
             result = function(*arguments(kwargs))
+            if result is None:
+                continue
             if inspect.isawaitable(result):
                 result = await result
             if result is not None:

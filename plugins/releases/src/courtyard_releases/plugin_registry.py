@@ -137,14 +137,16 @@ def refuse_disabled(disabled: Disabled) -> Awaitable[None] | None:
     :raises ApiError: 403 `PLUGIN_DISABLED`.
     :return: None, or what to await when the tenant's choices are not read yet.
     """
-    plugin = current_plugin()
-    if plugin is None or plugin == SELF:
-        return None
     identity = current_identity()
     tenant = OPEN_TENANT if identity.kind == "open" else identity.tenant_id
     if tenant is None:
         return None
     known = disabled.known(tenant)
+    if known is not None and not known:  # most tenants disable nothing
+        return None
+    plugin = current_plugin()
+    if plugin is None or plugin == SELF:
+        return None
     if known is None:
         return _refuse_once_read(disabled, tenant, plugin)
     _refuse_if_in(plugin, known)
