@@ -209,6 +209,19 @@ async def test_static_file_memory_and_paths_are_bounded(tmp_path, monkeypatch):
     assert len(files._paths) == 3 and files._bytes <= 10
 
 
+async def test_a_file_looked_up_by_requests_at_once_is_kept_and_counted_once(tmp_path):
+    import asyncio
+
+    root = tmp_path / "v"
+    root.mkdir()
+    (root / "index.html").write_text("small")
+    files = StaticFiles()
+    version = AppVersion("v", "1.0.0", root, AppConfig(), files=files)
+    found = await asyncio.gather(*(files.get(version, "/index.html") for _ in range(8)))
+    assert all(f is found[0] for f in found)
+    assert files._bytes == len(b"small")
+
+
 async def test_an_overwritten_static_version_serves_its_new_files(courtyard, app_dir):
     add_app(app_dir, "site", "1.0.0", {"index.html": "first"})
     rt = await courtyard(entry_points=False)
@@ -239,6 +252,63 @@ async def test_routes_win_over_apps_of_the_same_name(courtyard, app_dir, plugin_
     assert (await rt.client.get("/hello@1/")).text == "<h1>hello 1.0.0</h1>"
     # The app's other paths are its own: the plugin has no route for them.
     assert (await rt.client.get("/hello/index.html")).text == "<h1>hello 1.0.0</h1>"
+
+
+async def test_routing_is_kept_until_the_routes_or_the_apps_change(
+    courtyard, app_dir, plugin_dir, monkeypatch
+):
+    from courtyard.generation import Generation
+
+    add_app(app_dir, "hello", "1.0.0")
+    rt = await courtyard(entry_points=False)
+    rt.dispatcher.apps.registry.ttl = 3600  # no rescan by the clock during the test
+    asked: list[str] = []
+    serves = Generation.serves
+    monkeypatch.setattr(
+        Generation,
+        "serves",
+        lambda self, path, method: asked.append(path) or serves(self, path, method),
+    )
+    for _ in range(3):
+        assert (await rt.client.get("/hello/")).text == "<h1>hello 1.0.0</h1>"
+    assert asked == ["/hello/"]  # the routes are asked once per path
+    # A plugin that comes with a reload claims the path from the next request on...
+    write_plugin(
+        plugin_dir,
+        "hello",
+        "",
+        "from courtyard_sdk import Blueprint, hookimpl\n"
+        "@hookimpl\ndef courtyard_routes(ctx):\n"
+        "    bp = Blueprint('h', __name__)\n"
+        "    bp.get('/')(lambda: {'from': 'plugin'})\n"
+        "    return bp\n",
+    )
+    assert (await rt.reload()).status_code == 200
+    assert (await rt.client.get("/hello/")).json() == {"from": "plugin"}
+    # ...and a version installed shows as soon as the apps are looked at again.
+    add_app(app_dir, "hello", "2.0.0")
+    rt.dispatcher.apps.registry.invalidate()
+    assert (await rt.client.get("/hello@2/")).text == "<h1>hello 2.0.0</h1>"
+
+
+async def test_every_answer_of_a_static_app_carries_the_request_id(courtyard, app_dir):
+    add_app(app_dir, "site", "1.0.0", {"index.html": "home", "docs/index.html": "docs"})
+    rt = await courtyard(entry_points=False)
+    etag = (await rt.client.get("/site/")).headers["etag"]
+    answers = {
+        200: await rt.client.get("/site/"),
+        304: await rt.client.get("/site/", headers={"If-None-Match": etag}),
+        308: await rt.client.get("/site/docs"),
+        404: await rt.client.get("/site/nowhere"),
+        400: await rt.client.get("/site@>=1/"),
+        405: await rt.client.post("/site/"),
+    }
+    for status, answer in answers.items():
+        assert answer.status_code == status
+        assert len(answer.headers.get_list("x-request-id")) == 1, status
+    assert (await rt.client.get("/site")).headers["x-request-id"]  # /site -> /site/
+    given = await rt.client.get("/site/", headers={"X-Request-Id": "trace-9"})
+    assert given.headers["x-request-id"] == "trace-9"
 
 
 def test_only_paths_no_route_can_match_skip_the_route_lookup():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from .redaction import redact
@@ -53,12 +53,14 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def with_header(send: Send, name: bytes, value: bytes) -> Send:
-    """A `send` that adds one header to the response start."""
+def with_headers(send: Send, headers: Sequence[tuple[bytes, bytes]]) -> Send:
+    """A `send` that adds `headers` to the response start (`send` itself if none)."""
+    if not headers:
+        return send
 
     async def wrapped(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", ()), (name, value)]}
+            message = {**message, "headers": [*message.get("headers", ()), *headers]}
         await send(message)
 
     return wrapped

@@ -27,7 +27,7 @@ from . import __version__
 from .app import create_app
 from .apps.registry import AppRegistry, app_folders
 from .apps.router import AppRequest, AppRouter
-from .asgi import Receive, Scope, Send, header, with_header
+from .asgi import Receive, Scope, Send, header
 from .core.uploads import limits
 from .generation import BuildError, Generation
 from .installs import accept_tree, clean_staging, install_tree, remove_tree, restore_tree
@@ -119,10 +119,9 @@ class Dispatcher:
     def app_for(self, scope: Scope) -> AppRequest | None:
         """The app a request goes to, or None: core and plugin routes come first."""
         generation = self.current
-        routed = self.apps.match(scope["path"])
-        if routed is None or generation is None:
+        if generation is None:
             return None
-        return None if generation.serves(scope["path"], scope.get("method")) else routed
+        return self.apps.route(scope["path"], scope.get("method"), generation)
 
     async def _serve_app(
         self, routed: AppRequest, scope: Scope, receive: Receive, send: Send
@@ -141,9 +140,8 @@ class Dispatcher:
             except ApiError as refusal:
                 await refuse(scope, send, refusal, rid)
                 return
-        await self.apps.serve(
-            routed, scope, receive, with_header(send, b"x-request-id", rid.encode())
-        )
+        # The router adds the id to every answer itself: no `send` wrapper on the way.
+        await self.apps.serve(routed, scope, receive, send, ((b"x-request-id", rid.encode()),))
 
     # Lifecycle ---------------------------------------------------------------------------
 

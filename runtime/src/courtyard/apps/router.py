@@ -1,20 +1,25 @@
 """Requests for apps: `/<name>[@range]/...` and `/@scope/name[@range]/...`.
 
-The Host asks `AppRouter.match` about every request whose path starts like an installed
-app's name; the serving generation's own routes (core and plugins) win over apps.
+The Host asks `AppRouter.route` about every request; the serving generation's own routes
+(core and plugins) win over apps. What a path routes to, and the version its range picks,
+is worked out once and kept while the installed apps and the routes stay the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
-from collections.abc import Collection
+import weakref
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Protocol, TypedDict
 from urllib.parse import quote
 
-from ..asgi import Receive, Scope, Send, send_error
+from courtyard_sdk import ApiError
+
+from ..asgi import Receive, Scope, Send, send_error, with_headers
 from .config import WorkerApp
 from .registry import App, AppRegistry, AppVersion
 from .static import serve_static
@@ -28,6 +33,7 @@ APP_PATH = re.compile(
     r"(?:@(?P<range>[^/]*))?(?P<rest>/.*)?\Z",
     re.DOTALL,
 )
+MAX_ROUTED = 1024  # paths whose routing is kept; past it, the kept ones are forgotten
 
 
 class _PoolOptions(TypedDict):
@@ -38,6 +44,13 @@ class _PoolOptions(TypedDict):
     sandbox_user: str
 
 
+class Routes(Protocol):
+    """The routes that win over apps: the serving generation's core and plugin routes."""
+
+    def serves(self, path: str, method: str | None) -> bool:
+        """Whether one of them answers `path`."""
+
+
 @dataclass(frozen=True)
 class AppRequest:
     """A request path split into the app, the version range asked for, and the rest."""
@@ -46,6 +59,22 @@ class AppRequest:
     range: str | None
     prefix: str  # what the app sees as its root path: "/name@range"
     rest: str
+
+    @functools.cached_property
+    def version(self) -> AppVersion:
+        """The installed version the range picks, worked out once (the router keeps this
+        object for every request to the same path).
+
+        :raises ApiError: 400 `INVALID_RANGE`, 404 `VERSION_NOT_FOUND`.
+        """
+        try:
+            picked = resolve(self.app.versions, self.range)
+        except InvalidRange as exc:
+            raise ApiError(400, "INVALID_RANGE", str(exc)) from None
+        if picked is None:
+            wanted = self.range or "latest"
+            raise ApiError(404, "VERSION_NOT_FOUND", f"{self.app.name} has no version {wanted}")
+        return self.app.versions[picked]
 
 
 class AppRouter:
@@ -75,6 +104,31 @@ class AppRouter:
             "sandbox_user": sandbox_user,
         }
         self._pool: WorkerPool | None = None
+        # `route`'s answers by (path, method), for the set of apps and the routes they were
+        # worked out with (held weakly: a retired generation must go); none before the first.
+        self._routed: dict[tuple[str, str | None], AppRequest | None] = {}
+        self._routed_apps: dict[str, App] = {}
+        self._routed_by: Callable[[], Routes | None] = lambda: None
+
+    def route(self, path: str, method: str | None, routes: Routes) -> AppRequest | None:
+        """The app request `path` stands for, unless one of `routes` answers it (routes
+        come first); remembered until the installed apps or `routes` change."""
+        apps = self.registry.apps()
+        if apps is not self._routed_apps or self._routed_by() is not routes:
+            self._routed.clear()
+            self._routed_apps, self._routed_by = apps, weakref.ref(routes)
+        key = (path, method)
+        try:
+            return self._routed[key]
+        except KeyError:
+            pass
+        routed = self.match(path)
+        if routed is not None and routes.serves(path, method):
+            routed = None
+        if len(self._routed) >= MAX_ROUTED:  # any path may be asked for: stay bounded
+            self._routed.clear()
+        self._routed[key] = routed
+        return routed
 
     def match(self, path: str) -> AppRequest | None:
         """The app request `path` stands for, if it names an installed app."""
@@ -87,18 +141,22 @@ class AppRouter:
         prefix = path[: len(path) - len(found["rest"] or "")]
         return AppRequest(app, found["range"], prefix, found["rest"] or "")
 
-    async def serve(self, request: AppRequest, scope: Scope, receive: Receive, send: Send) -> None:
-        """Resolve the version and answer (static files here, ASGI apps in workers)."""
+    async def serve(
+        self,
+        request: AppRequest,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """Resolve the version and answer (static files here, ASGI apps in workers).
+
+        :param headers: added to every HTTP answer (the request's `X-Request-Id`).
+        """
         try:
-            version_text = resolve(request.app.versions, request.range)
-        except InvalidRange as exc:
-            await send_error(send, 400, "INVALID_RANGE", str(exc))
-            return
-        if version_text is None:
-            wanted = request.range or "latest"
-            await send_error(
-                send, 404, "VERSION_NOT_FOUND", f"{request.app.name} has no version {wanted}"
-            )
+            version = request.version
+        except ApiError as refusal:
+            await send_error(send, refusal.status, refusal.code, refusal.message, headers)
             return
         if not request.rest and scope["type"] == "http":
             # /name -> /name/ so that the app's relative links resolve under its base.
@@ -109,22 +167,25 @@ class AppRouter:
                 {
                     "type": "http.response.start",
                     "status": 308,
-                    "headers": [(b"location", location.encode()), (b"content-length", b"0")],
+                    "headers": [
+                        (b"location", location.encode()),
+                        (b"content-length", b"0"),
+                        *headers,
+                    ],
                 }
             )
             await send({"type": "http.response.body", "body": b""})
             return
-        version = request.app.versions[version_text]
         if version.config.entry is None:
             if scope["type"] != "http":
                 await send({"type": "websocket.close", "code": 1003})
                 return
-            await serve_static(version, request.rest, scope, receive, send)
+            await serve_static(version, request.rest, scope, send, headers)
             return
         # ASGI: `path` keeps the full path and `root_path` names the part that is the
         # app's mount point (Quart, Starlette and uvicorn all read it that way).
         app_scope = {**scope, "root_path": scope.get("root_path", "") + request.prefix}
-        await self.pool.handle(worker_app(version), app_scope, receive, send)
+        await self.pool.handle(worker_app(version), app_scope, receive, with_headers(send, headers))
 
     @property
     def pool(self) -> WorkerPool:

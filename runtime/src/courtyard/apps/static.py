@@ -16,13 +16,14 @@ import functools
 import mimetypes
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
-from ..asgi import Receive, Scope, Send, send_error
+from ..asgi import Scope, Send, send_error
 
 
 class _Settings(Protocol):
@@ -75,13 +76,13 @@ class StaticFile:
     body: bytes | None
 
     @functools.cached_property
-    def ok_headers(self) -> list[tuple[bytes, bytes]]:
-        """The headers of its 200 answer, made once (senders copy, never change them)."""
-        return [
+    def ok_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The headers of its 200 answer, made once."""
+        return (
             *self.headers,
             (b"content-type", self.content_type),
             (b"content-length", str(self.size).encode()),
-        ]
+        )
 
 
 class StaticFiles:
@@ -103,6 +104,8 @@ class StaticFiles:
             return self._paths[path]
         budget = max(0, min(self.MAX_FILE_BYTES, self.MAX_BYTES - self._bytes))
         found = await asyncio.to_thread(_look_up, version, path, budget)
+        if path in self._paths:  # a request beside this one looked it up meanwhile
+            return self._paths[path]  # its bytes are counted once
         self._paths[path] = found
         if found is not None and found.body is not None:
             self._bytes += len(found.body)
@@ -187,36 +190,42 @@ def _not_modified(scope: Scope, etag: str, mtime: float) -> bool:
 
 
 async def serve_static(
-    version: AppVersion, path: str, scope: Scope, receive: Receive, send: Send
+    version: AppVersion,
+    path: str,
+    scope: Scope,
+    send: Send,
+    headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
-    """Answer a GET or HEAD for `path` (relative to the app's base) from `version`."""
+    """Answer a GET or HEAD for `path` (relative to the app's base) from `version`.
+
+    :param headers: added to every answer (the request's `X-Request-Id`).
+    """
     if scope["method"] not in ("GET", "HEAD"):
-        await send_error(
-            send,
-            405,
-            "METHOD_NOT_ALLOWED",
-            "static apps answer GET and HEAD",
-            headers=[(b"allow", b"GET, HEAD")],
-        )
+        allow = (b"allow", b"GET, HEAD")
+        message = "static apps answer GET and HEAD"
+        await send_error(send, 405, "METHOD_NOT_ALLOWED", message, headers=[allow, *headers])
         return
     found = await version.files.get(version, path)
     if found is None and version.config.spa:
         found = await version.files.get(version, version.config.index)
     if found is None:
-        await send_error(send, 404, "NOT_FOUND", f"{path or '/'} is not part of {version.key}")
+        message = f"{path or '/'} is not part of {version.key}"
+        await send_error(send, 404, "NOT_FOUND", message, headers=headers)
         return
     if found.folder and not path.endswith("/"):
         # A folder's index links relative to the folder: /docs -> /docs/.
         location = quote(scope.get("root_path", "") + scope["path"] + "/", safe="/@^~")
-        headers = [(b"location", location.encode()), (b"content-length", b"0")]
-        await send({"type": "http.response.start", "status": 308, "headers": headers})
+        redirect = [(b"location", location.encode()), (b"content-length", b"0"), *headers]
+        await send({"type": "http.response.start", "status": 308, "headers": redirect})
         await send({"type": "http.response.body", "body": b""})
         return
     if _not_modified(scope, found.etag, found.mtime):
-        await send({"type": "http.response.start", "status": 304, "headers": found.headers})
+        answer = [*found.headers, *headers]
+        await send({"type": "http.response.start", "status": 304, "headers": answer})
         await send({"type": "http.response.body", "body": b""})
         return
-    await send({"type": "http.response.start", "status": 200, "headers": found.ok_headers})
+    answer = [*found.ok_headers, *headers]
+    await send({"type": "http.response.start", "status": 200, "headers": answer})
     if scope["method"] == "HEAD":
         await send({"type": "http.response.body", "body": b""})
     elif found.body is not None:
