@@ -235,8 +235,8 @@ async def test_an_overwritten_static_version_serves_its_new_files(courtyard, app
     assert (await rt.client.get("/site/")).text == "second"
 
 
-async def test_routes_win_over_apps_of_the_same_name(courtyard, app_dir, plugin_dir):
-    add_app(app_dir, "hello", "1.0.0")
+def write_hello_plugin(plugin_dir: Path) -> None:
+    """A plugin at /hello whose index answers `{"from": "plugin"}`."""
     write_plugin(
         plugin_dir,
         "hello",
@@ -247,6 +247,11 @@ async def test_routes_win_over_apps_of_the_same_name(courtyard, app_dir, plugin_
         "    bp.get('/')(lambda: {'from': 'plugin'})\n"
         "    return bp\n",
     )
+
+
+async def test_routes_win_over_apps_of_the_same_name(courtyard, app_dir, plugin_dir):
+    add_app(app_dir, "hello", "1.0.0")
+    write_hello_plugin(plugin_dir)
     rt = await courtyard(entry_points=False)
     assert (await rt.client.get("/hello/")).json() == {"from": "plugin"}
     assert (await rt.client.get("/hello@1/")).text == "<h1>hello 1.0.0</h1>"
@@ -273,16 +278,7 @@ async def test_routing_is_kept_until_the_routes_or_the_apps_change(
         assert (await rt.client.get("/hello/")).text == "<h1>hello 1.0.0</h1>"
     assert asked == ["/hello/"]  # the routes are asked once per path
     # A plugin that comes with a reload claims the path from the next request on...
-    write_plugin(
-        plugin_dir,
-        "hello",
-        "",
-        "from courtyard_sdk import Blueprint, hookimpl\n"
-        "@hookimpl\ndef courtyard_routes(ctx):\n"
-        "    bp = Blueprint('h', __name__)\n"
-        "    bp.get('/')(lambda: {'from': 'plugin'})\n"
-        "    return bp\n",
-    )
+    write_hello_plugin(plugin_dir)
     assert (await rt.reload()).status_code == 200
     assert (await rt.client.get("/hello/")).json() == {"from": "plugin"}
     # ...and a version installed shows as soon as the apps are looked at again.
