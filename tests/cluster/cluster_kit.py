@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import Any
 
 import httpx
 from archive_kit import tar_file, tgz_bytes
-from courtyard.testing import free_port, settings_toml
+from courtyard.testing import free_port, settings_toml, terminate
 
 # Sent by every client: the runtime's CSRF check passes programs that say so.
 INTERNAL = {"X-Courtyard-Internal": "true"}
@@ -213,14 +212,8 @@ class Instance:
         self.clients.clear()
         if self.process is None:
             return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise AssertionError(f"{self.name} ignored SIGTERM for {timeout} s") from None
+        if not terminate(self.process, timeout):
+            raise AssertionError(f"{self.name} ignored SIGTERM for {timeout} s")
         return int(self.process.returncode)
 
     def kill(self) -> None:

@@ -218,13 +218,7 @@ class Server:
             client.close()
         if not self.stopped:
             self.stopped = True
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            terminate(self.process, timeout)
         return int(self.process.returncode)
 
     def create_key(
@@ -270,6 +264,20 @@ class Server:
         client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {secret}"})
         self.clients.append(client)
         return client
+
+
+def terminate(process: subprocess.Popen[Any], timeout: float) -> bool:
+    """SIGTERM `process` (a server drains, then exits) and wait for it; killed if it has not
+    exited within `timeout` seconds. Whether it exited by itself."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return False
+    return True
 
 
 def _wait_ready(server: Server, timeout: float) -> None:
