@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from courtyard_sdk.db import model_base
 from courtyard_sdk.identity import current_identity
 from courtyard_sdk.request_ids import REQUEST_ID
-from quart import has_request_context, has_websocket_context, request, websocket
+from quart import has_request_context, has_websocket_context
+from quart.globals import request_ctx, websocket_ctx
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -126,11 +127,12 @@ def clean_text(value: str | None, limit: int) -> str | None:
 def caller_fields() -> dict[str, Any]:
     """Who and where: the identity, tenant and request (or WebSocket) being served, if
     any; outside one (a background task) nobody."""
+    # The request itself, not its proxy: each access through the proxy is a lookup.
     if has_request_context():
-        current: Any = request
-        method = request.method
+        current: Any = request_ctx.request
+        method = current.method
     elif has_websocket_context():
-        current, method = websocket, None
+        current, method = websocket_ctx.websocket, None
     else:
         return {"identity": None, "identity_kind": None, "tenant": None, "request_id": None}
     identity = current_identity()
