@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from functools import cached_property
 from typing import Any, cast
 
 from quart import Quart, Request, Response
 from quart.asgi import ASGIHTTPConnection, _handle_exception
+from quart.ctx import RequestContext
+from quart.globals import _cv_request
+from quart.routing import QuartRule
 from quart.utils import encode_headers
 from quart.wrappers.response import DataBody
+from werkzeug.routing import MapAdapter
 
 
 class OneTaskConnection(ASGIHTTPConnection):
@@ -81,6 +86,54 @@ class OneTaskConnection(ASGIHTTPConnection):
         await send({"type": "http.response.body", "body": body.data[body.begin : body.end]})
 
 
+class RoutedRequestContext(RequestContext):
+    """Quart's request context, routed through the app's cache of matched routes, with
+    its URL adapter bound only when something asks for it (`url_for`, a route the cache
+    does not hold): binding costs more than the rest of routing."""
+
+    app: GenerationApp
+
+    def __init__(self, app: GenerationApp, request: Request) -> None:
+        # Not Quart's __init__, which binds the adapter; the same attributes otherwise.
+        self.app = app
+        self.request_websocket = request
+        request.routing_exception = None
+        request.json_module = app.json
+        self.session = None
+        self.preserved = False
+        self._cv_tokens = []
+        self.flashes = None
+        self._after_request_functions = []
+
+    @cached_property
+    def url_adapter(self) -> MapAdapter | None:  # type: ignore[override]  # bound lazily
+        """The adapter bound to this request, as Quart's context holds it."""
+        return self.app.create_url_adapter(self.request_websocket)
+
+    async def push(self) -> None:
+        """Quart's, without asking for the adapter first (which would bind it)."""
+        await self._push_appctx(_cv_request.set(self))
+        if self.session is None:
+            interface = self.app.session_interface
+            opened = await self.app.ensure_async(interface.open_session)(self.app, self.request)
+            self.session = opened or await interface.make_null_session(self.app)
+        self.match_request()
+
+    def match_request(self) -> None:
+        """Quart's matching, answered from the app's cache when the route was matched
+        before."""
+        request = self.request
+        key = (request.method, request.path)
+        found = self.app.matched.get(key)
+        if found is not None:
+            request.url_rule, view_args = found
+            request.view_args = dict(view_args)  # a handler's preprocessor may change it
+            return
+        super().match_request()
+        if request.routing_exception is None and request.url_rule is not None:
+            self.app.remember_match(key, request.url_rule, request.view_args or {})
+
+
 class GenerationApp(Quart):
     """The generation's Quart app: one task per request (`OneTaskConnection`), and the async
     form of each function Quart calls worked out once rather than on every call (Quart
@@ -88,10 +141,27 @@ class GenerationApp(Quart):
 
     asgi_http_class = OneTaskConnection
     _ASYNC_FORMS_MAX = 512  # a function made afresh per request must not grow it forever
+    MATCHED_MAX = 1024  # routes with path parameters make a key per value
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._async_forms: dict[Callable[..., Any], Callable[..., Awaitable[Any]]] = {}
+        # (method, path) -> the rule and arguments werkzeug matched. Without host matching
+        # (the runtime has none) a match depends on nothing else; refusals (404, 405,
+        # redirects) are not kept.
+        self.matched: dict[tuple[str, str], tuple[QuartRule, dict[str, Any]]] = {}
+
+    def request_context(self, request: Request) -> RequestContext:
+        """A `RoutedRequestContext`."""
+        return RoutedRequestContext(self, request)
+
+    def remember_match(
+        self, key: tuple[str, str], rule: QuartRule, view_args: dict[str, Any]
+    ) -> None:
+        """Keep a route werkzeug matched, for the next request to the same path."""
+        if len(self.matched) >= self.MATCHED_MAX:
+            self.matched.clear()
+        self.matched[key] = (rule, dict(view_args))
 
     def ensure_async(self, func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         """Quart's `ensure_async`, remembered per function."""

@@ -1,0 +1,86 @@
+"""courtyard.quart_app: the generation's Quart app keeps Quart's behaviour with less work per
+request (a cache of matched routes, a URL adapter bound only when asked for)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from courtyard.quart_app import GenerationApp
+from quart import request, url_for
+
+
+@pytest.fixture
+def app() -> GenerationApp:
+    app = GenerationApp("routes")
+
+    @app.get("/items/<int:number>")
+    async def item(number: int) -> dict[str, Any]:
+        return {"number": number, "args": request.view_args}
+
+    @app.get("/folder/")
+    async def folder() -> dict[str, Any]:
+        # url_for needs the adapter the context binds only on demand.
+        return {"self": url_for("folder"), "item": url_for("item", number=7, _external=True)}
+
+    @app.post("/only-post")
+    async def only_post() -> dict[str, Any]:
+        return {"ok": True}
+
+    return app
+
+
+async def test_a_cached_route_answers_with_its_own_arguments(app: GenerationApp) -> None:
+    client = app.test_client()
+    for number in (1, 2, 1, 2):
+        answer = await client.get(f"/items/{number}")
+        assert await answer.get_json() == {"number": number, "args": {"number": number}}
+    assert set(app.matched) == {("GET", "/items/1"), ("GET", "/items/2")}
+
+
+async def test_a_preprocessor_changing_the_arguments_does_not_change_the_cache(
+    app: GenerationApp,
+) -> None:
+    @app.url_value_preprocessor
+    def take(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        if values is not None:
+            values["taken"] = values.pop("number")
+
+    @app.get("/taken/<int:number>")
+    async def taken(taken: int) -> dict[str, Any]:
+        return {"taken": taken}
+
+    client = app.test_client()
+    for _ in range(3):  # matched, then twice from the cache
+        answer = await client.get("/taken/5")
+        assert await answer.get_json() == {"taken": 5}
+
+
+async def test_refusals_are_not_cached_and_stay_refusals(app: GenerationApp) -> None:
+    client = app.test_client()
+    for _ in range(2):
+        assert (await client.get("/missing")).status_code == 404
+        assert (await client.get("/only-post")).status_code == 405
+        redirect = await client.get("/folder")  # strict slashes: werkzeug redirects
+        assert redirect.status_code == 308
+        assert redirect.headers["Location"].endswith("/folder/")
+    assert app.matched == {}
+
+
+async def test_url_for_binds_the_adapter_when_a_handler_asks(app: GenerationApp) -> None:
+    client = app.test_client()
+    for _ in range(2):  # the second answer comes from the cache: url_for still works
+        answer = await client.get("/folder/", headers={"Host": "example.test"})
+        assert await answer.get_json() == {
+            "self": "/folder/",
+            "item": "http://example.test/items/7",
+        }
+
+
+async def test_the_cache_is_bounded(app: GenerationApp) -> None:
+    app.MATCHED_MAX = 4
+    client = app.test_client()
+    for number in range(10):
+        assert (await client.get(f"/items/{number}")).status_code == 200
+        assert len(app.matched) <= 4
+    assert ("GET", "/items/9") in app.matched
