@@ -3,6 +3,8 @@ request (a cache of matched routes, a URL adapter bound only when asked for)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -84,3 +86,97 @@ async def test_the_cache_is_bounded(app: GenerationApp) -> None:
         assert (await client.get(f"/items/{number}")).status_code == 200
         assert len(app.matched) <= 4
     assert ("GET", "/items/9") in app.matched
+
+
+def http_scope(method: str, path: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"example.test")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 80),
+        "extensions": {},
+    }
+
+
+async def serve_once(
+    app: GenerationApp, method: str, path: str, messages: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], int]:
+    """Serve one request whose client sends `messages`, then waits; return what was sent
+    back and how many times the app asked to receive."""
+    asked = 0
+    pending = list(messages)
+    forever = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        asked += 1
+        if pending:
+            return pending.pop(0)
+        await forever.wait()
+        raise AssertionError("unreachable")
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(http_scope(method, path), receive, send)
+    return sent, asked
+
+
+async def test_an_answer_that_never_waits_never_starts_the_receiver() -> None:
+    app = GenerationApp("quick")
+    tasks_seen: list[int] = []
+
+    @app.get("/quick")
+    async def quick() -> dict[str, Any]:
+        tasks_seen.append(len(asyncio.all_tasks()))
+        return {}
+
+    before = len(asyncio.all_tasks())
+    sent, asked = await serve_once(app, "GET", "/quick", [{"type": "http.request"}])
+    assert sent[0]["status"] == 200
+    assert (tasks_seen, asked) == ([before], 0)  # no receiver task, nothing received
+
+
+async def test_a_handler_that_waits_for_the_body_is_fed_by_the_receiver() -> None:
+    app = GenerationApp("echo")
+
+    @app.post("/echo")
+    async def echo() -> dict[str, Any]:
+        return {"got": (await request.get_data()).decode()}
+
+    body = [
+        {"type": "http.request", "body": b"ab", "more_body": True},
+        {"type": "http.request", "body": b"cd", "more_body": False},
+    ]
+    sent, asked = await serve_once(app, "POST", "/echo", body)
+    assert json.loads(sent[-1]["body"]) == {"got": "abcd"}
+    assert asked >= 2
+
+
+async def test_a_client_that_leaves_cancels_the_handler() -> None:
+    app = GenerationApp("slow")
+    cancelled = asyncio.Event()
+
+    @app.get("/slow")
+    async def slow() -> dict[str, Any]:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return {}
+
+    messages = [{"type": "http.request"}, {"type": "http.disconnect"}]
+    sent, _ = await asyncio.wait_for(serve_once(app, "GET", "/slow", messages), 5)
+    assert cancelled.is_set()
+    assert sent == []

@@ -29,6 +29,9 @@ class OneTaskConnection(ASGIHTTPConnection):
     server's task; a receiver task feeds the body and cancels the handler when the client
     goes away, as Quart's does; the response's timeout is an `asyncio.timeout`. A body
     held in memory goes out in one message with the end of the response.
+
+    The receiver starts once the handler first waits: a request answered without waiting
+    (most are, their body already in the server's queue) never needs it.
     """
 
     async def __call__(self, receive: Any, send: Any) -> None:
@@ -36,16 +39,25 @@ class OneTaskConnection(ASGIHTTPConnection):
         request = self._create_request_from_scope(send)
         task = asyncio.current_task()
         assert task is not None
-        receiver = asyncio.ensure_future(self._receive(request, receive, task))
+        loop = task.get_loop()
+        receiver: asyncio.Task[None] | None = None
+
+        def start_receiver() -> None:
+            nonlocal receiver
+            receiver = loop.create_task(self._receive(request, receive, task))
+
+        starting = loop.call_soon(start_receiver)
         try:
             await self.handle_request(request, send)
         except asyncio.CancelledError:
-            if not receiver.done() or receiver.cancelled():
+            if receiver is None or not receiver.done() or receiver.cancelled():
                 raise  # cancelled by the server, not by the client leaving
             task.uncancel()
             receiver.result()  # the receiver's own error, if it failed
         finally:
-            receiver.cancel()
+            starting.cancel()
+            if receiver is not None:
+                receiver.cancel()
 
     async def _receive(self, request: Request, receive: Any, handler: asyncio.Task[Any]) -> None:
         # The client left (or receiving failed): end the handler, as Quart does. Not when
