@@ -45,7 +45,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("services", ("courtyard.services",)),
     ("generation", ("courtyard.generation",)),
     ("core API", ("courtyard.core", "courtyard.console")),
-    ("app assembly", ("courtyard.app", "courtyard.quart_app", "courtyard.request_audit")),
+    (
+        "app assembly",
+        (
+            "courtyard.app",
+            "courtyard.quart_app",
+            "courtyard.json_provider",
+            "courtyard.request_audit",
+        ),
+    ),
     ("dispatcher", ("courtyard.dispatcher",)),
     ("server and CLI", ("courtyard",)),
     ("plugins", ("courtyard_",)),

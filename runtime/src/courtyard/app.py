@@ -41,6 +41,7 @@ from .core import (
     plugins_api,
 )
 from .core.meta import CourtyardOpenAPIProvider
+from .json_provider import JSONProvider
 from .limits import UPLOAD_PATHS
 from .quart_app import GenerationApp
 from .request_audit import watch_requests
@@ -86,8 +87,8 @@ def create_app(
         openapi_provider_class=CourtyardOpenAPIProvider,
         security_schemes=meta.SECURITY_SCHEMES,
     )
-    # quart-schema's provider, a DefaultJSONProvider: keep the seed's key order.
-    cast(DefaultJSONProvider, app.json).sort_keys = False
+    # Models still encoded by quart-schema's provider's `default`.
+    app.json = JSONProvider(app, default=cast(DefaultJSONProvider, app.json).default)
     _skip_conversion_of_plain_values(app)
     meta.configure_docs_script(app, generation.settings.docs_script)
 

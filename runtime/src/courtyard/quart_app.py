@@ -14,8 +14,10 @@ from typing import Any, cast
 from quart import Quart, Request, Response
 from quart.asgi import ASGIHTTPConnection, _handle_exception
 from quart.ctx import RequestContext
-from quart.globals import _cv_request
+from quart.globals import _cv_request, request_ctx
 from quart.routing import QuartRule
+from quart.signals import request_tearing_down
+from quart.typing import ResponseReturnValue, ResponseTypes
 from quart.utils import encode_headers
 from quart.wrappers.response import DataBody
 from werkzeug.routing import MapAdapter
@@ -80,11 +82,29 @@ class OneTaskConnection(ASGIHTTPConnection):
             timeout = cast(float | None, response.timeout)
         else:
             timeout = self.app.config["RESPONSE_TIMEOUT"]
+        if timeout is None:
+            await self._send_response(send, response)
+            return
+        # asyncio.timeout's behaviour with a bare timer: a third of the cost, per request.
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = task.get_loop().call_later(timeout, expire)
         try:
-            async with asyncio.timeout(timeout):
-                await self._send_response(send, response)
-        except TimeoutError:
-            pass
+            await self._send_response(send, response)
+        except asyncio.CancelledError:
+            if not expired or task.uncancel() > cancelling:
+                raise  # not (only) the timeout's cancellation
+            # Out of time: the response is cut off, as Quart's wait_for leaves it.
+        finally:
+            timer.cancel()
 
     async def _send_response(self, send: Any, response: Any) -> None:
         body = getattr(response, "response", None)
@@ -183,3 +203,57 @@ class GenerationApp(Quart):
                 self._async_forms.clear()
             found = self._async_forms[func] = super().ensure_async(func)
         return found
+
+    # Quart's request steps, without the work it does for what nobody registered: a signal
+    # with no receiver is not sent, a blueprint with no functions is not looked up (Quart's
+    # registries are defaultdicts: every lookup of a missing name inserts it).
+
+    async def preprocess_request(
+        self, request_context: RequestContext | None = None
+    ) -> ResponseReturnValue | None:
+        """Quart's: URL value preprocessors, then before-request functions, outermost
+        first; the first answer that is not None ends the request."""
+        request = (request_context or request_ctx).request
+        names = (None, *reversed(request.blueprints))
+        if self.url_value_preprocessors:
+            for name in names:
+                for processor in self.url_value_preprocessors.get(name, ()):
+                    processor(request.endpoint, request.view_args)
+        for name in names:
+            for function in self.before_request_funcs.get(name, ()):
+                result = await self.ensure_async(function)()
+                if result is not None:
+                    return cast(ResponseReturnValue, result)
+        return None
+
+    async def process_response(
+        self, response: ResponseTypes, request_context: RequestContext | None = None
+    ) -> ResponseTypes:
+        """Quart's: `after_this_request` functions, then after-request functions,
+        innermost first; the session saved unless it is the null one."""
+        context = request_context or request_ctx
+        for function in context._after_request_functions:
+            response = await self.ensure_async(function)(response)
+        for name in (*context.request.blueprints, None):
+            for function in reversed(self.after_request_funcs.get(name, ())):
+                response = await self.ensure_async(function)(response)
+        if not self.session_interface.is_null_session(context.session):
+            await self.ensure_async(self.session_interface.save_session)(
+                self, context.session, response
+            )
+        return response
+
+    async def do_teardown_request(
+        self, exc: BaseException | None, request_context: RequestContext | None = None
+    ) -> None:
+        """Quart's: teardown functions, innermost first."""
+        request = (request_context or request_ctx).request
+        for name in (*request.blueprints, None):
+            for function in reversed(self.teardown_request_funcs.get(name, ())):
+                await self.ensure_async(function)(exc)
+        if request_tearing_down.receivers:
+            await request_tearing_down.send_async(
+                self,
+                _sync_wrapper=self.ensure_async,  # type: ignore[arg-type]  # as in Quart
+                exc=exc,
+            )
