@@ -180,3 +180,41 @@ async def test_a_client_that_leaves_cancels_the_handler() -> None:
     sent, _ = await asyncio.wait_for(serve_once(app, "GET", "/slow", messages), 5)
     assert cancelled.is_set()
     assert sent == []
+
+
+def streaming_app(timeout: float | None) -> GenerationApp:
+    """An app whose /stream sends a chunk, then stalls for 30 s, under `timeout`."""
+    app = GenerationApp("stream")
+
+    @app.get("/stream")
+    async def stream() -> Any:
+        async def chunks() -> Any:
+            yield b"first"
+            await asyncio.sleep(30)
+            yield b"never"
+
+        response = app.response_class(chunks())
+        response.timeout = timeout
+        return response
+
+    return app
+
+
+async def test_a_response_past_its_timeout_is_cut_off_and_the_task_goes_on() -> None:
+    app = streaming_app(0.2)
+    sent, _ = await asyncio.wait_for(
+        serve_once(app, "GET", "/stream", [{"type": "http.request"}]), 5
+    )
+    assert [m.get("body") for m in sent[1:]] == [b"first"]
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0  # the timeout's cancel is undone
+    await asyncio.sleep(0)  # and no cancellation is left to land here
+
+
+async def test_a_cancellation_during_the_send_is_not_taken_for_the_timeout() -> None:
+    app = streaming_app(60)
+    serving = asyncio.ensure_future(serve_once(app, "GET", "/stream", [{"type": "http.request"}]))
+    await asyncio.sleep(0.1)
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await serving
