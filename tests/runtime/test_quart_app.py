@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from courtyard.quart_app import GenerationApp
-from quart import request, url_for
+from quart import request, session, url_for
 
 
 @pytest.fixture
@@ -218,3 +218,22 @@ async def test_a_cancellation_during_the_send_is_not_taken_for_the_timeout() -> 
     serving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await serving
+
+
+async def test_sessions_are_quarts_null_one_without_a_secret_key_and_signed_with_one() -> None:
+    app = GenerationApp("sessions")
+
+    @app.get("/count")
+    async def count() -> dict[str, Any]:
+        try:
+            session["n"] = session.get("n", 0) + 1
+        except RuntimeError as refused:  # Quart's null session refuses changes
+            return {"refused": str(refused)}
+        return {"n": session["n"]}
+
+    client = app.test_client()
+    answer = await (await client.get("/count")).get_json()
+    assert "secret key" in answer["refused"]
+    app.secret_key = "a secret for the test"
+    assert await (await client.get("/count")).get_json() == {"n": 1}
+    assert await (await client.get("/count")).get_json() == {"n": 2}  # the signed cookie

@@ -16,6 +16,7 @@ from quart.asgi import ASGIHTTPConnection, _handle_exception
 from quart.ctx import RequestContext
 from quart.globals import _cv_request, request_ctx
 from quart.routing import QuartRule
+from quart.sessions import SecureCookieSessionInterface, SessionMixin
 from quart.signals import request_tearing_down
 from quart.typing import ResponseReturnValue, ResponseTypes
 from quart.utils import encode_headers
@@ -36,30 +37,29 @@ class OneTaskConnection(ASGIHTTPConnection):
     (most are, their body already in the server's queue) never needs it.
     """
 
+    receiver: asyncio.Task[None] | None = None  # once started
+
     async def __call__(self, receive: Any, send: Any) -> None:
         """Serve the request in this task; a client that leaves cancels it."""
         request = self._create_request_from_scope(send)
         task = asyncio.current_task()
         assert task is not None
-        loop = task.get_loop()
-        receiver: asyncio.Task[None] | None = None
-
-        def start_receiver() -> None:
-            nonlocal receiver
-            receiver = loop.create_task(self._receive(request, receive, task))
-
-        starting = loop.call_soon(start_receiver)
+        starting = task.get_loop().call_soon(self._start_receiver, request, receive, task)
         try:
             await self.handle_request(request, send)
         except asyncio.CancelledError:
+            receiver = self.receiver
             if receiver is None or not receiver.done() or receiver.cancelled():
                 raise  # cancelled by the server, not by the client leaving
             task.uncancel()
             receiver.result()  # the receiver's own error, if it failed
         finally:
             starting.cancel()
-            if receiver is not None:
-                receiver.cancel()
+            if self.receiver is not None:
+                self.receiver.cancel()
+
+    def _start_receiver(self, request: Request, receive: Any, handler: asyncio.Task[Any]) -> None:
+        self.receiver = handler.get_loop().create_task(self._receive(request, receive, handler))
 
     async def _receive(self, request: Request, receive: Any, handler: asyncio.Task[Any]) -> None:
         # The client left (or receiving failed): end the handler, as Quart does. Not when
@@ -146,9 +146,7 @@ class RoutedRequestContext(RequestContext):
         """Quart's, without asking for the adapter first (which would bind it)."""
         await self._push_appctx(_cv_request.set(self))
         if self.session is None:
-            interface = self.app.session_interface
-            opened = await self.app.ensure_async(interface.open_session)(self.app, self.request)
-            self.session = opened or await interface.make_null_session(self.app)
+            self.session = await self.app.session_for(self.request)
         self.match_request()
 
     def match_request(self) -> None:
@@ -182,6 +180,22 @@ class GenerationApp(Quart):
         # (the runtime has none) a match depends on nothing else; refusals (404, 405,
         # redirects) are not kept.
         self.matched: dict[tuple[str, str], tuple[QuartRule, dict[str, Any]]] = {}
+        self._null_session = SecureCookieSessionInterface.null_session_class()
+
+    async def session_for(self, request: Request) -> SessionMixin:
+        """Quart's session for `request`. Without a secret key Quart's own interface
+        opens none: every request then shares one null session (which refuses changes)
+        instead of making its own."""
+        interface = self.session_interface
+        if not self.secret_key and type(interface) is SecureCookieSessionInterface:
+            return self._null_session
+        # Through ensure_async, as Quart calls it: an interface's may be synchronous.
+        opened = cast(
+            SessionMixin | None, await self.ensure_async(interface.open_session)(self, request)
+        )
+        if opened is None:  # not `or`: a new session is empty, and so falsy
+            return await interface.make_null_session(self)
+        return opened
 
     def request_context(self, request: Request) -> RequestContext:
         """A `RoutedRequestContext`."""
