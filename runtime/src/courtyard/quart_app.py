@@ -30,8 +30,8 @@ class OneTaskConnection(ASGIHTTPConnection):
     Quart runs the handler and the receiver in two tasks, waits for the first to end, and
     sends the response in a third (`asyncio.wait_for`). Here the handler runs in the
     server's task; a receiver task feeds the body and cancels the handler when the client
-    goes away, as Quart's does; the response's timeout is an `asyncio.timeout`. A body
-    held in memory goes out in one message with the end of the response.
+    goes away, as Quart's does; the response's timeout is a timer of the event loop. A
+    body held in memory goes out in one message with the end of the response.
 
     The receiver starts once the handler first waits: a request answered without waiting
     (most are, their body already in the server's queue) never needs it.
@@ -165,9 +165,10 @@ class RoutedRequestContext(RequestContext):
 
 
 class GenerationApp(Quart):
-    """The generation's Quart app: one task per request (`OneTaskConnection`), and the async
-    form of each function Quart calls worked out once rather than on every call (Quart
-    asks about five times per request, a microsecond or two each)."""
+    """The generation's Quart app: one task per request (`OneTaskConnection`), routes
+    matched once per path (`RoutedRequestContext`), and the async form of each function
+    Quart calls worked out once rather than on every call (Quart asks about five times
+    per request, a microsecond or two each)."""
 
     asgi_http_class = OneTaskConnection
     _ASYNC_FORMS_MAX = 512  # a function made afresh per request must not grow it forever
