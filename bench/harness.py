@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,18 +280,18 @@ def compare(
 
 def runtime_against(
     name: str,
-    base: tuple[str, subprocess.Popen[bytes], str],
+    bases: Sequence[tuple[str, subprocess.Popen[bytes], str]],
     app_path: str,
     argv: list[str],
 ) -> None:
-    """Serve `apps/` with `courtyard serve` beside the `base` server (its name, process
-    and URL), measure both side by side (`--seconds`, `--rounds` from `argv`), print the
-    table and the ratio of the runtime's rate to the base's, and save them as `name`."""
+    """Serve `apps/` with `courtyard serve` beside the `bases` servers (each its name,
+    process and URL), measure them all side by side (`--seconds`, `--rounds` from `argv`),
+    print the table and the ratio of the runtime's rate to each base's, and save them as
+    `name`."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--rounds", type=int, default=smoke(3, 1))
     args = parser.parse_args(argv)
-    base_name, base_process, base_url = base
     port = free_port()
     with tempfile.TemporaryDirectory() as data:
         apps = str(BENCH.parent / "apps")
@@ -299,17 +299,20 @@ def runtime_against(
         runtime = subprocess.Popen(
             [sys.executable, "-m", "courtyard", *serve, "--log-level", "warning"]
         )
-        urls = {base_name: base_url, "runtime": f"http://127.0.0.1:{port}{app_path}"}
+        servers = [*bases, ("runtime", runtime, f"http://127.0.0.1:{port}{app_path}")]
         try:
-            for url, process in ((base_url, base_process), (urls["runtime"], runtime)):
+            for _, process, url in servers:
                 wait_for(url, process=process)
+            urls = {server_name: url for server_name, _, url in servers}
             samples = side_by_side(urls, args.rounds, args.seconds)
         finally:
-            for process in (base_process, runtime):
+            for _, process, _ in servers:
                 process.terminate()
                 process.wait(30)
-    rows, summary = compare(samples, "runtime", base_name)
+    rows = median_rows(samples)
+    summary = [compare(samples, "runtime", base_name)[1] for base_name, _, _ in bases]
     print(table(rows))
     print()
-    print(table([summary]))
+    for line in summary:
+        print(table([line]))
     print(f"\nsaved {save(name, {'runs': rows, 'summary': summary})}")
