@@ -132,21 +132,6 @@ async def serve_once(
     return sent, asked
 
 
-async def test_an_answer_that_never_waits_never_starts_the_receiver() -> None:
-    app = GenerationApp("quick")
-    tasks_seen: list[int] = []
-
-    @app.get("/quick")
-    async def quick() -> dict[str, Any]:
-        tasks_seen.append(len(asyncio.all_tasks()))
-        return {}
-
-    before = len(asyncio.all_tasks())
-    sent, asked = await serve_once(app, "GET", "/quick", [{"type": "http.request"}])
-    assert sent[0]["status"] == 200
-    assert (tasks_seen, asked) == ([before], 0)  # no receiver task, nothing received
-
-
 async def test_a_handler_that_waits_for_the_body_is_fed_by_the_receiver() -> None:
     app = GenerationApp("echo")
 

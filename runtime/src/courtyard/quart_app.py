@@ -33,33 +33,26 @@ class OneTaskConnection(ASGIHTTPConnection):
     goes away, as Quart's does; the response's timeout is a timer of the event loop. A
     body held in memory goes out in one message with the end of the response.
 
-    The receiver starts once the handler first waits: a request answered without waiting
-    (most are, their body already in the server's queue) never needs it.
+    The receiver starts with the request, as Quart's: started only once the handler
+    waited, it saved a task per request, but requests then hung now and then on granian
+    (the releases fuzz test under load, 2 runs in 4).
     """
-
-    receiver: asyncio.Task[None] | None = None  # once started
 
     async def __call__(self, receive: Any, send: Any) -> None:
         """Serve the request in this task; a client that leaves cancels it."""
         request = self._create_request_from_scope(send)
         task = asyncio.current_task()
         assert task is not None
-        starting = task.get_loop().call_soon(self._start_receiver, request, receive, task)
+        receiver = task.get_loop().create_task(self._receive(request, receive, task))
         try:
             await self.handle_request(request, send)
         except asyncio.CancelledError:
-            receiver = self.receiver
-            if receiver is None or not receiver.done() or receiver.cancelled():
+            if not receiver.done() or receiver.cancelled():
                 raise  # cancelled by the server, not by the client leaving
             task.uncancel()
             receiver.result()  # the receiver's own error, if it failed
         finally:
-            starting.cancel()
-            if self.receiver is not None:
-                self.receiver.cancel()
-
-    def _start_receiver(self, request: Request, receive: Any, handler: asyncio.Task[Any]) -> None:
-        self.receiver = handler.get_loop().create_task(self._receive(request, receive, handler))
+            receiver.cancel()
 
     async def _receive(self, request: Request, receive: Any, handler: asyncio.Task[Any]) -> None:
         # The client left (or receiving failed): end the handler, as Quart does. Not when
