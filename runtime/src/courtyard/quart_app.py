@@ -33,9 +33,9 @@ class OneTaskConnection(ASGIHTTPConnection):
     goes away, as Quart's does; the response's timeout is a timer of the event loop. A
     body held in memory goes out in one message with the end of the response.
 
-    The receiver starts with the request, as Quart's: started only once the handler
-    waited, it saved a task per request, but requests then hung now and then on granian
-    (the releases fuzz test under load, 2 runs in 4).
+    The receiver starts with the request, as Quart's, and only the frame of this call
+    holds it: started only once the handler waited, it saved a task per request, but
+    requests then hung now and then on granian (docs/performance.md, "Tried and dropped").
     """
 
     async def __call__(self, receive: Any, send: Any) -> None:
