@@ -4,7 +4,9 @@ request (a cache of matched routes, a URL adapter bound only when asked for)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import weakref
 from typing import Any
 
 import pytest
@@ -222,3 +224,45 @@ async def test_sessions_are_quarts_null_one_without_a_secret_key_and_signed_with
     app.secret_key = "a secret for the test"
     assert await (await client.get("/count")).get_json() == {"n": 1}
     assert await (await client.get("/count")).get_json() == {"n": 2}  # the signed cookie
+
+
+class Receive:
+    """A server's `receive`: the request's one message, then a wait for the disconnect."""
+
+    def __init__(self) -> None:
+        self.given = False
+        self.forever = asyncio.Event()
+
+    async def __call__(self) -> dict[str, Any]:
+        if not self.given:
+            self.given = True
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+        await self.forever.wait()
+        raise AssertionError("unreachable")
+
+
+async def test_nothing_keeps_the_servers_receive_once_the_answer_is_sent() -> None:
+    """A server may hold a connection until the app lets go of its `receive` (granian
+    stalled a keep-alive connection when a reference cycle kept it until the collector
+    ran): references counted, not collected, must free it."""
+    app = GenerationApp("freed")
+
+    @app.post("/wait")
+    async def wait() -> dict[str, Any]:
+        await asyncio.sleep(0)  # the receiver runs, and then waits for the disconnect
+        return {"got": await request.get_json()}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    receive = Receive()
+    held = weakref.ref(receive)
+    gc.disable()
+    try:
+        await app(http_scope("POST", "/wait"), receive, send)
+        del receive
+        for _ in range(3):  # the cancelled receiver ends at the loop's next turns
+            await asyncio.sleep(0)
+        assert held() is None
+    finally:
+        gc.enable()
