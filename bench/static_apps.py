@@ -57,24 +57,16 @@ SAME_HEADERS = [
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bases = []
+        # On the runtime's default server and loop (granian, HTTP/1.1, uvloop, one
+        # process), so that the ratio is the runtime's own cost, not the server's.
+        options = ["--interface", "asginl", "--http", "1", "--loop", "uvloop", "--no-log"]
         for name, extra in (("raw", []), ("raw-same-headers", SAME_HEADERS)):
-            Path(tmp, f"{name.replace('-', '_')}.py").write_text(
-                RAW.format(index=str(INDEX), extra=extra)
-            )
+            module = name.replace("-", "_")
+            Path(tmp, f"{module}.py").write_text(RAW.format(index=str(INDEX), extra=extra))
             port = free_port()
-            # On the runtime's default server and loop (granian, HTTP/1.1, uvloop, one
-            # process), so that the ratio is the runtime's own cost, not the server's.
-            options = ["--interface", "asginl", "--http", "1", "--loop", "uvloop", "--no-log"]
             address = ["--host", "127.0.0.1", "--port", str(port)]
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "granian",
-                    *options,
-                    *address,
-                    f"{name.replace('-', '_')}:app",
-                ],
+                [sys.executable, "-m", "granian", *options, *address, f"{module}:app"],
                 cwd=tmp,
                 stderr=subprocess.DEVNULL,
             )
