@@ -167,6 +167,13 @@ async def test_a_reload_on_one_instance_reloads_the_others(cluster):
     assert b.dispatcher.current.number == before + 1
 
 
+async def test_an_instance_is_known_to_the_others_once_it_has_started(cluster):
+    # Else a change made at once does not wait for it (and is served late there).
+    a, _ = await cluster("a", "b")
+    live = await a.dispatcher.replication.store.instances(replication.LIVE_WITHIN)
+    assert {i.id for i in live} == {"a", "b"}
+
+
 async def test_a_key_made_on_one_instance_protects_the_others_at_once(cluster):
     a, b = await cluster("a", "b")
     assert (await b.client.get("/api/keys/")).status_code == 200  # open: no key yet

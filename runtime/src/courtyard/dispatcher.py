@@ -180,7 +180,7 @@ class Dispatcher:
                 generation = await self._swap(
                     accept=lambda g: self.services.auth.exposure_refusal(g.credentials)
                 )
-            self.replication.follow()
+            await self.replication.follow()
             return generation
         except BaseException as exc:
             self.state, self.startup_error = "failed", exc

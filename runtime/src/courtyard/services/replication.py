@@ -120,8 +120,17 @@ class Replicator:
         then brings its folders up to date, and then `follow`s)."""
         self.applied = await self.store.head()
 
-    def follow(self) -> None:
-        """Start following the log and reporting this instance."""
+    async def follow(self) -> None:
+        """Report this instance, then follow the log and report it every `HEARTBEAT`.
+
+        The first report is awaited: until it is in the store, a change made elsewhere
+        does not wait for this instance, which would then serve it up to `POLL_INTERVAL`
+        late although the change's answer said every instance had it.
+        """
+        try:
+            await self._report()
+        except Exception as exc:  # the heartbeat tries again
+            log.warning("cannot report this instance to the store: %s", exc)
         # Fresh contexts: a copy of the caller's would keep what its context variables
         # hold (the first generation, set while it started) alive as long as the tasks.
         self._tasks = [
