@@ -7,7 +7,6 @@ import base64
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
@@ -264,19 +263,21 @@ async def test_killing_the_rotate_command_loses_nothing(start, monkeypatch, tmp_
     }
     command = [sys.executable, "-m", "courtyard", "vaults", "rotate-key"]
     command += ["--new-key-env", "NEW_VAULT_KEY", "--batch-size", "1"]
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    # Asyncio's subprocesses: a blocking read would freeze this loop while one of the
+    # runtime's writes holds SQLite's lock, and the command would wait for it in vain.
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
     seen = []
     try:
         assert process.stdout is not None
-        for line in process.stdout:
-            seen.append(line)
-            if line.startswith("re-encrypted 20 value(s)"):
+        async for line in process.stdout:
+            seen.append(line.decode())
+            if line.startswith(b"re-encrypted 20 value(s)"):
                 process.send_signal(signal.SIGKILL)
                 break
     finally:
-        process.wait(timeout=60)
+        await asyncio.wait_for(process.wait(), 60)
     assert process.returncode == -signal.SIGKILL, "".join(seen)
 
     usage = await key_usage(service(rt).db)
@@ -290,8 +291,11 @@ async def test_killing_the_rotate_command_loses_nothing(start, monkeypatch, tmp_
     assert await service(both).values(["bulk"]) == values
 
     finish = [*command[:-1], "500"]  # the same command, in bigger batches
-    again = subprocess.run(finish, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stdout + again.stderr
+    again = await asyncio.create_subprocess_exec(
+        *finish, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await asyncio.wait_for(again.communicate(), 300)
+    assert again.returncode == 0, output.decode()
     assert await key_usage(service(rt).db) == {_key(new).id: 3000}
     monkeypatch.delenv("COURTYARD_VAULT_READ_KEYS")
     after = await start(database_url=database_url)
