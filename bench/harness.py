@@ -283,19 +283,19 @@ def runtime_against(
     bases: Sequence[tuple[str, subprocess.Popen[bytes], str]],
     app_path: str,
     argv: list[str],
+    app_dir: Path = BENCH.parent / "apps",
 ) -> None:
-    """Serve `apps/` with `courtyard serve` beside the `bases` servers (each its name,
-    process and URL), measure them all side by side (`--seconds`, `--rounds` from `argv`),
-    print the table and the ratio of the runtime's rate to each base's, and save them as
-    `name`."""
+    """Serve `app_dir` (the example apps) with `courtyard serve` beside the `bases`
+    servers (each its name, process and URL), measure them all side by side (`--seconds`,
+    `--rounds` from `argv`), print the table and the ratio of the runtime's rate to each
+    base's, and save them as `name`."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--rounds", type=int, default=smoke(3, 1))
     args = parser.parse_args(argv)
     port = free_port()
     with tempfile.TemporaryDirectory() as data:
-        apps = str(BENCH.parent / "apps")
-        serve = ["serve", "--port", str(port), "--app-dir", apps, "--data-dir", data]
+        serve = ["serve", "--port", str(port), "--app-dir", str(app_dir), "--data-dir", data]
         runtime = subprocess.Popen(
             [sys.executable, "-m", "courtyard", *serve, "--log-level", "warning"]
         )

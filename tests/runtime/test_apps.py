@@ -1,13 +1,14 @@
 """Apps: the apps API, version ranges in URLs, manifests, and static serving."""
 
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
 from archive_kit import zip_bytes
 from courtyard.apps.registry import AppConfig, AppVersion
-from courtyard.apps.static import StaticFiles, _locate
+from courtyard.apps.static import PATH_SEND, StaticFiles, _locate, serve_static
 from courtyard.testing import write_plugin
 
 
@@ -207,6 +208,30 @@ async def test_static_file_memory_and_paths_are_bounded(tmp_path, monkeypatch):
     # c and d find no room left; once a is dropped (three paths at most), e finds some.
     assert [f.body for f in found if f is not None] == [b"1234", b"1234", None, None, b"1234"]
     assert len(files._paths) == 3 and files._bytes <= 10
+
+
+@pytest.mark.parametrize("offered", [True, False], ids=["path-send", "chunks"])
+async def test_a_large_file_is_sent_by_the_server_where_it_offers_to(tmp_path, offered):
+    root = tmp_path / "v"
+    root.mkdir()
+    content = os.urandom(StaticFiles.MAX_FILE_BYTES + 1)  # past what is kept in memory
+    (root / "big.bin").write_bytes(content)
+    version = AppVersion("v", "1.0.0", root, AppConfig())
+    extensions = {PATH_SEND: {}} if offered else {}
+    scope = {"type": "http", "method": "GET", "path": "/v/big.bin", "extensions": extensions}
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await serve_static(version, "/big.bin", scope, send)
+    assert sent[0]["status"] == 200
+    assert dict(sent[0]["headers"])[b"content-length"] == str(len(content)).encode()
+    if offered:
+        assert sent[1:] == [{"type": PATH_SEND, "path": str((root / "big.bin").resolve())}]
+    else:
+        assert {m["type"] for m in sent[1:]} == {"http.response.body"}
+        assert b"".join(m["body"] for m in sent[1:]) == content
 
 
 async def test_a_file_looked_up_by_requests_at_once_is_kept_and_counted_once(tmp_path):

@@ -6,7 +6,8 @@ is looked up once and kept in the version's `StaticFiles`: a version folder does
 change while installed (an overwrite installs a new folder, and the registry's next scan,
 at once on this instance and within its `ttl` on others, makes new `AppVersion` objects
 with empty caches). A request for a known file then costs no system call, and a small
-file is sent from memory.
+file is sent from memory. A large one is sent by the server itself where it offers ASGI's
+path-send extension (granian does), else read in chunks in a thread as it is sent.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class AppVersion(Protocol):
 
 
 CHUNK = 256 * 1024
+# ASGI's extension for a server that sends a file by its path. A file gone between its
+# look-up and the send (its version removed that instant) then gets the server's own 404.
+PATH_SEND = "http.response.pathsend"
 _TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
 
 
@@ -230,12 +234,15 @@ async def serve_static(
         await send({"type": "http.response.body", "body": b""})
     elif found.body is not None:
         await send({"type": "http.response.body", "body": found.body})
+    elif PATH_SEND in scope.get("extensions", ()):
+        # The server reads and sends the file itself, without Python in the way (granian).
+        await send({"type": PATH_SEND, "path": str(found.file)})
     else:
         await _send_file(found, send)
 
 
 async def _send_file(found: StaticFile, send: Send) -> None:
-    """A large file's bytes, read as they are sent: `size` of them, as announced."""
+    """A large file's bytes, read here as they are sent: `size` of them, as announced."""
     # Opened once: a version deleted meanwhile still finishes (the inode lives on).
     fd = await asyncio.to_thread(os.open, found.file, os.O_RDONLY)
     try:
