@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from apps_kit import descendants
 from courtyard.servers.binding import hold_address, shared_socket
 from courtyard.servers.hub import Hub
 from courtyard.servers.supervisor import Supervisor, worker_count
@@ -32,7 +34,9 @@ from courtyard.testing import Server
 from courtyard_sdk.events import MAX_EVENT_BYTES, parse_event_id
 from courtyard_sdk.services import EventBusUnavailable, SubscriptionLagged
 from servers import serve_on_taken_port
-from test_events import SSE, nothing_more, take
+from test_events import INTERNAL, SSE, nothing_more, take
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "apps"
 
 # The hub and the buses, in one process ---------------------------------------------------
 
@@ -252,6 +256,47 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
     except OSError:
         return False
+
+
+def app_workers(server: Server) -> list[int]:
+    """The app workers' processes under the supervisor (the sandboxes' too)."""
+    return [
+        pid
+        for pid in descendants(server.process.pid)
+        if "worker_main.py" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    ]
+
+
+def test_an_app_runs_once_for_all_the_processes(workers_server, tmp_path):
+    shutil.copytree(FIXTURES / "echo", tmp_path / "apps" / "echo")
+    server = workers_server()
+    # A new connection each time: the kernel spreads them over the two processes.
+    seen = {httpx.get(f"{server.url}/echo/hi", timeout=30).json()["pid"] for _ in range(30)}
+    assert len(seen) == 1, seen
+    assert app_workers(server) and all(
+        pid not in descendants(process)
+        for pid in app_workers(server)
+        for process in serving_pids(server.url)
+    )  # the supervisor's children, not a server process's
+
+
+@pytest.mark.slow
+def test_app_workers_outlive_a_process_that_dies_and_stop_with_their_app(workers_server, tmp_path):
+    shutil.copytree(FIXTURES / "echo", tmp_path / "apps" / "echo")
+    server = workers_server()
+    before = httpx.get(f"{server.url}/echo/hi", timeout=30).json()["pid"]
+    os.kill(min(serving_pids(server.url)), signal.SIGKILL)
+    wait_for_log(server, "stopped unexpectedly (killed by SIGKILL)")
+    assert len(serving_pids(server.url)) == 2  # the replacement serves
+    seen = {httpx.get(f"{server.url}/echo/hi", timeout=30).json()["pid"] for _ in range(10)}
+    assert seen == {before}
+    removed = httpx.delete(f"{server.url}/api/apps/_/echo/1.0.0", headers=INTERNAL, timeout=60)
+    assert removed.status_code == 200, removed.text
+    deadline = time.monotonic() + 30
+    while app_workers(server):
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.1)
+    assert server.stop() == 0, server.log
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote
 from ..asgi import Scope, header
 
 if TYPE_CHECKING:
-    from .process import Worker
+    from .process import Reachable
 
 TOKEN_HEADER = b"x-courtyard-token"  # keep in step with worker_main.py
 ROOT_PATH_HEADER = b"x-courtyard-root-path"
@@ -74,7 +74,7 @@ def content_length(scope: Scope) -> int | None:
     return int(next(iter(lengths)))
 
 
-def request_headers(scope: Scope, worker: Worker) -> list[tuple[bytes, bytes]]:
+def request_headers(scope: Scope, worker: Reachable) -> list[tuple[bytes, bytes]]:
     """The caller's headers minus hop-by-hop ones (and, unless the app asks for them, its
     credentials), plus forwarding and private headers."""
     headers: list[tuple[bytes, bytes]] = scope.get("headers", [])

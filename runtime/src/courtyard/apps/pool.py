@@ -61,14 +61,14 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from ..asgi import Receive, Scope, Send
 from .config import AppSettings, WorkerApp
 from .errors import START_FAILED, Refusal, WorkerGone
 from .launch import APP_DATA_ENV, ENV_ALLOW_LIST
-from .process import Supervisor, Worker
-from .proxy import proxy_http, proxy_websocket
+from .process import Reachable, Supervisor, Worker
+from .proxy import relay
 from .sockets import Connection
 
 log = logging.getLogger("courtyard.apps.workers")  # the logger of every part of the pool
@@ -134,17 +134,8 @@ class WorkerPool:
     # -- the ASGI pass-through ---------------------------------------------------------
 
     async def handle(self, app: WorkerApp, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one ASGI `http` or `websocket` scope with `app`'s workers.
-
-        If the worker fails after the response has started, this returns with the response
-        unfinished: the server then closes the connection.
-        """
-        if scope["type"] == "http":
-            await proxy_http(self, app, scope, receive, send)
-        elif scope["type"] == "websocket":
-            await proxy_websocket(self, app, scope, receive, send)
-        else:
-            raise ValueError(f"WorkerPool.handle: unsupported scope type {scope['type']!r}")
+        """Serve one ASGI `http` or `websocket` scope with `app`'s workers (`relay`)."""
+        await relay(self, app, scope, receive, send)
 
     def running_keys(self) -> list[str]:
         """The `name@version` keys that have workers."""
@@ -180,6 +171,10 @@ class WorkerPool:
         await asyncio.gather(*(self._supervisor.stop(w) for w in workers))
         await self._supervisor.close()
 
+    async def workers(self) -> list[dict[str, Any]]:
+        """`stats()`, as a pool shared with other processes answers it (shared_pool.py)."""
+        return self.stats()
+
     def stats(self) -> list[dict[str, Any]]:
         """The live workers: key, pid, state, requests served, in-flight, age, idle seconds."""
         now = time.monotonic()
@@ -201,23 +196,17 @@ class WorkerPool:
     # -- lending workers (to proxy.py's relays) and scheduling them --------------------
 
     async def checkout(self, app: WorkerApp, websocket: bool = False) -> tuple[Worker, Connection]:
-        """A claimed worker and a connection to it (for a WebSocket, a new one). A worker
-        found unreachable before anything was sent (it died while idle) is replaced once,
-        transparently."""
-        for attempt in range(2):
-            worker = await self._acquire(app)
-            try:
-                return worker, await worker.connect(websocket=websocket)
-            except WorkerGone as exc:
-                self.release(worker, None, reusable=False)
-                if attempt:
-                    raise await worker.crashed(exc) from None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(worker.exited.wait(), 1.0)
-                self.kill(worker)  # alive but not accepting: broken
-        raise AssertionError("unreachable")
+        """A claimed worker and a connection to it (see `checkout`, the function)."""
+        return await checkout(self, app, websocket)
 
-    async def _acquire(self, app: WorkerApp) -> Worker:
+    async def unreachable(self, worker: Worker) -> None:
+        """`worker` (released) did not accept a connection: it died while idle, or is
+        broken. Give its death a second to be noticed, then make sure of it."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(worker.exited.wait(), 1.0)
+        self.kill(worker)
+
+    async def lend(self, app: WorkerApp) -> Worker:
         """A ready worker for `app`, claimed for one request (release it with `release`)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.queue_timeout
@@ -414,6 +403,36 @@ class WorkerPool:
                     self._supervisor.stop_later(worker)
                 elif worker.worn_out(now):
                     self._supervisor.stop_later(worker)
+
+
+W = TypeVar("W", bound=Reachable)
+
+
+class _Lending(Protocol[W]):
+    """What `checkout` needs of a pool: this one, or a server process's share of the
+    supervisor's (shared_pool.py)."""
+
+    async def lend(self, app: WorkerApp) -> W: ...
+
+    def release(self, worker: W, connection: Connection | None, reusable: bool) -> None: ...
+
+    async def unreachable(self, worker: W) -> None: ...
+
+
+async def checkout(pool: _Lending[W], app: WorkerApp, websocket: bool) -> tuple[W, Connection]:
+    """A worker of `app` lent by `pool` and a connection to it (for a WebSocket, a new one).
+    A worker found unreachable before anything was sent (it died while idle) is replaced
+    once, transparently."""
+    for attempt in range(2):
+        worker = await pool.lend(app)
+        try:
+            return worker, await worker.connect(websocket=websocket)
+        except WorkerGone as exc:
+            pool.release(worker, None, reusable=False)
+            if attempt:
+                raise await worker.crashed(exc) from None
+            await pool.unreachable(worker)
+    raise AssertionError("unreachable")
 
 
 def _since(started: float) -> float:

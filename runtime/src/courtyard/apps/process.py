@@ -35,6 +35,7 @@ framework may turn the `MemoryError` into a 500 and serve on, bloated.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -64,61 +65,30 @@ _OUTPUT_AFTER_EXIT = 1.0  # seconds the output is read after the worker has exit
 MEMORY_CHECK_INTERVAL = 1.0  # seconds between two looks at a worker's resident memory
 
 
-class Worker:
-    """One worker process and what the pool knows about it."""
+class Reachable(abc.ABC):
+    """A worker's sockets, and the connections kept to them: of a worker of this process's
+    pool (`Worker`), or of one another process lent it (shared_pool.py).
 
-    def __init__(self, app: WorkerApp, socket_dir: Path) -> None:
-        self.app = app
-        self.socket_dir = socket_dir  # the worker's own: the only one its sandbox sees
-        self.socket_path = socket_dir / SOCKET_NAME  # HTTP
-        self.ws_socket_path = socket_dir / WS_SOCKET_NAME  # WebSockets
-        self.token = secrets.token_hex(16).encode()
-        self.process: asyncio.subprocess.Process | None = None  # bwrap, when sandboxed
-        self.stdin: asyncio.WriteTransport | None = None  # closed: the worker exits
-        self.output: asyncio.StreamReader | None = None  # its stdout and stderr
-        self.output_pipe: asyncio.ReadTransport | None = None
-        self.sandboxed = False
-        self.app_pid: int | None = None  # the sandboxed worker's pid, as the host sees it
-        self.foreign_socket = False  # its socket led to another process (logged once)
-        self.state: State = "starting"
-        self.started = time.monotonic()
-        self.last_used = self.started
-        self.active = 0
-        self.served = 0
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.ready.add_done_callback(_retrieve)
-        self.exited = asyncio.Event()
-        self.output_done = asyncio.Event()
+    :ivar connections: kept-alive HTTP connections, idle.
+    """
+
+    app: WorkerApp
+    token: bytes  # the secret the worker wants on every request (worker_main.py)
+    socket_path: Path  # HTTP
+    ws_socket_path: Path  # WebSockets
+
+    def __init__(self) -> None:
         self.connections: list[Connection] = []
-        self.head: list[str] = []  # the first lines it printed
-        self.head_chars = 0
+        self.foreign_socket = False  # its socket led to another process (logged once)
 
     @property
+    @abc.abstractmethod
     def pid(self) -> int | None:
-        """The worker's process id (as the runtime sees it), once started."""
-        if self.app_pid is not None:
-            return self.app_pid
-        return None if self.process is None else self.process.pid
+        """The worker's process id, as this process sees it."""
 
-    @property
-    def usable(self) -> bool:
-        """May serve requests (or will, once started)."""
-        return self.state in ("starting", "ready", "retiring")
-
-    def worn_out(self, now: float) -> bool:
-        """Served its `max_requests`, or older than its `ttl`."""
-        settings = self.app.settings
-        return self.served >= settings.max_requests or now - self.started >= settings.ttl
-
-    def note_output(self, line: str) -> None:
-        """Keep the first lines for a start-failure message."""
-        if len(self.head) < _OUTPUT_HEAD_LINES and self.head_chars < _OUTPUT_HEAD_CHARS:
-            self.head.append(line)
-            self.head_chars += len(line) + 1
-
-    def output_head(self) -> str:
-        """The first lines it printed, trimmed."""
-        return "\n".join(self.head).strip()[:_OUTPUT_HEAD_CHARS]
+    @abc.abstractmethod
+    async def crashed(self, exc: BaseException) -> Refusal:
+        """The refusal for a broken exchange (sent only if the response has not started)."""
 
     async def connect(self, websocket: bool = False) -> Connection:
         """A kept-alive connection to the worker, or a new one (for a WebSocket: always a
@@ -161,6 +131,62 @@ class Worker:
         for connection in self.connections:
             connection.close()
         self.connections.clear()
+
+
+class Worker(Reachable):
+    """One worker process and what the pool knows about it."""
+
+    def __init__(self, app: WorkerApp, socket_dir: Path) -> None:
+        super().__init__()
+        self.app = app
+        self.socket_dir = socket_dir  # the worker's own: the only one its sandbox sees
+        self.socket_path = socket_dir / SOCKET_NAME  # HTTP
+        self.ws_socket_path = socket_dir / WS_SOCKET_NAME  # WebSockets
+        self.token = secrets.token_hex(16).encode()
+        self.process: asyncio.subprocess.Process | None = None  # bwrap, when sandboxed
+        self.stdin: asyncio.WriteTransport | None = None  # closed: the worker exits
+        self.output: asyncio.StreamReader | None = None  # its stdout and stderr
+        self.output_pipe: asyncio.ReadTransport | None = None
+        self.sandboxed = False
+        self.app_pid: int | None = None  # the sandboxed worker's pid, as the host sees it
+        self.state: State = "starting"
+        self.started = time.monotonic()
+        self.last_used = self.started
+        self.active = 0
+        self.served = 0
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ready.add_done_callback(_retrieve)
+        self.exited = asyncio.Event()
+        self.output_done = asyncio.Event()
+        self.head: list[str] = []  # the first lines it printed
+        self.head_chars = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id (as the runtime sees it), once started."""
+        if self.app_pid is not None:
+            return self.app_pid
+        return None if self.process is None else self.process.pid
+
+    @property
+    def usable(self) -> bool:
+        """May serve requests (or will, once started)."""
+        return self.state in ("starting", "ready", "retiring")
+
+    def worn_out(self, now: float) -> bool:
+        """Served its `max_requests`, or older than its `ttl`."""
+        settings = self.app.settings
+        return self.served >= settings.max_requests or now - self.started >= settings.ttl
+
+    def note_output(self, line: str) -> None:
+        """Keep the first lines for a start-failure message."""
+        if len(self.head) < _OUTPUT_HEAD_LINES and self.head_chars < _OUTPUT_HEAD_CHARS:
+            self.head.append(line)
+            self.head_chars += len(line) + 1
+
+    def output_head(self) -> str:
+        """The first lines it printed, trimmed."""
+        return "\n".join(self.head).strip()[:_OUTPUT_HEAD_CHARS]
 
     async def crashed(self, exc: BaseException) -> Refusal:
         """The refusal for a broken exchange (sent only if the response has not started).

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import wsproto
 import wsproto.connection
@@ -30,38 +30,58 @@ from .sockets import CHUNK, Connection
 
 if TYPE_CHECKING:
     from .config import WorkerApp
-    from .process import Worker
+    from .process import Reachable
 
 log = logging.getLogger("courtyard.apps.workers")  # the logger of every part of the pool
 WS_MAX_MESSAGE = 16 * 1024**2  # a message from the app; bigger ones close with 1009
 
 
-class Lender(Protocol):
+W = TypeVar("W", bound="Reachable")
+
+
+class Lender(Protocol[W]):
     """What the relays need of the pool: a worker lent for one exchange."""
 
-    async def checkout(self, app: WorkerApp, websocket: bool = False) -> tuple[Worker, Connection]:
+    async def checkout(self, app: WorkerApp, websocket: bool = False) -> tuple[W, Connection]:
         """A claimed worker and a connection to it (or a `Refusal`); for a WebSocket, a
         new connection to the worker's WebSocket socket."""
         ...
 
-    def release(self, worker: Worker, connection: Connection | None, reusable: bool) -> None:
+    def release(self, worker: W, connection: Connection | None, reusable: bool) -> None:
         """Hand the worker back, and the connection if it can carry another request."""
         ...
 
-    def retire(self, worker: Worker) -> None:
+    def retire(self, worker: W) -> None:
         """No new requests for `worker`; stop it once its in-flight ones are done."""
         ...
 
-    def kill(self, worker: Worker) -> None:
+    def kill(self, worker: W) -> None:
         """Stop `worker` now (SIGKILL), its in-flight requests with it."""
         ...
+
+
+async def relay(
+    workers: Lender[W], app: WorkerApp, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Serve one ASGI `http` or `websocket` scope with a worker of `app` that `workers`
+    lends.
+
+    If the worker fails after the response has started, this returns with the response
+    unfinished: the server then closes the connection.
+    """
+    if scope["type"] == "http":
+        await proxy_http(workers, app, scope, receive, send)
+    elif scope["type"] == "websocket":
+        await proxy_websocket(workers, app, scope, receive, send)
+    else:
+        raise ValueError(f"unsupported scope type {scope['type']!r}")
 
 
 # -- HTTP --------------------------------------------------------------------------------
 
 
 async def proxy_http(
-    workers: Lender, app: WorkerApp, scope: Scope, receive: Receive, send: Send
+    workers: Lender[W], app: WorkerApp, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """Serve an `http` scope with a worker of `app`."""
     settings = app.settings
@@ -140,7 +160,7 @@ class HttpExchange:
         scope: Scope,
         receive: Receive,
         send: Send,
-        worker: Worker,
+        worker: Reachable,
         first: dict[str, Any],
         length: int | None,
     ) -> None:
@@ -295,7 +315,7 @@ class HttpExchange:
 
 
 async def proxy_websocket(
-    workers: Lender, app: WorkerApp, scope: Scope, receive: Receive, send: Send
+    workers: Lender[W], app: WorkerApp, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """Serve a `websocket` scope with a worker of `app` (on a connection of its own)."""
     if (await receive())["type"] != "websocket.connect":
@@ -338,7 +358,7 @@ async def proxy_websocket(
 
 
 async def ws_handshake(
-    ws: wsproto.WSConnection, connection: Connection, scope: Scope, worker: Worker
+    ws: wsproto.WSConnection, connection: Connection, scope: Scope, worker: Reachable
 ) -> ws_events.AcceptConnection | ws_events.RejectConnection:
     """Open the WebSocket to the worker; return its acceptance or its refusal."""
     headers = [

@@ -22,11 +22,12 @@ from courtyard_sdk import ApiError
 from ..asgi import Receive, Scope, Send, send_error, with_headers
 from .config import WorkerApp
 from .registry import App, AppRegistry, AppVersion
+from .shared_pool import SharedPool, host_fd
 from .static import serve_static
 from .versions import InvalidRange, resolve
 
 if TYPE_CHECKING:
-    from .pool import WorkerPool
+    from typing import Any
 
 APP_PATH = re.compile(
     r"^/(?P<name>(?:@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*)"
@@ -42,6 +43,23 @@ class _PoolOptions(TypedDict):
     app_data_dir: Path | None
     allow_unsandboxed: bool
     sandbox_user: str
+
+
+class Pool(Protocol):
+    """The ASGI apps' workers: a `WorkerPool` of this process, or, in a server process
+    among several, its share of the supervisor's (`SharedPool`)."""
+
+    async def handle(self, app: WorkerApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request or WebSocket with `app`'s workers."""
+
+    async def stop_app(self, key: str) -> None:
+        """Stop `key`'s workers once their in-flight requests finish."""
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """The live workers (`WorkerPool.stats`)."""
+
+    async def close(self) -> None:
+        """Let go of the workers (a pool of this process's own stops them)."""
 
 
 class Routes(Protocol):
@@ -103,7 +121,11 @@ class AppRouter:
             "allow_unsandboxed": allow_unsandboxed,
             "sandbox_user": sandbox_user,
         }
-        self._pool: WorkerPool | None = None
+        # Several server processes share the supervisor's pool: it is known from the start
+        # (its workers may serve apps this process never did); a pool of its own is
+        # started on first use.
+        fd = host_fd()
+        self._pool: Pool | None = None if fd is None else SharedPool(fd)
         # `route`'s answers by (path, method), for the set of apps and the routes they were
         # worked out with (held weakly: a retired generation must go); none before the first.
         self._routed: dict[tuple[str, str | None], AppRequest | None] = {}
@@ -188,8 +210,9 @@ class AppRouter:
         await self.pool.handle(worker_app(version), app_scope, receive, with_headers(send, headers))
 
     @property
-    def pool(self) -> WorkerPool:
-        """The worker processes of ASGI apps, started on first use."""
+    def pool(self) -> Pool:
+        """The worker processes of ASGI apps, started on first use: the supervisor's when
+        it runs several server processes (shared_pool.py), else this process's own."""
         if self._pool is None:
             from .pool import WorkerPool
 
@@ -197,6 +220,10 @@ class AppRouter:
                 self._runtime_dir, max_workers=self._max_workers, **self._pool_options
             )
         return self._pool
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """The ASGI apps' live workers (`WorkerPool.stats`); none before the first."""
+        return [] if self._pool is None else await self._pool.workers()
 
     async def stop_keys(self, keys: list[str]) -> None:
         """Stop the workers of removed or replaced versions (`name@version`), once their
@@ -214,7 +241,8 @@ class AppRouter:
                 name, _, version = key.rpartition("@")
                 return name in paths or f"{name}/{version}" in paths
 
-            await self.stop_keys([k for k in self._pool.running_keys() if installed_at(k)])
+            keys = {worker["key"] for worker in await self._pool.workers()}
+            await self.stop_keys(sorted(k for k in keys if installed_at(k)))
 
     async def close(self) -> None:
         """Stop every worker process."""

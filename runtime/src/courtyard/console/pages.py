@@ -101,7 +101,7 @@ async def apps_page() -> Response:
     apps, refused = await attempt(apps_api.list_apps)
     workers: dict[str, list[dict[str, Any]]] = {}
     if apps is not None:
-        for worker in current_runtime().apps.pool.stats():
+        for worker in await current_runtime().apps.workers():
             workers.setdefault(worker["key"], []).append(worker)
     return await shell(
         identity, "apps.html", title="Apps", apps=apps, refused=refused, workers=workers

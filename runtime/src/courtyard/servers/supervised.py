@@ -8,7 +8,8 @@ lines say `worker <index>`, and it keeps its app workers' sockets in `run/<index
 the data folder), a pipe to tell the supervisor when it serves or why it could not
 (`--control-fd`: lines of JSON, `{"ready": true}` or `{"error": "..."}`), and with the
 memory event bus, its connection to the supervisor's event hub (`--hub-fd`,
-services/events_hub.py). It stops (SIGTERM: gracefully) when the supervisor dies.
+services/events_hub.py), and its connection to the supervisor's pool of app workers
+(`--apps-fd`, apps/shared_pool.py). It stops (SIGTERM: gracefully) when the supervisor dies.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--hub-fd", type=int, default=-1)
+    parser.add_argument("--apps-fd", type=int, default=-1)
     args = parser.parse_args(argv)
     stop_with_parent(args.parent)
     settings = pickle.load(sys.stdin.buffer)
@@ -63,6 +65,11 @@ def main(argv: list[str] | None = None) -> None:
         from ..services.events_hub import use_hub
 
         use_hub(args.hub_fd)
+    if args.apps_fd >= 0:
+        from ..apps.shared_pool import use_host
+
+        os.set_inheritable(args.apps_fd, False)  # not for the app workers it starts
+        use_host(args.apps_fd)
     # Imported here, after the logging set-up: the server pulls in Quart and the rest.
     from ..server import serve
 

@@ -12,6 +12,9 @@ app, no database): it only watches.
 - Events: with `event_bus = "memory"`, the supervisor is the hub of the processes' buses
   (hub.py; services/events_hub.py is the process's side): every process sees every event,
   with the same ids. With Redis, the processes share Redis's stream instead.
+- App workers: the supervisor holds the one pool of the ASGI apps' workers, which the
+  processes borrow from (apps/shared_pool.py): an app runs once however many processes
+  serve it, and its workers outlive a process that dies. They stop after the processes.
 - Start: each process says when its first generation serves; the supervisor logs once
   when all do. One that cannot start (its error: a plugin failing in strict mode, the
   database out of reach) stops all, and `courtyard serve` exits 1 with that error.
@@ -48,6 +51,7 @@ from .hub import Hub
 from .processes import keep_environment_private
 
 if TYPE_CHECKING:
+    from ..apps.shared_pool import PoolHost
     from ..settings import Settings
 
 log = logging.getLogger("courtyard.supervisor")
@@ -73,6 +77,22 @@ def worker_count(settings: Settings) -> int:
     if settings.workers:
         return settings.workers
     return 1 if is_loopback_host(settings.host) else usable_cores()
+
+
+def app_workers(settings: Settings) -> PoolHost:
+    """The pool of the ASGI apps' workers the processes share, made as a single server
+    process makes its own (dispatcher.py)."""
+    from ..apps.pool import WorkerPool
+    from ..apps.shared_pool import PoolHost
+
+    return PoolHost(
+        WorkerPool(
+            settings.data_dir / "run",
+            app_data_dir=settings.data_dir / "app-data",
+            allow_unsandboxed=settings.apps_allow_unsandboxed,
+            sandbox_user=settings.apps_sandbox_user,
+        )
+    )
 
 
 def supervise(settings: Settings, workers: int) -> None:
@@ -134,6 +154,7 @@ class Supervisor:
             Hub(settings.event_history, self._stuck) if settings.event_bus == "memory" else None
         )
         self.processes: dict[int, Process] = {}
+        self.apps: PoolHost | None = None  # made in run(): it needs the event loop
         self.stopping = False
         self.serving = False  # every process served once
         self.fatal: str | None = None
@@ -148,6 +169,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._done.set)
+        self.apps = apps = app_workers(self.settings)
         keepers = [asyncio.create_task(self._keep(i)) for i in range(self.workers)]
         await self._done.wait()
         self.stopping = True
@@ -166,6 +188,7 @@ class Supervisor:
             await asyncio.wait(keepers)
         if self.hub is not None:
             self.hub.close()
+        await apps.close()  # after the processes: no request is relayed any more
         if self.fatal is not None:
             raise StartupError(self.fatal)
         if self._failures:
@@ -220,7 +243,9 @@ class Supervisor:
         """Start worker `index`: its control pipe, its hub connection, its settings."""
         control_read, control_write = os.pipe()
         hub_mine, hub_its = socket.socketpair() if self.hub is not None else (None, None)
-        passed = [control_write] + ([hub_its.fileno()] if hub_its is not None else [])
+        apps_mine, apps_its = socket.socketpair()
+        passed = [control_write, apps_its.fileno()]
+        passed += [hub_its.fileno()] if hub_its is not None else []
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -229,17 +254,19 @@ class Supervisor:
                 *("--index", str(index), "--parent", str(os.getpid())),
                 *("--control-fd", str(control_write)),
                 *("--hub-fd", str(hub_its.fileno() if hub_its is not None else -1)),
+                *("--apps-fd", str(apps_its.fileno())),
                 stdin=asyncio.subprocess.PIPE,
                 pass_fds=passed,
             )
         except OSError:
             os.close(control_read)
-            for sock in (hub_mine, hub_its):
+            for sock in (hub_mine, hub_its, apps_mine):
                 if sock is not None:
                     sock.close()
             raise
         finally:
             os.close(control_write)
+            apps_its.close()
             if hub_its is not None:
                 hub_its.close()
         loop = asyncio.get_running_loop()
@@ -251,6 +278,8 @@ class Supervisor:
         self.processes[index] = proc
         if self.hub is not None and hub_mine is not None:
             await self.hub.attach(index, hub_mine)
+        assert self.apps is not None
+        await self.apps.attach(apps_mine)
         assert process.stdin is not None
         # The settings as they were read (pickled: exactly the same values), privately.
         process.stdin.write(pickle.dumps(self._settings_of(index)))

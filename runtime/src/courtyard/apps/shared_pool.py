@@ -1,0 +1,404 @@
+"""The app workers of `courtyard serve --workers N`: one pool for the N server processes.
+
+The supervisor (servers/supervisor.py) holds the one `WorkerPool`, behind a `PoolHost`:
+the workers are its children, so each app version runs once however many processes
+serve it, and a worker outlives the server process that first asked for it. Each server
+process borrows workers through a `SharedPool`, which proxy.py relays through as through
+a pool of the process's own: the host decides which worker serves a request (starting,
+recycling, evicting and stopping workers exactly as a pool in one process does), and the
+process sends the request over its own kept-alive connections to the worker's socket.
+The bytes of requests and answers never pass through the supervisor.
+
+The wire: a socketpair per server process, one JSON object a line. A message that wants
+an answer carries an `id`, which the answer repeats; the others get none.
+
+    {"op": "lend", "app": {...}}                 -> {"worker": {"id", "pid", "token", "http", "ws"}}
+    {"op": "release", "worker": 3, "reusable": true}
+    {"op": "retire" | "kill", "worker": 3}
+    {"op": "unreachable", "worker": 3}           -> {}
+    {"op": "crashed", "worker": 3, "why": "..."} -> {"refusal": {...}}
+    {"op": "stop", "key": "shop@1.0.0"}          -> {} once its workers are stopped
+    {"op": "workers"}                            -> {"workers": [...]} (`WorkerPool.stats`)
+
+Any answer may instead be `{"refusal": {"status", "code", "message", "headers"}}`, which
+the server process answers in the app's place. What a server process borrowed is given
+back, not to be reused, when its end of the socketpair closes (it died).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import json
+import logging
+import socket
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..asgi import Receive, Scope, Send
+from .config import AppSettings, WorkerApp
+from .errors import Refusal, WorkerGone
+from .pool import WorkerPool, checkout
+from .process import Reachable, Worker
+from .proxy import relay
+from .sockets import Connection
+
+log = logging.getLogger("courtyard.apps.workers")
+
+LINE_LIMIT = 1024 * 1024  # the longest message (an app's settings, with its `env`)
+_IDLE_CONNECTIONS = 32  # kept-alive connections per worker, per server process
+
+_host_fd: int | None = None
+
+
+def use_host(fd: int | None) -> None:
+    """Make this server process borrow app workers from the supervisor's pool, on the
+    connection `fd` (a Unix stream socket); None: a pool of its own again."""
+    global _host_fd
+    _host_fd = fd
+
+
+def host_fd() -> int | None:
+    """The connection to the supervisor's pool, if this process borrows from one."""
+    return _host_fd
+
+
+# -- the wire ----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _app_to_wire(app: WorkerApp) -> dict[str, Any]:
+    # Only the worker settings: the manifest's own fields (entry, index, spa) stay here.
+    settings = {name: getattr(app.settings, name) for name in AppSettings.model_fields}
+    return {"key": app.key, "root": str(app.root), "entry": app.entry, "settings": settings}
+
+
+def _app_from_wire(wire: dict[str, Any]) -> WorkerApp:
+    settings = AppSettings.model_validate(wire["settings"])
+    return WorkerApp(wire["key"], Path(wire["root"]), wire["entry"], settings)
+
+
+def _refusal_to_wire(refusal: Refusal) -> dict[str, Any]:
+    headers = [[name.decode("latin-1"), value.decode("latin-1")] for name, value in refusal.headers]
+    return {
+        "status": refusal.status,
+        "code": refusal.code,
+        "message": refusal.message,
+        "headers": headers,
+    }
+
+
+def _refusal_from_wire(wire: dict[str, Any]) -> Refusal:
+    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in wire["headers"]]
+    return Refusal(wire["status"], wire["code"], wire["message"], headers)
+
+
+def _line(message: dict[str, Any]) -> bytes:
+    return json.dumps(message).encode() + b"\n"
+
+
+def _gone() -> Refusal:
+    return Refusal(503, "NOT_READY", "The app workers are shut down")
+
+
+# -- the supervisor's side ---------------------------------------------------------------
+
+
+class PoolHost:
+    """The supervisor's pool, lending its workers to the server processes."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self._ids = itertools.count(1)
+        self._workers: dict[int, Worker] = {}
+        self._id_of: dict[Worker, int] = {}
+        self._apps: dict[str, WorkerApp] = {}  # by their wire form: checked once
+        self._channels: set[asyncio.Task[None]] = set()
+
+    async def attach(self, sock: socket.socket) -> None:
+        """Serve a server process on its end of a socketpair."""
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=LINE_LIMIT)
+        task = asyncio.create_task(self._serve(reader, writer))
+        self._channels.add(task)
+        task.add_done_callback(self._channels.discard)
+
+    async def close(self) -> None:
+        """Stop serving the processes, and stop every worker."""
+        for task in list(self._channels):
+            task.cancel()
+        await asyncio.gather(*self._channels, return_exceptions=True)
+        await self.pool.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        borrowed: Counter[int] = Counter()  # worker id -> requests the process holds
+        answering: set[asyncio.Task[None]] = set()
+        try:
+            while line := await reader.readline():
+                message = json.loads(line)
+                if "id" in message:
+                    task = asyncio.create_task(self._answer(message, borrowed, writer))
+                    answering.add(task)
+                    task.add_done_callback(answering.discard)
+                else:
+                    self._apply(message, borrowed)
+        except (OSError, ValueError) as exc:  # a process cut off mid-line, or a bad line
+            log.warning("app workers: a server process's channel broke: %r", exc)
+        finally:
+            for task in answering:
+                task.cancel()
+            await asyncio.gather(*answering, return_exceptions=True)
+            for worker_id, count in borrowed.items():
+                if (worker := self._workers.get(worker_id)) is not None:
+                    for _ in range(count):
+                        self.pool.release(worker, None, reusable=False)
+            writer.close()
+
+    async def _answer(
+        self, message: dict[str, Any], borrowed: Counter[int], writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            answer = await self._answer_to(message, borrowed)
+        except Refusal as refusal:
+            answer = {"refusal": _refusal_to_wire(refusal)}
+        answer["id"] = message["id"]
+        if not writer.is_closing():
+            writer.write(_line(answer))
+
+    async def _answer_to(self, message: dict[str, Any], borrowed: Counter[int]) -> dict[str, Any]:
+        op = message["op"]
+        if op == "lend":
+            worker = await self.pool.lend(self._app(message["app"]))
+            worker_id = self._id(worker)
+            borrowed[worker_id] += 1  # at once: a cancellation cannot come in between
+            return {
+                "worker": {
+                    "id": worker_id,
+                    "pid": worker.pid,
+                    "token": worker.token.decode(),
+                    "http": str(worker.socket_path),
+                    "ws": str(worker.ws_socket_path),
+                }
+            }
+        if op == "workers":
+            return {"workers": self.pool.stats()}
+        if op == "stop":
+            await self.pool.stop_app(message["key"])
+            return {}
+        lent = self._workers.get(message["worker"])
+        if op == "unreachable":
+            if lent is not None:
+                await self.pool.unreachable(lent)
+            return {}
+        if op == "crashed":
+            if lent is None:
+                raise Refusal(502, "APP_CRASHED", "The app's worker exited")
+            raise await lent.crashed(WorkerGone(message["why"]))
+        raise ValueError(f"unknown operation {op!r}")
+
+    def _apply(self, message: dict[str, Any], borrowed: Counter[int]) -> None:
+        worker_id = message["worker"]
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            return
+        op = message["op"]
+        if op == "release" and borrowed[worker_id] > 0:
+            borrowed[worker_id] -= 1
+            self.pool.release(worker, None, reusable=bool(message["reusable"]))
+        elif op == "retire":
+            self.pool.retire(worker)
+        elif op == "kill":
+            self.pool.kill(worker)
+
+    def _app(self, wire: dict[str, Any]) -> WorkerApp:
+        form = json.dumps(wire, sort_keys=True)
+        app = self._apps.get(form)
+        if app is None:
+            if len(self._apps) >= 256:
+                self._apps.clear()
+            app = self._apps[form] = _app_from_wire(wire)
+        return app
+
+    def _id(self, worker: Worker) -> int:
+        """`worker`'s id on the wire (the dead ones are forgotten as new ones come)."""
+        worker_id = self._id_of.get(worker)
+        if worker_id is None:
+            for dead in [w for w in self._id_of if w.state == "dead"]:
+                del self._workers[self._id_of.pop(dead)]
+            worker_id = self._id_of[worker] = next(self._ids)
+            self._workers[worker_id] = worker
+        return worker_id
+
+
+# -- a server process's side -------------------------------------------------------------
+
+
+class BorrowedWorker(Reachable):
+    """A worker of the supervisor's pool, as a server process reaches it."""
+
+    def __init__(self, pool: SharedPool, app: WorkerApp, wire: dict[str, Any]) -> None:
+        super().__init__()
+        self.pool = pool
+        self.app = app
+        self.id: int = wire["id"]
+        self._pid: int | None = wire["pid"]
+        self.token: bytes = wire["token"].encode()
+        self.socket_path = Path(wire["http"])
+        self.ws_socket_path = Path(wire["ws"])
+        self.active = 0  # requests of this process it serves
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id (the supervisor's children are this process's kin)."""
+        return self._pid
+
+    async def crashed(self, exc: BaseException) -> Refusal:
+        """The refusal for a broken exchange, as the supervisor sees the worker."""
+        try:
+            await self.pool.ask({"op": "crashed", "worker": self.id, "why": str(exc)})
+        except Refusal as refusal:
+            return refusal
+        raise AssertionError("the supervisor answers a crash with a refusal")
+
+
+class SharedPool:
+    """A server process's share of the supervisor's pool (module docstring): what the
+    router and proxy.py ask of a `WorkerPool`."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._ids = itertools.count(1)
+        self._answers: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._workers: dict[int, BorrowedWorker] = {}
+        self._opened: asyncio.Task[asyncio.StreamWriter] | None = None
+        self._reading: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._broken = False  # the supervisor is gone
+
+    async def handle(self, app: WorkerApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI `http` or `websocket` scope with `app`'s workers (`relay`)."""
+        await relay(self, app, scope, receive, send)
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """The live workers of every process (`WorkerPool.stats`)."""
+        workers: list[dict[str, Any]] = (await self.ask({"op": "workers"}))["workers"]
+        return workers
+
+    async def stop_app(self, key: str) -> None:
+        """Stop `key`'s workers once their in-flight requests finish (every process's)."""
+        await self.ask({"op": "stop", "key": key})
+
+    async def close(self) -> None:
+        """Close this process's connections; the workers serve the other processes on."""
+        for worker in self._workers.values():
+            worker.close_connections()
+        if self._reading is not None:
+            self._reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reading
+        if self._writer is not None:
+            self._writer.close()
+
+    # -- lending (proxy.py's Lender) ----------------------------------------------------
+
+    async def checkout(
+        self, app: WorkerApp, websocket: bool = False
+    ) -> tuple[BorrowedWorker, Connection]:
+        """A borrowed worker and a connection to it (`pool.checkout`)."""
+        return await checkout(self, app, websocket)
+
+    async def lend(self, app: WorkerApp) -> BorrowedWorker:
+        """A worker of the supervisor's pool, claimed for one request."""
+        wire = (await self.ask({"op": "lend", "app": _app_to_wire(app)}))["worker"]
+        worker = self._workers.get(wire["id"])
+        if worker is None:
+            # A new worker of the app: its predecessors this process holds nothing of go.
+            for old in [w for w in self._workers.values() if w.app.key == app.key]:
+                if old.active == 0:
+                    old.close_connections()
+                    del self._workers[old.id]
+            worker = self._workers[wire["id"]] = BorrowedWorker(self, app, wire)
+        worker.active += 1
+        return worker
+
+    def release(
+        self, worker: BorrowedWorker, connection: Connection | None, reusable: bool
+    ) -> None:
+        """Hand the worker back, and keep the connection if it can carry another request."""
+        worker.active -= 1
+        if connection is not None:
+            if reusable and len(worker.connections) < _IDLE_CONNECTIONS:
+                worker.connections.append(connection)
+            else:
+                connection.close()
+        self._tell({"op": "release", "worker": worker.id, "reusable": reusable})
+
+    def retire(self, worker: BorrowedWorker) -> None:
+        """No new requests for `worker` (from any process)."""
+        worker.close_connections()
+        self._tell({"op": "retire", "worker": worker.id})
+
+    def kill(self, worker: BorrowedWorker) -> None:
+        """Stop `worker` now, the other processes' requests to it with it."""
+        worker.close_connections()
+        self._tell({"op": "kill", "worker": worker.id})
+
+    async def unreachable(self, worker: BorrowedWorker) -> None:
+        """`worker` did not accept a connection: the supervisor makes sure it is gone."""
+        worker.close_connections()
+        await self.ask({"op": "unreachable", "worker": worker.id})
+
+    # -- the channel --------------------------------------------------------------------
+
+    async def ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send `message` and wait for its answer.
+
+        :raises Refusal: the answer is one, or the supervisor is gone (503 NOT_READY).
+        """
+        writer = await self._channel()
+        if self._broken:
+            raise _gone()
+        message_id = next(self._ids)
+        answer = self._answers[message_id] = asyncio.get_running_loop().create_future()
+        writer.write(_line({**message, "id": message_id}))
+        # Not popped here: an answer that comes after its asker gave up must still be
+        # seen (a worker lent for nothing is given back, see `_read`).
+        reply: dict[str, Any] = await answer
+        if "refusal" in reply:
+            raise _refusal_from_wire(reply["refusal"])
+        return reply
+
+    def _tell(self, message: dict[str, Any]) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(_line(message))
+
+    async def _channel(self) -> asyncio.StreamWriter:
+        if self._opened is None:
+            self._opened = asyncio.create_task(self._open())
+        return await asyncio.shield(self._opened)
+
+    async def _open(self) -> asyncio.StreamWriter:
+        sock = socket.socket(fileno=self._fd)
+        reader, self._writer = await asyncio.open_unix_connection(sock=sock, limit=LINE_LIMIT)
+        self._reading = asyncio.create_task(self._read(reader))
+        return self._writer
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while line := await reader.readline():
+                reply = json.loads(line)
+                answer = self._answers.pop(reply["id"], None)
+                if answer is not None and not answer.done():
+                    answer.set_result(reply)
+                elif "worker" in reply:  # its asker gave up meanwhile: give it back
+                    self._tell({"op": "release", "worker": reply["worker"]["id"], "reusable": True})
+        except (OSError, ValueError) as exc:
+            log.error("app workers: the supervisor's channel broke: %r", exc)
+        finally:
+            self._broken = True
+            for answer in self._answers.values():
+                if not answer.done():
+                    answer.set_exception(_gone())
+            self._answers.clear()

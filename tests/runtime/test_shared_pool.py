@@ -1,0 +1,115 @@
+"""The supervisor's pool of app workers, borrowed by the server processes
+(apps/shared_pool.py): here a `PoolHost` and its `SharedPool`s in one process, on
+socketpairs as the supervisor and its processes have them, with real workers.
+tests/runtime/test_serve_workers.py runs the same through `courtyard serve --workers 2`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apps_kit import alive, client, make_app, until
+from courtyard.apps.pool import WorkerPool
+from courtyard.apps.shared_pool import PoolHost, SharedPool
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "apps"
+
+
+@pytest.fixture
+def apps(tmp_path: Path) -> Path:
+    target = tmp_path / "apps"
+    shutil.copytree(FIXTURES, target)
+    return target
+
+
+@pytest.fixture
+async def host(tmp_path: Path) -> AsyncIterator[PoolHost]:
+    pool = WorkerPool(tmp_path / "run", grace=1.0, allow_unsandboxed=shutil.which("bwrap") is None)
+    host = PoolHost(pool)
+    yield host
+    await host.close()
+    assert pool.stats() == []
+
+
+@pytest.fixture
+async def borrower(host: PoolHost) -> AsyncIterator[Callable[[], Any]]:
+    """`await borrower()`: a server process's `SharedPool` on the host."""
+    made: list[SharedPool] = []
+
+    async def make() -> SharedPool:
+        mine, its = socket.socketpair()
+        await host.attach(mine)
+        shared = SharedPool(its.detach())
+        made.append(shared)
+        return shared
+
+    yield make
+    for shared in made:
+        await shared.close()
+
+
+async def test_every_process_is_served_by_the_same_worker(apps, host, borrower):
+    echo = make_app(apps, "echo")
+    one, two = await borrower(), await borrower()
+    seen = set()
+    async with client(one, echo) as first, client(two, echo) as second:
+        for http in (first, second, first, second):
+            answer = await http.get("/hello", headers={"X-Forwarded-For": "203.0.113.9"})
+            assert answer.status_code == 200, answer.text
+            seen.add(answer.json()["pid"])
+            forwarded = answer.json()["headers"]["x-forwarded-for"]
+            assert forwarded == ["203.0.113.9, 127.0.0.1"]  # as from a pool of its own
+    assert len(seen) == 1
+    (worker,) = await one.workers()
+    assert worker["requests"] == 4 and worker["active"] == 0
+    assert await two.workers() == [worker]
+
+
+async def test_what_a_dead_process_borrowed_is_given_back(apps, host, borrower):
+    slow = make_app(apps, "echo", max_requests=1000)
+    shared = await borrower()
+    worker = await shared.lend(slow)  # borrowed, never given back: the process dies
+    assert (await shared.workers())[0]["active"] == 1
+    await shared.close()
+    await until(lambda: host.pool.stats()[0]["active"] == 0)
+    assert alive(worker.pid)  # the worker serves the other processes on
+
+
+async def test_a_worker_lent_to_a_request_that_gave_up_is_given_back(apps, host, borrower):
+    echo = make_app(apps, "echo")
+    shared = await borrower()
+    asking = asyncio.create_task(shared.lend(echo))  # its worker starts: it takes a while
+    await until(lambda: host.pool.stats() != [])
+    asking.cancel()  # the client left
+    await until(lambda: host.pool.stats()[0]["state"] == "ready", timeout=30)
+    await until(lambda: host.pool.stats()[0]["active"] == 0)
+
+
+async def test_refusals_and_stops_cross_the_wire(apps, host, borrower):
+    broken = make_app(apps, "broken")
+    shared = await borrower()
+    async with client(shared, broken) as http:
+        answer = await http.get("/")
+    assert answer.status_code == 502 and answer.json()["error"]["code"] == "APP_START_FAILED"
+    echo = make_app(apps, "echo")
+    async with client(shared, echo) as http:
+        assert (await http.get("/")).status_code == 200
+    (worker,) = await shared.workers()
+    await shared.stop_app(echo.key)
+    assert await shared.workers() == [] and not alive(worker["pid"])
+
+
+async def test_a_process_whose_supervisor_is_gone_answers_not_ready(apps, tmp_path):
+    mine, its = socket.socketpair()
+    shared = SharedPool(its.detach())
+    mine.close()
+    async with client(shared, make_app(apps, "echo")) as http:
+        answer = await http.get("/")
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "NOT_READY"
+    await shared.close()
