@@ -31,12 +31,13 @@ import asyncio
 import contextlib
 import functools
 import itertools
-import json
 import logging
 import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from ..asgi import Receive, Scope, Send
 from .config import AppSettings, WorkerApp
@@ -70,13 +71,17 @@ def host_fd() -> int | None:
 
 
 @functools.lru_cache(maxsize=256)
-def _app_to_wire(app: WorkerApp) -> dict[str, Any]:
+def _app_to_wire(app: WorkerApp) -> str:
+    """The app as the host takes it: a JSON text, which the host keeps what it made of
+    (a request sends it; parsing and checking it each time would cost more)."""
     # Only the worker settings: the manifest's own fields (entry, index, spa) stay here.
     settings = {name: getattr(app.settings, name) for name in AppSettings.model_fields}
-    return {"key": app.key, "root": str(app.root), "entry": app.entry, "settings": settings}
+    wire = {"key": app.key, "root": str(app.root), "entry": app.entry, "settings": settings}
+    return orjson.dumps(wire).decode()
 
 
-def _app_from_wire(wire: dict[str, Any]) -> WorkerApp:
+def _app_from_wire(text: str) -> WorkerApp:
+    wire = orjson.loads(text)
     settings = AppSettings.model_validate(wire["settings"])
     return WorkerApp(wire["key"], Path(wire["root"]), wire["entry"], settings)
 
@@ -97,7 +102,26 @@ def _refusal_from_wire(wire: dict[str, Any]) -> Refusal:
 
 
 def _line(message: dict[str, Any]) -> bytes:
-    return json.dumps(message).encode() + b"\n"
+    return orjson.dumps(message) + b"\n"
+
+
+class _Outbox:
+    """The lines one end sends, written together once per turn of the event loop: under
+    load, one system call carries the messages of many requests."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._lines: list[bytes] = []
+
+    def put(self, message: dict[str, Any]) -> None:
+        if not self._lines:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._lines.append(_line(message))
+
+    def _flush(self) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(b"".join(self._lines))
+        self._lines.clear()
 
 
 def _gone() -> Refusal:
@@ -115,7 +139,7 @@ class PoolHost:
         self._ids = itertools.count(1)
         self._workers: dict[int, Worker] = {}
         self._id_of: dict[Worker, int] = {}
-        self._apps: dict[str, WorkerApp] = {}  # by their wire form: checked once
+        self._apps: dict[str, WorkerApp] = {}  # by their wire form: parsed and checked once
         self._channels: set[asyncio.Task[None]] = set()
 
     async def attach(self, sock: socket.socket) -> None:
@@ -135,11 +159,12 @@ class PoolHost:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         borrowed: Counter[int] = Counter()  # worker id -> requests the process holds
         answering: set[asyncio.Task[None]] = set()
+        outbox = _Outbox(writer)
         try:
             while line := await reader.readline():
-                message = json.loads(line)
+                message = orjson.loads(line)
                 if "id" in message:
-                    task = asyncio.create_task(self._answer(message, borrowed, writer))
+                    task = asyncio.create_task(self._answer(message, borrowed, outbox))
                     answering.add(task)
                     task.add_done_callback(answering.discard)
                 else:
@@ -157,15 +182,14 @@ class PoolHost:
             writer.close()
 
     async def _answer(
-        self, message: dict[str, Any], borrowed: Counter[int], writer: asyncio.StreamWriter
+        self, message: dict[str, Any], borrowed: Counter[int], outbox: _Outbox
     ) -> None:
         try:
             answer = await self._answer_to(message, borrowed)
         except Refusal as refusal:
             answer = {"refusal": _refusal_to_wire(refusal)}
         answer["id"] = message["id"]
-        if not writer.is_closing():
-            writer.write(_line(answer))
+        outbox.put(answer)
 
     async def _answer_to(self, message: dict[str, Any], borrowed: Counter[int]) -> dict[str, Any]:
         op = message["op"]
@@ -212,13 +236,12 @@ class PoolHost:
         elif op == "kill":
             self.pool.kill(worker)
 
-    def _app(self, wire: dict[str, Any]) -> WorkerApp:
-        form = json.dumps(wire, sort_keys=True)
+    def _app(self, form: str) -> WorkerApp:
         app = self._apps.get(form)
         if app is None:
             if len(self._apps) >= 256:
                 self._apps.clear()
-            app = self._apps[form] = _app_from_wire(wire)
+            app = self._apps[form] = _app_from_wire(form)
         return app
 
     def _id(self, worker: Worker) -> int:
@@ -272,9 +295,10 @@ class SharedPool:
         self._ids = itertools.count(1)
         self._answers: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._workers: dict[int, BorrowedWorker] = {}
-        self._opened: asyncio.Task[asyncio.StreamWriter] | None = None
+        self._opened: asyncio.Task[_Outbox] | None = None
         self._reading: asyncio.Task[None] | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._outbox: _Outbox | None = None
         self._broken = False  # the supervisor is gone
 
     async def handle(self, app: WorkerApp, scope: Scope, receive: Receive, send: Send) -> None:
@@ -357,12 +381,12 @@ class SharedPool:
 
         :raises Refusal: the answer is one, or the supervisor is gone (503 NOT_READY).
         """
-        writer = await self._channel()
+        outbox = await self._channel()
         if self._broken:
             raise _gone()
         message_id = next(self._ids)
         answer = self._answers[message_id] = asyncio.get_running_loop().create_future()
-        writer.write(_line({**message, "id": message_id}))
+        outbox.put({**message, "id": message_id})
         # Not popped here: an answer that comes after its asker gave up must still be
         # seen (a worker lent for nothing is given back, see `_read`).
         reply: dict[str, Any] = await answer
@@ -371,24 +395,25 @@ class SharedPool:
         return reply
 
     def _tell(self, message: dict[str, Any]) -> None:
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(_line(message))
+        if self._outbox is not None:
+            self._outbox.put(message)
 
-    async def _channel(self) -> asyncio.StreamWriter:
+    async def _channel(self) -> _Outbox:
         if self._opened is None:
             self._opened = asyncio.create_task(self._open())
         return await asyncio.shield(self._opened)
 
-    async def _open(self) -> asyncio.StreamWriter:
+    async def _open(self) -> _Outbox:
         sock = socket.socket(fileno=self._fd)
         reader, self._writer = await asyncio.open_unix_connection(sock=sock, limit=LINE_LIMIT)
+        self._outbox = _Outbox(self._writer)
         self._reading = asyncio.create_task(self._read(reader))
-        return self._writer
+        return self._outbox
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while line := await reader.readline():
-                reply = json.loads(line)
+                reply = orjson.loads(line)
                 answer = self._answers.pop(reply["id"], None)
                 if answer is not None and not answer.done():
                     answer.set_result(reply)
