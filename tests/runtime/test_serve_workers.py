@@ -346,9 +346,11 @@ async def test_a_stream_on_one_process_sees_events_published_on_the_other(
 
 
 @pytest.mark.slow
-def test_no_process_outlives_its_supervisor(workers_server):
+def test_no_process_outlives_its_supervisor(workers_server, tmp_path):
+    shutil.copytree(FIXTURES / "echo", tmp_path / "apps" / "echo")
     server = workers_server()
-    pids = serving_pids(server.url)
+    assert httpx.get(f"{server.url}/echo/hi", timeout=30).status_code == 200
+    pids = serving_pids(server.url) | set(app_workers(server))
     server.process.kill()  # no chance to stop them: they stop by themselves
     server.process.wait()
     deadline = time.monotonic() + 30

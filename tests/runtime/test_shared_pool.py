@@ -113,3 +113,15 @@ async def test_a_process_whose_supervisor_is_gone_answers_not_ready(apps, tmp_pa
         answer = await http.get("/")
     assert answer.status_code == 503 and answer.json()["error"]["code"] == "NOT_READY"
     await shared.close()
+
+
+async def test_a_fault_of_the_supervisor_fails_the_request_instead_of_hanging(
+    apps, host, borrower, monkeypatch
+):
+    async def full_disk(app: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(host.pool, "lend", full_disk)
+    shared = await borrower()
+    with pytest.raises(RuntimeError, match="No space left on device"):
+        await shared.lend(make_app(apps, "echo"))

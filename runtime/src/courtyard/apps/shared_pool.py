@@ -21,7 +21,8 @@ an answer carries an `id`, which the answer repeats; the others get none.
     {"op": "workers"}                            -> {"workers": [...]} (`WorkerPool.stats`)
 
 Any answer may instead be `{"refusal": {"status", "code", "message", "headers"}}`, which
-the server process answers in the app's place. What a server process borrowed is given
+the server process answers in the app's place, or `{"error": "..."}` for a fault of the
+supervisor's. What a server process borrowed is given
 back, not to be reused, when its end of the socketpair closes (it died).
 """
 
@@ -188,6 +189,9 @@ class PoolHost:
             answer = await self._answer_to(message, borrowed)
         except Refusal as refusal:
             answer = {"refusal": _refusal_to_wire(refusal)}
+        except Exception as exc:  # a fault here (a full disk...) fails the request there
+            log.exception("app workers: %s failed", message.get("op"))
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
         answer["id"] = message["id"]
         outbox.put(answer)
 
@@ -380,6 +384,7 @@ class SharedPool:
         """Send `message` and wait for its answer.
 
         :raises Refusal: the answer is one, or the supervisor is gone (503 NOT_READY).
+        :raises RuntimeError: the supervisor failed to answer (its log says why).
         """
         outbox = await self._channel()
         if self._broken:
@@ -392,6 +397,8 @@ class SharedPool:
         reply: dict[str, Any] = await answer
         if "refusal" in reply:
             raise _refusal_from_wire(reply["refusal"])
+        if "error" in reply:  # as the pool's own fault would in a single process
+            raise RuntimeError(f"the supervisor's app workers failed: {reply['error']}")
         return reply
 
     def _tell(self, message: dict[str, Any]) -> None:
