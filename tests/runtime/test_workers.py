@@ -29,11 +29,13 @@ import wsproto.events as ws_events
 from apps_kit import alive, client, descendants, make_app, spawned, until
 from courtyard.apps.pool import (
     APP_DATA_ENV,
+    BUSY,
     ENV_ALLOW_LIST,
     START_FAILED,
     AppSettings,
     WorkerApp,
     WorkerPool,
+    processes,
 )
 from courtyard.testing import free_port
 from hypercorn.asyncio import serve
@@ -427,6 +429,53 @@ async def test_stop_app_lets_in_flight_requests_finish(apps, make_pool):
     assert answer.status_code == 200
     assert answer.json()["pid"] == pid
     assert not any(alive(pid) for pid in spawned(pool))
+
+
+# -- busy apps ---------------------------------------------------------------------------
+
+
+async def test_a_busy_app_gets_more_workers_up_to_its_processes(apps, make_pool):
+    pool = make_pool()
+    faulty = make_app(apps, "faulty", processes=2, idle_timeout=1)
+    async with client(pool, faulty) as http:
+        assert (await http.get("/wait", params={"s": "0"})).status_code == 200
+        waits = [http.get("/wait", params={"s": "1"}) for _ in range(BUSY * 3)]
+        answers = await asyncio.gather(*waits)
+        # All of them go to the first worker; from the BUSY-th on, a second one starts
+        # (no request waits for it), for the requests that come after.
+        assert all(answer.status_code == 200 for answer in answers)
+        assert len(spawned(pool)) == 2 and len(pool.stats()) == 2  # processes=2: no third
+        more = await asyncio.gather(*(http.get("/wait", params={"s": "0.3"}) for _ in range(8)))
+        served_by = {answer.json()["pid"] for answer in more}
+        assert len(served_by) == 2  # the least busy takes each request
+    await until(lambda: pool.stats() == [], timeout=5)  # both idle out
+
+
+async def test_a_busy_app_takes_no_room_from_the_others(apps, make_pool):
+    pool = make_pool(max_workers=1)
+    faulty = make_app(apps, "faulty", processes=2)
+    async with client(pool, faulty) as http:
+        waits = [http.get("/wait", params={"s": "0.5"}) for _ in range(BUSY * 2)]
+        assert all(answer.status_code == 200 for answer in await asyncio.gather(*waits))
+    assert len(spawned(pool)) == 1
+
+
+async def test_a_quiet_app_keeps_one_worker(apps, make_pool):
+    pool = make_pool()
+    faulty = make_app(apps, "faulty", processes=4)
+    async with client(pool, faulty) as http:
+        answers = await asyncio.gather(
+            *(http.get("/wait", params={"s": "0.2"}) for _ in range(BUSY))
+        )
+        assert len({answer.json()["pid"] for answer in answers}) == 1
+        for _ in range(5):
+            await http.get("/wait", params={"s": "0"})
+    assert len(spawned(pool)) == 1
+
+
+async def test_processes_default_to_the_usable_cores():
+    assert processes(AppSettings()) == len(os.sched_getaffinity(0))
+    assert processes(AppSettings(processes=3)) == 3
 
 
 # -- the pool-wide cap -------------------------------------------------------------------

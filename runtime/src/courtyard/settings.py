@@ -21,6 +21,16 @@ from pydantic import (
 from .database_urls import async_url
 from .proxies import networks
 
+
+def usable_cores() -> int:
+    """The cores this process may run on (what `workers = 0` and an app's `processes = 0`
+    count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 CONFIG_FILE = "courtyard.toml"
 ENV_PREFIX = "COURTYARD_"
 _TRUE = {"1", "true", "yes", "on"}

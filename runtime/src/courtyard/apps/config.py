@@ -27,6 +27,9 @@ class AppSettings(BaseModel):
         that one is ready and its own requests are done); 0 starts a fresh process for
         every request and stops it after.
     :ivar max_requests: a worker is recycled, as for `ttl`, after serving this many.
+    :ivar processes: how many workers of the version may serve at once: one serves, and
+        another starts when each has several requests in flight; 0 for one per usable
+        core.
     :ivar max_body_size: a request body above it (bytes) is refused with 413.
     :ivar max_memory_mb: the resident memory of the worker and what it started, past
         which it is recycled (its address space is capped at four times that), and the size of
@@ -45,6 +48,7 @@ class AppSettings(BaseModel):
     idle_timeout: float = Field(default=300.0, gt=0)
     ttl: float = Field(default=3600.0, ge=0)
     max_requests: int = Field(default=1000, ge=1)
+    processes: int = Field(default=0, ge=0)  # 0: one per usable core
     max_body_size: int = Field(default=10 * 1024**2, ge=0)
     max_memory_mb: int = Field(default=1024, ge=0)  # 0: no limit
     env: dict[str, str] = Field(default_factory=dict)

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ..asgi import Receive, Scope, Send
+from ..settings import usable_cores
 from .config import AppSettings, WorkerApp
 from .errors import START_FAILED, Refusal, WorkerGone
 from .launch import APP_DATA_ENV, ENV_ALLOW_LIST
@@ -74,6 +75,13 @@ from .sockets import Connection
 log = logging.getLogger("courtyard.apps.workers")  # the logger of every part of the pool
 
 _IDLE_CONNECTIONS = 32  # kept-alive connections per worker (each is a file descriptor)
+BUSY = 4  # requests in flight on each of an app's workers before another one starts
+
+
+def processes(settings: AppSettings) -> int:
+    """How many workers of one app version may serve at once: its `processes`, or one per
+    usable core when that is 0."""
+    return settings.processes or usable_cores()
 
 
 class WorkerPool:
@@ -254,31 +262,45 @@ class WorkerPool:
     def _current(self, app: WorkerApp) -> Worker | None:
         """The worker to take `app`'s next request, or None: start one.
 
+        The least busy of the version's ready workers takes it; when even that one has
+        `BUSY` requests in flight, another worker starts beside them (up to the app's
+        `processes`, and while the pool has room), for the requests after this one.
+
         Recycling overlaps: a worn-out worker (`max_requests`, `ttl`) starts its successor
-        and serves on until the successor is ready, then retires. Requests never wait for
+        and serves on until a fresh worker is ready, then retires. Requests never wait for
         a recycle; a worker may serve a few requests past `max_requests` meanwhile.
         """
         if app.settings.ttl == 0:
             return None
+        now = time.monotonic()
         live = [w for w in self._workers.get(app.key, ()) if w.state in ("starting", "ready")]
-        if not live:
+        ready = [w for w in live if w.state == "ready"]
+        fresh = [w for w in ready if not w.worn_out(now)]
+        starting = len(live) - len(ready)
+        if fresh:
+            for worn in ready:
+                if worn not in fresh:
+                    self.retire(worn)  # superseded by a fresh worker
+            chosen = min(fresh, key=lambda w: w.active)
+            if (
+                chosen.active >= BUSY
+                and len(fresh) + starting < processes(app.settings)
+                and self._serving() < self.max_workers
+                and self._start_failure(app.key) is None
+            ):
+                self._spawn(app)  # busy: another worker, for the requests to come
+            return chosen
+        if ready:  # every ready worker is worn out
+            chosen = min(ready, key=lambda w: w.active)
+            if starting or self._start_failure(app.key) is not None:
+                return chosen  # its successor is on its way, or cannot start: serve on
+            if self._serving() < self.max_workers:
+                self._spawn(app)  # the successor; this one serves meanwhile
+                return chosen
+            for worn in ready:
+                self.retire(worn)
             return None
-        newest = live[-1]
-        if newest.state == "starting":
-            # A successor is on its way; a predecessor still ready serves meanwhile.
-            ready = [w for w in live[:-1] if w.state == "ready"]
-            return ready[-1] if ready else newest
-        for older in live[:-1]:
-            self.retire(older)  # superseded by a ready successor
-        if not newest.worn_out(time.monotonic()):
-            return newest
-        if self._start_failure(app.key) is not None:
-            return newest  # its successor could not start: serve on, retry later
-        if self._serving() < self.max_workers:
-            self._spawn(app)  # the successor; this one serves meanwhile
-            return newest
-        self.retire(newest)
-        return None
+        return live[-1] if live else None  # starting: wait for it
 
     def _start_failure(self, key: str) -> str | None:
         """The message of `key`'s recent start failure, within `restart_backoff`."""

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 from courtyard_sdk import StartupError
 
 from ..security import is_loopback_host
+from ..settings import usable_cores
 from .binding import bind_address, hold_address
 from .hub import Hub
 from .processes import keep_environment_private
@@ -60,14 +61,6 @@ QUICK_EXIT = 10.0  # seconds: a process that dies sooner after its start died "a
 MAX_QUICK_EXITS = 5
 BACKOFF, MAX_BACKOFF = 0.5, 8.0  # seconds before a replacement starts
 KILL_AFTER = 10.0  # seconds after drain_timeout before a stopping process is killed
-
-
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def worker_count(settings: Settings) -> int:
