@@ -5,7 +5,8 @@
 Both servers run side by side (the real `courtyard serve`, the bench plugin of
 servers.py) and are measured in turns, round after round (the order alternates each
 round; the first starts with a 1 s warm-up of each), on `/api/health/live` (the core
-path) and `/bench/noop` (a plugin route), with 64 keep-alive connections: enough for both
+path), `/bench/noop` (a plugin route) and `/hello-quart/` (the example ASGI app, whose
+workers the processes share), with 64 keep-alive connections: enough for both
 processes to get their share (the kernel spreads connections, not requests). Each
 figure is the median over the rounds. Prints tables and writes bench/results/workers.json.
 
@@ -30,7 +31,8 @@ from pathlib import Path
 
 from harness import load, save, serving, smoke, table
 
-PATHS = {"live": "/api/health/live", "plugin": "/bench/noop"}
+PATHS = {"live": "/api/health/live", "plugin": "/bench/noop", "app": "/hello-quart/"}
+APPS = Path(__file__).parent.parent / "apps"  # the example apps
 CONNECTIONS = 64
 COUNTS = (1, 2)
 
@@ -53,18 +55,27 @@ def every_process_ready(url: str, timeout: float = 60) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time (user and system, every thread) of `pid` and of its child processes
-    (the server processes; their app workers, none here, would not count)."""
+    """CPU time (user and system, every thread) of `pid` and of every process under it
+    (the server processes, and the app workers)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    parents, used = {}, {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # it ended meanwhile
-        if int(stat.parent.name) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+        process = int(stat.parent.name)
+        parents[process] = int(fields[1])
+        used[process] = (int(fields[11]) + int(fields[12])) / tick
+
+    def under(process: int) -> bool:
+        while process > 1:
+            if process == pid:
+                return True
+            process = parents.get(process, 0)
+        return False
+
+    return sum(seconds for process, seconds in used.items() if under(process))
 
 
 def measure(url: str, pid: int, seconds: float) -> dict[str, float]:
@@ -88,7 +99,11 @@ def main() -> None:
             count: stack.enter_context(
                 serving(
                     "courtyard-cli",
-                    env={"COURTYARD_WORKERS": str(count), "COURTYARD_SERVER": args.server},
+                    env={
+                        "COURTYARD_WORKERS": str(count),
+                        "COURTYARD_SERVER": args.server,
+                        "COURTYARD_APP_DIRS": str(APPS),
+                    },
                 )
             )
             for count in COUNTS

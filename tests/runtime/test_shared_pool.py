@@ -66,6 +66,7 @@ async def test_every_process_is_served_by_the_same_worker(apps, host, borrower):
             forwarded = answer.json()["headers"]["x-forwarded-for"]
             assert forwarded == ["203.0.113.9, 127.0.0.1"]  # as from a pool of its own
     assert len(seen) == 1
+    await two.workers()  # each gives back the workers it keeps for its next requests
     (worker,) = await one.workers()
     assert worker["requests"] == 4 and worker["active"] == 0
     assert [w["pid"] for w in await two.workers()] == [worker["pid"]]  # (ages move on)
@@ -125,3 +126,25 @@ async def test_a_fault_of_the_supervisor_fails_the_request_instead_of_hanging(
     shared = await borrower()
     with pytest.raises(RuntimeError, match="No space left on device"):
         await shared.lend(make_app(apps, "echo"))
+
+
+async def test_a_process_reuses_the_worker_it_was_just_lent(apps, host, borrower, monkeypatch):
+    lent = []
+    lend = host.pool.lend
+
+    async def counted(app: Any) -> Any:
+        lent.append(app.key)
+        return await lend(app)
+
+    monkeypatch.setattr(host.pool, "lend", counted)
+    shared = await borrower()
+    async with client(shared, make_app(apps, "echo")) as http:
+        for _ in range(10):
+            assert (await http.get("/")).status_code == 200
+    assert len(lent) < 10  # kept between requests, not asked for each
+    (worker,) = await shared.workers()
+    assert worker["requests"] == 10 and worker["active"] == 0  # yet each one counted
+    fresh = make_app(apps, "echo", key="fresh@1.0.0", ttl=0)
+    async with client(shared, fresh) as http:
+        pids = {(await http.get("/")).json()["pid"] for _ in range(3)}
+    assert len(pids) == 3  # ttl = 0: a process per request, none kept

@@ -13,12 +13,18 @@ The wire: a socketpair per server process, one JSON object a line. A message tha
 an answer carries an `id`, which the answer repeats; the others get none.
 
     {"op": "lend", "app": {...}}                 -> {"worker": {"id", "pid", "token", "http", "ws"}}
-    {"op": "release", "worker": 3, "reusable": true}
+    {"op": "release", "worker": 3, "reusable": true, "count": 1, "served": 0}
     {"op": "retire" | "kill", "worker": 3}
     {"op": "unreachable", "worker": 3}           -> {}
     {"op": "crashed", "worker": 3, "why": "..."} -> {"refusal": {...}}
     {"op": "stop", "key": "shop@1.0.0"}          -> {} once its workers are stopped
     {"op": "workers"}                            -> {"workers": [...]} (`WorkerPool.stats`)
+
+A server process keeps the workers it is lent for a moment after their request
+(`PARK_SECONDS`): a request that comes meanwhile takes one without asking the supervisor,
+and the claims go back together, with the number of requests they served (`served`), so
+that under load a message to the supervisor serves many requests and the supervisor
+still counts each (`max_requests`). Not so for `ttl = 0` (a process per request).
 
 Any answer may instead be `{"refusal": {"status", "code", "message", "headers"}}`, which
 the server process answers in the app's place, or `{"error": "..."}` for a fault of the
@@ -52,6 +58,7 @@ log = logging.getLogger("courtyard.apps.workers")
 
 LINE_LIMIT = 1024 * 1024  # the longest message (an app's settings, with its `env`)
 _IDLE_CONNECTIONS = 32  # kept-alive connections per worker, per server process
+PARK_SECONDS = 0.02  # how long a server process keeps a worker it was lent, for reuse
 
 _host_fd: int | None = None
 
@@ -232,9 +239,11 @@ class PoolHost:
         if worker is None:
             return
         op = message["op"]
-        if op == "release" and borrowed[worker_id] > 0:
-            borrowed[worker_id] -= 1
-            self.pool.release(worker, None, reusable=bool(message["reusable"]))
+        if op == "release":
+            worker.served += message.get("served", 0)  # requests on claims used again
+            for _ in range(min(message.get("count", 1), borrowed[worker_id])):
+                borrowed[worker_id] -= 1
+                self.pool.release(worker, None, reusable=bool(message["reusable"]))
         elif op == "retire":
             self.pool.retire(worker)
         elif op == "kill":
@@ -275,6 +284,9 @@ class BorrowedWorker(Reachable):
         self.socket_path = Path(wire["http"])
         self.ws_socket_path = Path(wire["ws"])
         self.active = 0  # requests of this process it serves
+        self.parked = 0  # claims kept after their request, for the next ones
+        self.unreported = 0  # requests served on claims used again, not yet reported
+        self.retired = False  # this process retired or killed it
 
     @property
     def pid(self) -> int | None:
@@ -304,6 +316,7 @@ class SharedPool:
         self._writer: asyncio.StreamWriter | None = None
         self._outbox: _Outbox | None = None
         self._broken = False  # the supervisor is gone
+        self._returning: asyncio.TimerHandle | None = None  # the parked claims' return
 
     async def handle(self, app: WorkerApp, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI `http` or `websocket` scope with `app`'s workers (`relay`)."""
@@ -311,15 +324,18 @@ class SharedPool:
 
     async def workers(self) -> list[dict[str, Any]]:
         """The live workers of every process (`WorkerPool.stats`)."""
+        self._return_parked()  # first: the counts then include this process's requests
         workers: list[dict[str, Any]] = (await self.ask({"op": "workers"}))["workers"]
         return workers
 
     async def stop_app(self, key: str) -> None:
         """Stop `key`'s workers once their in-flight requests finish (every process's)."""
+        self._return_parked()  # the stop need not wait for claims kept here
         await self.ask({"op": "stop", "key": key})
 
     async def close(self) -> None:
         """Close this process's connections; the workers serve the other processes on."""
+        self._return_parked()
         for worker in self._workers.values():
             worker.close_connections()
         if self._reading is not None:
@@ -338,13 +354,21 @@ class SharedPool:
         return await checkout(self, app, websocket)
 
     async def lend(self, app: WorkerApp) -> BorrowedWorker:
-        """A worker of the supervisor's pool, claimed for one request."""
+        """A worker of the supervisor's pool, claimed for one request: one this process
+        kept from a request just done, else one the supervisor lends."""
+        for kept in self._workers.values():
+            if kept.parked and kept.app.key == app.key:
+                kept.parked -= 1
+                kept.unreported += 1
+                kept.active += 1
+                return kept
         wire = (await self.ask({"op": "lend", "app": _app_to_wire(app)}))["worker"]
         worker = self._workers.get(wire["id"])
         if worker is None:
-            # A new worker of the app: its predecessors this process holds nothing of go.
-            for old in [w for w in self._workers.values() if w.app.key == app.key]:
-                if old.active == 0:
+            # A worker new here: forget those that are gone (nothing in flight, and every
+            # kept connection closed by the other end: they stopped).
+            for old in list(self._workers.values()):
+                if not (old.active or old.parked or any(c.usable() for c in old.connections)):
                     old.close_connections()
                     del self._workers[old.id]
             worker = self._workers[wire["id"]] = BorrowedWorker(self, app, wire)
@@ -361,22 +385,53 @@ class SharedPool:
                 worker.connections.append(connection)
             else:
                 connection.close()
-        self._tell({"op": "release", "worker": worker.id, "reusable": reusable})
+        if reusable and not worker.retired and worker.app.settings.ttl != 0:
+            worker.parked += 1
+            if self._returning is None:
+                loop = asyncio.get_running_loop()
+                self._returning = loop.call_later(PARK_SECONDS, self._return_parked)
+        else:
+            self._give_back(worker, 1, reusable)
 
     def retire(self, worker: BorrowedWorker) -> None:
         """No new requests for `worker` (from any process)."""
-        worker.close_connections()
+        self._drop(worker)
         self._tell({"op": "retire", "worker": worker.id})
 
     def kill(self, worker: BorrowedWorker) -> None:
         """Stop `worker` now, the other processes' requests to it with it."""
-        worker.close_connections()
+        self._drop(worker)
         self._tell({"op": "kill", "worker": worker.id})
 
     async def unreachable(self, worker: BorrowedWorker) -> None:
         """`worker` did not accept a connection: the supervisor makes sure it is gone."""
-        worker.close_connections()
+        self._drop(worker)
         await self.ask({"op": "unreachable", "worker": worker.id})
+
+    def _drop(self, worker: BorrowedWorker) -> None:
+        """Use `worker` no more: its connections close, the claims kept on it go back."""
+        worker.retired = True
+        worker.close_connections()
+        self._unpark(worker)
+
+    def _give_back(self, worker: BorrowedWorker, count: int, reusable: bool) -> None:
+        """Return `count` claims on `worker`, with the requests served on reused ones."""
+        message = {"op": "release", "worker": worker.id, "reusable": reusable, "count": count}
+        self._tell({**message, "served": worker.unreported})
+        worker.unreported = 0
+
+    def _unpark(self, worker: BorrowedWorker) -> None:
+        if worker.parked:
+            self._give_back(worker, worker.parked, reusable=True)
+            worker.parked = 0
+
+    def _return_parked(self) -> None:
+        """Give back every claim kept for reuse."""
+        if self._returning is not None:
+            self._returning.cancel()
+            self._returning = None
+        for worker in self._workers.values():
+            self._unpark(worker)
 
     # -- the channel --------------------------------------------------------------------
 
