@@ -21,8 +21,8 @@ from courtyard_sdk import ApiError
 
 from ..asgi import Receive, Scope, Send, send_error, with_headers
 from .config import WorkerApp
+from .host import host_fd
 from .registry import App, AppRegistry, AppVersion
-from .shared_pool import SharedPool, host_fd
 from .static import serve_static
 from .versions import InvalidRange, resolve
 
@@ -124,8 +124,11 @@ class AppRouter:
         # Several server processes share the supervisor's pool: it is known from the start
         # (its workers may serve apps this process never did); a pool of its own is
         # started on first use.
-        fd = host_fd()
-        self._pool: Pool | None = None if fd is None else SharedPool(fd)
+        self._pool: Pool | None = None
+        if (fd := host_fd()) is not None:
+            from .shared_pool import SharedPool
+
+            self._pool = SharedPool(fd)
         # `route`'s answers by (path, method), for the set of apps and the routes they were
         # worked out with (held weakly: a retired generation must go); none before the first.
         self._routed: dict[tuple[str, str | None], AppRequest | None] = {}

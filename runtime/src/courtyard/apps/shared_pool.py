@@ -12,7 +12,7 @@ The bytes of requests and answers never pass through the supervisor.
 The wire: a socketpair per server process, one JSON object a line. A message that wants
 an answer carries an `id`, which the answer repeats; the others get none.
 
-    {"op": "lend", "app": {...}}                 -> {"worker": {"id", "pid", "token", "http", "ws"}}
+    {"op": "lend", "app": "<JSON text>"}         -> {"worker": {"id", "pid", "token", "http", "ws"}}
     {"op": "release", "worker": 3, "reusable": true, "count": 1, "served": 0}
     {"op": "retire" | "kill", "worker": 3}
     {"op": "unreachable", "worker": 3}           -> {}
@@ -28,8 +28,8 @@ still counts each (`max_requests`). Not so for `ttl = 0` (a process per request)
 
 Any answer may instead be `{"refusal": {"status", "code", "message", "headers"}}`, which
 the server process answers in the app's place, or `{"error": "..."}` for a fault of the
-supervisor's. What a server process borrowed is given
-back, not to be reused, when its end of the socketpair closes (it died).
+supervisor's. What a server process borrowed is given back, not to be reused, when its
+end of the socketpair closes (it died).
 """
 
 from __future__ import annotations
@@ -60,28 +60,13 @@ LINE_LIMIT = 1024 * 1024  # the longest message (an app's settings, with its `en
 _IDLE_CONNECTIONS = 32  # kept-alive connections per worker, per server process
 PARK_SECONDS = 0.02  # how long a server process keeps a worker it was lent, for reuse
 
-_host_fd: int | None = None
-
-
-def use_host(fd: int | None) -> None:
-    """Make this server process borrow app workers from the supervisor's pool, on the
-    connection `fd` (a Unix stream socket); None: a pool of its own again."""
-    global _host_fd
-    _host_fd = fd
-
-
-def host_fd() -> int | None:
-    """The connection to the supervisor's pool, if this process borrows from one."""
-    return _host_fd
-
-
 # -- the wire ----------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=256)
 def _app_to_wire(app: WorkerApp) -> str:
-    """The app as the host takes it: a JSON text, which the host keeps what it made of
-    (a request sends it; parsing and checking it each time would cost more)."""
+    """The app as the host takes it: JSON text, which the host parses and checks once
+    and from then on knows by the text itself (a lend sends it each time)."""
     # Only the worker settings: the manifest's own fields (entry, index, spa) stay here.
     settings = {name: getattr(app.settings, name) for name in AppSettings.model_fields}
     wire = {"key": app.key, "root": str(app.root), "entry": app.entry, "settings": settings}

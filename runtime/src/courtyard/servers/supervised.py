@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
 
         use_hub(args.hub_fd)
     if args.apps_fd >= 0:
-        from ..apps.shared_pool import use_host
+        from ..apps.host import use_host
 
         os.set_inheritable(args.apps_fd, False)  # not for the app workers it starts
         use_host(args.apps_fd)
