@@ -36,13 +36,6 @@ MODES = [
 
 
 @pytest.fixture
-def apps(tmp_path: Path) -> Path:
-    target = tmp_path / "apps"
-    shutil.copytree(FIXTURES, target)
-    return target
-
-
-@pytest.fixture
 async def pool(tmp_path: Path, request: pytest.FixtureRequest):
     options: dict[str, Any] = {"grace": 0.5, **request.param}
     made = WorkerPool(tmp_path / "run", **options)

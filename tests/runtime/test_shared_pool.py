@@ -18,15 +18,6 @@ from apps_kit import alive, client, make_app, until
 from courtyard.apps.pool import WorkerPool
 from courtyard.apps.shared_pool import PoolHost, SharedPool
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "apps"
-
-
-@pytest.fixture
-def apps(tmp_path: Path) -> Path:
-    target = tmp_path / "apps"
-    shutil.copytree(FIXTURES, target)
-    return target
-
 
 @pytest.fixture
 async def host(tmp_path: Path) -> AsyncIterator[PoolHost]:

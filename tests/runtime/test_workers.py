@@ -42,7 +42,6 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from ws_client import WebSocketClient
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "apps"
 MIB = 1024 * 1024
 APP_CHUNK = b"0123456789abcdef" * (64 * 1024)  # what the stream app sends, per MiB
 
@@ -51,14 +50,6 @@ ASGI = Callable[[Scope, Any, Any], Awaitable[None]]
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def apps(tmp_path: Path) -> Path:
-    """The fixture apps, copied so that their __pycache__ stays out of the repository."""
-    target = tmp_path / "apps"
-    shutil.copytree(FIXTURES, target)
-    return target
 
 
 @pytest.fixture
