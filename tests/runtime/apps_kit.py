@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 from courtyard.apps.pool import AppSettings, WorkerApp, WorkerPool
+from courtyard.testing import free_port
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
 
 Scope = dict[str, Any]
 
@@ -67,3 +70,41 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def real_server(pool: Any, apps: Path, **settings: Any) -> AsyncIterator[int]:
+    """Hypercorn on 127.0.0.1 serving /<name>/... from `pool` (a `WorkerPool` or a
+    `SharedPool`), like the app router."""
+    names = ("echo", "stream", "faulty", "broken")
+    served = {name: make_app(apps, name, **settings) for name in names}
+
+    async def router(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        name = scope["path"].split("/")[1]
+        rest = scope["path"][len(name) + 1 :] or "/"
+        scope = {**scope, "root_path": f"/{name}", "path": rest, "raw_path": rest.encode()}
+        await pool.handle(served[name], scope, receive, send)
+
+    port = free_port()
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.graceful_timeout = 1
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(router, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    try:
+        for _ in range(200):
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            await asyncio.sleep(0.02)
+        yield port
+    finally:
+        stop.set()
+        await task

@@ -13,10 +13,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from apps_kit import alive, client, make_app, until
+import wsproto.events as ws_events
+from apps_kit import alive, client, make_app, real_server, until
 from courtyard.apps.pool import WorkerPool
 from courtyard.apps.shared_pool import PoolHost, SharedPool
+from ws_client import WebSocketClient
 
 
 @pytest.fixture
@@ -139,3 +142,22 @@ async def test_a_process_reuses_the_worker_it_was_just_lent(apps, host, borrower
     async with client(shared, fresh) as http:
         pids = {(await http.get("/")).json()["pid"] for _ in range(3)}
     assert len(pids) == 3  # ttl = 0: a process per request, none kept
+
+
+async def test_websockets_and_streams_pass_through_a_borrowed_worker(apps, borrower):
+    shared = await borrower()
+    async with real_server(shared, apps) as port:
+        ws, accepted = await WebSocketClient.connect(port, "/echo/ws", ["chat.v1"])
+        assert isinstance(accepted, ws_events.AcceptConnection)
+        await ws.send(ws_events.TextMessage(data="hello"))
+        assert (await ws.next()).data == "echo: hello"
+        await ws.send(ws_events.TextMessage(data="close:4001"))  # the app closes
+        closing = await ws.next()
+        assert isinstance(closing, ws_events.CloseConnection) and closing.code == 4001
+        ws.close()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            download = await http.get("/stream/download", params={"mib": "3"})
+            assert len(download.content) == 3 * 1024 * 1024
+            with pytest.raises(httpx.RemoteProtocolError):  # a crash once the answer started
+                await http.get("/faulty/crash-midway")
+            assert (await http.get("/faulty/pid")).status_code == 200  # a fresh worker

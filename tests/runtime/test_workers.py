@@ -12,7 +12,6 @@ ids the runtime sees come from the pool (`spawned`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -26,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 import wsproto.events as ws_events
-from apps_kit import alive, client, descendants, make_app, spawned, until
+from apps_kit import alive, client, descendants, make_app, real_server, spawned, until
 from courtyard.apps.pool import (
     APP_DATA_ENV,
     BUSY,
@@ -37,9 +36,6 @@ from courtyard.apps.pool import (
     WorkerPool,
     processes,
 )
-from courtyard.testing import free_port
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 from ws_client import WebSocketClient
 
 MIB = 1024 * 1024
@@ -427,7 +423,7 @@ async def test_stop_app_lets_in_flight_requests_finish(apps, make_pool):
 
 async def test_a_busy_app_gets_more_workers_up_to_its_processes(apps, make_pool):
     pool = make_pool()
-    faulty = make_app(apps, "faulty", processes=2, idle_timeout=1)
+    faulty = make_app(apps, "faulty", processes=2)
     async with client(pool, faulty) as http:
         assert (await http.get("/wait", params={"s": "0"})).status_code == 200
         waits = [http.get("/wait", params={"s": "1"}) for _ in range(BUSY * 3)]
@@ -435,11 +431,11 @@ async def test_a_busy_app_gets_more_workers_up_to_its_processes(apps, make_pool)
         # All of them go to the first worker; from the BUSY-th on, a second one starts
         # (no request waits for it), for the requests that come after.
         assert all(answer.status_code == 200 for answer in answers)
-        assert len(spawned(pool)) == 2 and len(pool.stats()) == 2  # processes=2: no third
+        assert len(spawned(pool)) == 2  # processes=2: no third
+        await until(lambda: [s["state"] for s in pool.stats()] == ["ready"] * 2, timeout=30)
         more = await asyncio.gather(*(http.get("/wait", params={"s": "0.3"}) for _ in range(8)))
         served_by = {answer.json()["pid"] for answer in more}
         assert len(served_by) == 2  # the least busy takes each request
-    await until(lambda: pool.stats() == [], timeout=5)  # both idle out
 
 
 async def test_a_busy_app_takes_no_room_from_the_others(apps, make_pool):
@@ -530,43 +526,6 @@ async def test_close_leaves_no_process_alive(apps, make_pool):
 
 
 # -- through a real server: streaming, WebSocket, broken connections ---------------------
-
-
-@contextlib.asynccontextmanager
-async def real_server(pool: WorkerPool, apps: Path, **settings: Any) -> AsyncIterator[int]:
-    """Hypercorn on 127.0.0.1 serving /<name>/... from `pool`, like the app router."""
-    names = ("echo", "stream", "faulty", "broken")
-    served = {name: make_app(apps, name, **settings) for name in names}
-
-    async def router(scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        name = scope["path"].split("/")[1]
-        rest = scope["path"][len(name) + 1 :] or "/"
-        scope = {**scope, "root_path": f"/{name}", "path": rest, "raw_path": rest.encode()}
-        await pool.handle(served[name], scope, receive, send)
-
-    port = free_port()
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    config.graceful_timeout = 1
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(router, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-    try:
-        for _ in range(200):
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            await asyncio.sleep(0.02)
-        yield port
-    finally:
-        stop.set()
-        await task
 
 
 async def test_a_50_mib_download_streams_through_bounded_memory(apps, make_pool):
