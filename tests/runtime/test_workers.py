@@ -447,6 +447,22 @@ async def test_a_busy_app_takes_no_room_from_the_others(apps, make_pool):
     assert len(spawned(pool)) == 1
 
 
+async def test_a_busy_app_gives_a_worker_back_when_another_app_needs_room(apps, make_pool):
+    pool = make_pool(max_workers=2)
+    faulty, echo = make_app(apps, "faulty", processes=2), make_app(apps, "echo")
+    async with client(pool, faulty) as busy, client(pool, echo) as other:
+        assert (await busy.get("/wait", params={"s": "0"})).status_code == 200
+        first = [busy.get("/wait", params={"s": "0.5"}) for _ in range(BUSY + 1)]
+        await asyncio.gather(*first)  # the second worker starts meanwhile
+        await until(lambda: [s["state"] for s in pool.stats()] == ["ready"] * 2, timeout=30)
+        load = [asyncio.create_task(busy.get("/wait", params={"s": "1"})) for _ in range(8)]
+        await until(lambda: all(s["active"] for s in pool.stats()))  # both busy: no room
+        answer = await other.get("/")  # one of the two retires after its requests
+        assert answer.status_code == 200, answer.text
+        assert all(answer.status_code == 200 for answer in await asyncio.gather(*load))
+    assert sorted(s["key"] for s in pool.stats()) == [echo.key, faulty.key]
+
+
 async def test_a_quiet_app_keeps_one_worker(apps, make_pool):
     pool = make_pool()
     faulty = make_app(apps, "faulty", processes=4)

@@ -136,6 +136,7 @@ class WorkerPool:
         self._workers: dict[str, list[Worker]] = {}
         self._failures: dict[str, tuple[float, str]] = {}  # key -> (until, message)
         self._waiting: asyncio.Event | None = None
+        self._wanting = 0  # requests waiting for a place to start a worker in
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -237,7 +238,11 @@ class WorkerPool:
                             f"All {self.max_workers} app workers are busy; try again shortly",
                             [(b"retry-after", b"1")],
                         )
-                    await self._wait_for_change(remaining)
+                    self._wanting += 1  # meanwhile, no busy app takes a freed place
+                    try:
+                        await self._wait_for_change(remaining)
+                    finally:
+                        self._wanting -= 1
                     continue
                 worker = self._spawn(app)
                 self._claim(worker)  # for this request: ttl=0 workers are never shared
@@ -264,7 +269,8 @@ class WorkerPool:
 
         The least busy of the version's ready workers takes it; when even that one has
         `BUSY` requests in flight, another worker starts beside them (up to the app's
-        `processes`, and while the pool has room), for the requests after this one.
+        `processes`, while the pool has room that no other app waits for), for the
+        requests after this one.
 
         Recycling overlaps: a worn-out worker (`max_requests`, `ttl`) starts its successor
         and serves on until a fresh worker is ready, then retires. Requests never wait for
@@ -286,6 +292,7 @@ class WorkerPool:
                 chosen.active >= BUSY
                 and len(fresh) + starting < processes(app.settings)
                 and self._serving() < self.max_workers
+                and not self._wanting
                 and self._start_failure(app.key) is None
             ):
                 self._spawn(app)  # busy: another worker, for the requests to come
@@ -350,19 +357,34 @@ class WorkerPool:
         return sum(w.usable for ws in self._workers.values() for w in ws)
 
     def _evict_one(self) -> bool:
-        """Stop the least recently used idle worker; False if every worker is busy."""
-        idle = [
-            w
-            for ws in self._workers.values()
-            for w in ws
-            if w.state in ("ready", "retiring") and w.active == 0
-        ]
-        if not idle:
-            return False
-        victim = min(idle, key=lambda w: w.last_used)
-        log.info("evicting idle worker %s (%s) to make room", victim.pid, victim.app.key)
-        self._supervisor.stop_later(victim)
-        return True
+        """Stop the least recently used idle worker; False if every worker is busy.
+
+        Then a busy app running several workers gives one back: the least busy retires,
+        and its place is free once its requests are done (a worker started for a busy
+        app's extra load must not keep another app from running at all).
+        """
+        workers = [w for ws in self._workers.values() for w in ws]
+        if sum(w.state == "retiring" for w in workers) > self._wanting:
+            return False  # places on their way: for those waiting already, and this one
+        idle = [w for w in workers if w.state in ("ready", "retiring") and w.active == 0]
+        if idle:
+            victim = min(idle, key=lambda w: w.last_used)
+            log.info("evicting idle worker %s (%s) to make room", victim.pid, victim.app.key)
+            self._supervisor.stop_later(victim)
+            return True
+        if not any(w.state == "retiring" for w in workers):  # none on its way
+            extra = [
+                w
+                for ws in self._workers.values()
+                if sum(w.state == "ready" for w in ws) > 1
+                for w in ws
+                if w.state == "ready"
+            ]
+            if extra:
+                victim = min(extra, key=lambda w: w.active)
+                log.info("%s gives back worker %s to make room", victim.app.key, victim.pid)
+                self.retire(victim)
+        return False
 
     async def _wait_for_change(self, timeout: float) -> None:
         if self._waiting is None:
