@@ -31,7 +31,6 @@ from .asgi import Receive, Scope, Send, header
 from .core.uploads import limits
 from .generation import BuildError, Generation
 from .installs import accept_tree, clean_staging, install_tree, remove_tree, restore_tree
-from .logs import per_worker
 from .security import (
     STATE_CHANGING,
     HostAllowList,
@@ -72,7 +71,7 @@ class Dispatcher:
         self.hosts = HostAllowList(settings.host, settings.allowed_hosts)
         self.apps = AppRouter(
             AppRegistry(settings.app_folders),
-            per_worker(settings.data_dir / "run"),  # run/<index> in each of several
+            settings.data_dir / "run",  # (several server processes share the supervisor's)
             app_data_dir=settings.data_dir / "app-data",
             allow_unsandboxed=settings.apps_allow_unsandboxed,
             sandbox_user=settings.apps_sandbox_user,

@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 from courtyard_sdk.request_ids import REQUEST_ID
 
@@ -19,12 +18,6 @@ def set_worker(index: int | None) -> None:
     (servers/supervised.py); None: the only one. Call it before `configure_logging`."""
     global _worker
     _worker = index
-
-
-def per_worker(folder: Path) -> Path:
-    """`folder` itself in a single server process, `folder/<index>` in each of several:
-    for what each process keeps to itself (app workers' sockets, dispatcher.py)."""
-    return folder if _worker is None else folder / str(_worker)
 
 
 class RequestIdFilter(logging.Filter):

@@ -248,7 +248,8 @@ class AppRouter:
             await self.stop_keys(sorted(k for k in keys if installed_at(k)))
 
     async def close(self) -> None:
-        """Stop every worker process."""
+        """Stop every worker process (in a server process among several, let go of the
+        supervisor's)."""
         if self._pool is not None:
             await self._pool.close()
 

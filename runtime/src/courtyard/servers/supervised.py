@@ -4,8 +4,7 @@
 
 It gets its settings pickled on stdin (exactly as the supervisor read them; secrets
 never pass through its command line or environment), its index (`--index`: its log
-lines say `worker <index>`, and it keeps its app workers' sockets in `run/<index>` of
-the data folder), a pipe to tell the supervisor when it serves or why it could not
+lines say `worker <index>`), a pipe to tell the supervisor when it serves or why it could not
 (`--control-fd`: lines of JSON, `{"ready": true}` or `{"error": "..."}`), and with the
 memory event bus, its connection to the supervisor's event hub (`--hub-fd`,
 services/events_hub.py), and its connection to the supervisor's pool of app workers

@@ -1,5 +1,5 @@
 """`courtyard serve --workers N`: N server processes on one address, and the supervisor
-that starts them, relays their events and replaces those that die.
+that starts them, relays their events, lends them app workers and replaces those that die.
 
 The supervisor (this process, which `courtyard serve` becomes) runs the checks a single
 server runs before binding (short plugin secrets, no open server beyond loopback), then
@@ -7,7 +7,7 @@ holds the address (`binding.hold_address`: refused when anything holds it, even 
 sharing it with SO_REUSEPORT), and starts N server processes (supervised.py), each
 serving as `courtyard serve` does alone, on its own socket bound with SO_REUSEPORT: the
 kernel spreads the connections over them. It imports nothing of the server (no Quart
-app, no database): it only watches.
+app, no database): it watches them, relays their events and holds their app workers.
 
 - Events: with `event_bus = "memory"`, the supervisor is the hub of the processes' buses
   (hub.py; services/events_hub.py is the process's side): every process sees every event,
