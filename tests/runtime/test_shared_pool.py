@@ -161,3 +161,17 @@ async def test_websockets_and_streams_pass_through_a_borrowed_worker(apps, borro
             with pytest.raises(httpx.RemoteProtocolError):  # a crash once the answer started
                 await http.get("/faulty/crash-midway")
             assert (await http.get("/faulty/pid")).status_code == 200  # a fresh worker
+
+
+async def test_workers_recycle_under_sustained_load_through_a_borrower(apps, borrower):
+    shared = await borrower()
+    echo = make_app(apps, "echo", max_requests=20, processes=1)
+    pids: list[str] = []
+    async with client(shared, echo) as http:
+
+        async def keep_asking() -> None:  # eight at once: never a quiet moment
+            while len(set(pids)) < 3 and len(pids) < 3000:
+                pids.append((await http.get("/")).json()["pid"])
+
+        await asyncio.gather(*(keep_asking() for _ in range(8)))
+    assert len(set(pids)) >= 3, len(pids)  # 20 a worker: the supervisor kept recycling

@@ -24,7 +24,9 @@ A server process keeps the workers it is lent for a moment after their request
 (`PARK_SECONDS`): a request that comes meanwhile takes one without asking the supervisor,
 and the claims go back together, with the number of requests they served (`served`), so
 that under load a message to the supervisor serves many requests and the supervisor
-still counts each (`max_requests`). Not so for `ttl = 0` (a process per request).
+still counts each (`max_requests`). A kept claim serves only within `PARK_SECONDS` of
+the supervisor's choice of its worker, so that the supervisor still chooses, recycles
+and stops workers under any load. Not so for `ttl = 0` (a process per request).
 
 Any answer may instead be `{"refusal": {"status", "code", "message", "headers"}}`, which
 the server process answers in the app's place, or `{"error": "..."}` for a fault of the
@@ -40,6 +42,7 @@ import functools
 import itertools
 import logging
 import socket
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -270,6 +273,7 @@ class BorrowedWorker(Reachable):
         self.ws_socket_path = Path(wire["ws"])
         self.active = 0  # requests of this process it serves
         self.parked = 0  # claims kept after their request, for the next ones
+        self.reuse_until = 0.0  # kept claims serve new requests until then (monotonic)
         self.unreported = 0  # requests served on claims used again, not yet reported
         self.retired = False  # this process retired or killed it
 
@@ -341,8 +345,9 @@ class SharedPool:
     async def lend(self, app: WorkerApp) -> BorrowedWorker:
         """A worker of the supervisor's pool, claimed for one request: one this process
         kept from a request just done, else one the supervisor lends."""
+        now = time.monotonic()
         for kept in self._workers.values():
-            if kept.parked and kept.app.key == app.key:
+            if kept.parked and kept.app.key == app.key and now < kept.reuse_until:
                 kept.parked -= 1
                 kept.unreported += 1
                 kept.active += 1
@@ -357,6 +362,9 @@ class SharedPool:
                     old.close_connections()
                     del self._workers[old.id]
             worker = self._workers[wire["id"]] = BorrowedWorker(self, app, wire)
+        # Kept claims serve only briefly after the supervisor last chose this worker: it
+        # must keep seeing requests, to recycle or stop a worker even under load.
+        worker.reuse_until = time.monotonic() + PARK_SECONDS
         worker.active += 1
         return worker
 
