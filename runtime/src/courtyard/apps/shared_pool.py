@@ -24,7 +24,7 @@ A server process keeps the workers it is lent for a moment after their request
 (`PARK_SECONDS`): a request that comes meanwhile takes one without asking the supervisor,
 and the claims go back together, with the number of requests they served (`served`), so
 that under load a message to the supervisor serves many requests and the supervisor
-still counts each (`max_requests`). A kept claim serves only within `PARK_SECONDS` of
+still counts each (`max_requests`). A kept claim serves only within `REUSE_SECONDS` of
 the supervisor's choice of its worker, so that the supervisor still chooses, recycles
 and stops workers under any load. Not so for `ttl = 0` (a process per request).
 
@@ -62,6 +62,7 @@ log = logging.getLogger("courtyard.apps.workers")
 LINE_LIMIT = 1024 * 1024  # the longest message (an app's settings, with its `env`)
 _IDLE_CONNECTIONS = 32  # kept-alive connections per worker, per server process
 PARK_SECONDS = 0.02  # how long a server process keeps a worker it was lent, for reuse
+REUSE_SECONDS = 0.1  # how long after the supervisor chose a worker kept claims serve
 
 # -- the wire ----------------------------------------------------------------------------
 
@@ -364,7 +365,7 @@ class SharedPool:
             worker = self._workers[wire["id"]] = BorrowedWorker(self, app, wire)
         # Kept claims serve only briefly after the supervisor last chose this worker: it
         # must keep seeing requests, to recycle or stop a worker even under load.
-        worker.reuse_until = time.monotonic() + PARK_SECONDS
+        worker.reuse_until = time.monotonic() + REUSE_SECONDS
         worker.active += 1
         return worker
 
