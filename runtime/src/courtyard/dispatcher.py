@@ -26,7 +26,7 @@ from werkzeug.datastructures import Headers
 from . import __version__
 from .app import create_app
 from .apps.registry import AppRegistry, app_folders
-from .apps.router import AppRequest, AppRouter
+from .apps.router import AppRequest, AppRouter, pool_options
 from .asgi import Receive, Scope, Send, header
 from .core.uploads import limits
 from .generation import BuildError, Generation
@@ -69,13 +69,7 @@ class Dispatcher:
         self._retiring: set[asyncio.Task[None]] = set()
         self._boot: asyncio.Task[None] | None = None
         self.hosts = HostAllowList(settings.host, settings.allowed_hosts)
-        self.apps = AppRouter(
-            AppRegistry(settings.app_folders),
-            settings.data_dir / "run",  # (several server processes share the supervisor's)
-            app_data_dir=settings.data_dir / "app-data",
-            allow_unsandboxed=settings.apps_allow_unsandboxed,
-            sandbox_user=settings.apps_sandbox_user,
-        )
+        self.apps = AppRouter(AppRegistry(settings.app_folders), pool_options(settings))
         self.services = Services(settings)
         self.replication = Replicator(
             self.services.store,

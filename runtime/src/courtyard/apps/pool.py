@@ -146,10 +146,6 @@ class WorkerPool:
         """Serve one ASGI `http` or `websocket` scope with `app`'s workers (`relay`)."""
         await relay(self, app, scope, receive, send)
 
-    def running_keys(self) -> list[str]:
-        """The `name@version` keys that have workers."""
-        return list(self._workers)
-
     async def stop_app(self, key: str, drain_timeout: float | None = None) -> None:
         """Stop `key`'s workers once their in-flight requests finish.
 

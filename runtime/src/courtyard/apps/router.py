@@ -29,6 +29,8 @@ from .versions import InvalidRange, resolve
 if TYPE_CHECKING:
     from typing import Any
 
+    from ..settings import Settings
+
 APP_PATH = re.compile(
     r"^/(?P<name>(?:@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*)"
     r"(?:@(?P<range>[^/]*))?(?P<rest>/.*)?\Z",
@@ -37,12 +39,24 @@ APP_PATH = re.compile(
 MAX_ROUTED = 1024  # paths whose routing is kept; past it, the kept ones are forgotten
 
 
-class _PoolOptions(TypedDict):
-    """What `AppRouter` passes on to the `WorkerPool` it starts."""
+class PoolOptions(TypedDict):
+    """How the `WorkerPool` of ASGI apps is made (see its parameters)."""
 
-    app_data_dir: Path | None
+    runtime_dir: Path
+    app_data_dir: Path
     allow_unsandboxed: bool
     sandbox_user: str
+
+
+def pool_options(settings: Settings) -> PoolOptions:
+    """The worker pool's options from the settings: the same for the pool of a single
+    server process (`AppRouter`) and for the one the supervisor of several holds."""
+    return {
+        "runtime_dir": settings.data_dir / "run",
+        "app_data_dir": settings.data_dir / "app-data",
+        "allow_unsandboxed": settings.apps_allow_unsandboxed,
+        "sandbox_user": settings.apps_sandbox_user,
+    }
 
 
 class Pool(Protocol):
@@ -98,29 +112,11 @@ class AppRequest:
 class AppRouter:
     """Finds the app a path names, resolves its version and serves it."""
 
-    def __init__(
-        self,
-        registry: AppRegistry,
-        runtime_dir: Path,
-        max_workers: int = 16,
-        *,
-        app_data_dir: Path | None = None,
-        allow_unsandboxed: bool = False,
-        sandbox_user: str = "nobody",
-    ) -> None:
-        """:param app_data_dir: where the apps' data folders go (see `WorkerPool`).
-        :param allow_unsandboxed: run ASGI apps without a sandbox when there is none.
-        :param sandbox_user: the user sandboxed workers run as when the runtime is root.
-        """
+    def __init__(self, registry: AppRegistry, options: PoolOptions) -> None:
+        """:param options: for the worker pool of ASGI apps, made on first use."""
         self.registry = registry
         self.changes = asyncio.Lock()  # one install or removal of an app at a time
-        self._runtime_dir = runtime_dir
-        self._max_workers = max_workers
-        self._pool_options: _PoolOptions = {
-            "app_data_dir": app_data_dir,
-            "allow_unsandboxed": allow_unsandboxed,
-            "sandbox_user": sandbox_user,
-        }
+        self._pool_options = options
         # Several server processes share the supervisor's pool: it is known from the start
         # (its workers may serve apps this process never did); a pool of its own is
         # started on first use.
@@ -219,9 +215,7 @@ class AppRouter:
         if self._pool is None:
             from .pool import WorkerPool
 
-            self._pool = WorkerPool(
-                self._runtime_dir, max_workers=self._max_workers, **self._pool_options
-            )
+            self._pool = WorkerPool(**self._pool_options)
         return self._pool
 
     async def workers(self) -> list[dict[str, Any]]:

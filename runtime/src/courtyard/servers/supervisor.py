@@ -76,16 +76,10 @@ def app_workers(settings: Settings) -> PoolHost:
     """The pool of the ASGI apps' workers the processes share, made as a single server
     process makes its own (dispatcher.py)."""
     from ..apps.pool import WorkerPool
+    from ..apps.router import pool_options
     from ..apps.shared_pool import PoolHost
 
-    return PoolHost(
-        WorkerPool(
-            settings.data_dir / "run",
-            app_data_dir=settings.data_dir / "app-data",
-            allow_unsandboxed=settings.apps_allow_unsandboxed,
-            sandbox_user=settings.apps_sandbox_user,
-        )
-    )
+    return PoolHost(WorkerPool(**pool_options(settings)))
 
 
 def supervise(settings: Settings, workers: int) -> None:
