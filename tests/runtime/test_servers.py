@@ -30,7 +30,7 @@ import test_end_to_end as end_to_end
 import test_events as events
 import test_example_apps as example_apps
 import test_limits as limits
-from courtyard.servers.denials import WholeDenials
+from courtyard.servers.denials import whole_denials
 from courtyard.servers.inflight import InFlight
 from courtyard.servers.lifespan import Lifespan
 from courtyard.testing import Server, free_port, write_plugin
@@ -379,14 +379,15 @@ async def test_websocket_denials_reach_granian_in_one_piece() -> None:
     async def send(message: dict) -> None:
         sent.append(message)
 
-    await WholeDenials(refusing)({"type": "websocket"}, None, send)
+    served = InFlight(refusing, websocket_send=whole_denials)
+    await served({"type": "websocket"}, None, send)
     assert [m["type"] for m in sent] == [
         "websocket.http.response.start",
         "websocket.http.response.body",
     ]
     assert sent[1]["body"] == b'{"error": "no"}' and sent[1]["more_body"] is False
     sent.clear()
-    await WholeDenials(refusing)({"type": "http"}, None, send)
+    await served({"type": "http"}, None, send)
     assert len(sent) == 4  # HTTP passes untouched
 
 
@@ -405,6 +406,16 @@ async def test_in_flight_requests_are_waited_for_up_to_the_timeout() -> None:
     release.set()
     assert await inflight.drained(1)
     await request
+    # Once more, with two waiting: a drain that came before is no answer for new requests.
+    release.clear()
+    again = asyncio.create_task(inflight({"type": "http"}, None, None))
+    await asyncio.sleep(0)
+    assert not await inflight.drained(0.05)
+    waiting = [asyncio.create_task(inflight.drained(1)) for _ in range(2)]
+    await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.gather(*waiting) == [True, True]
+    await again
 
 
 async def test_a_failed_lifespan_start_refuses_the_start() -> None:

@@ -5,7 +5,7 @@ A WebSocket handshake refused before it is accepted gets an HTTP answer through 
 `websocket.http.response.body` messages, the last one without `more_body`. Quart (a
 plugin's or a core route's refusal) and the app relay (apps/proxy.py) send the body in
 pieces; granian takes only a whole body in one message, and answers a bare 403 to
-anything else. `WholeDenials` joins the pieces before granian sees them. A denial is an
+anything else. `whole_denials` joins the pieces before granian sees them. A denial is an
 error envelope or an app's short answer, so holding it whole costs little.
 """
 
@@ -13,27 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..asgi import ASGIApp, Receive, Scope, Send
+from ..asgi import Send
 
 _BODY = "websocket.http.response.body"
 
 
-class WholeDenials:
-    """An ASGI wrapper sending each WebSocket denial's body as one message."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI entry point: only WebSocket connections get the joining `send`."""
-        if scope["type"] != "websocket":
-            await self.app(scope, receive, send)
-            return
-        await self.app(scope, receive, _joining(send))
-
-
-def _joining(send: Send) -> Send:
-    """A `send` that holds denial body pieces until the last, and sends them together."""
+def whole_denials(send: Send) -> Send:
+    """A WebSocket connection's `send` that holds denial body pieces until the last, and
+    sends them together."""
     pieces: list[bytes] = []
 
     async def joined(message: dict[str, Any]) -> None:

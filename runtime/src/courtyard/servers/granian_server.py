@@ -26,7 +26,7 @@ from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server.embed import Server
 
-from .denials import WholeDenials
+from .denials import whole_denials
 from .inflight import InFlight
 from .lifespan import Lifespan
 
@@ -96,7 +96,7 @@ async def serve(app: ASGIApp, settings: Settings, stop: asyncio.Event) -> None:
 
     :raises StartupError: granian could not bind, or stopped by itself.
     """
-    inflight = InFlight(WholeDenials(app))
+    inflight = InFlight(app, websocket_send=whole_denials)
     lifespan = Lifespan(app)
     server = granian_server(inflight, settings)
     await lifespan.startup()
