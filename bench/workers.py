@@ -8,7 +8,8 @@ round; the first starts with a 1 s warm-up of each), on `/api/health/live` (the 
 path), `/bench/noop` (a plugin route) and `/hello-quart/` (the example ASGI app, whose
 workers the processes share), with 64 keep-alive connections: enough for both
 processes to get their share (the kernel spreads connections, not requests). Each
-figure is the median over the rounds. Prints tables and writes bench/results/workers.json.
+figure is the median over the rounds. Prints tables and writes bench/results/workers.json
+(workers_hypercorn.json with `--server hypercorn`).
 
 The figure that matters: 2 processes / 1 process requests per second (goal: at least
 1.7 on 2 cores), the median of the rounds' ratios and the worst round's. The load
@@ -161,7 +162,9 @@ def main() -> None:
         "runs": rows,
         "summary": summary,
     }
-    print(f"\nsaved {save('workers', record)}")
+    # One file per server: the granian figures and the Hypercorn ones are read side by side.
+    name = "workers" if args.server == "granian" else f"workers_{args.server}"
+    print(f"\nsaved {save(name, record)}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Apps: the apps API, version ranges in URLs, manifests, and static serving."""
 
+import asyncio
 import json
 import os
 import re
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from archive_kit import zip_bytes
-from courtyard.apps.registry import AppConfig, AppVersion
+from courtyard.apps.registry import AppConfig, AppRegistry, AppVersion
 from courtyard.apps.static import PATH_SEND, StaticFiles, _locate, serve_static
 from courtyard.testing import write_plugin
 
@@ -310,6 +311,67 @@ async def test_routing_is_kept_until_the_routes_or_the_apps_change(
     add_app(app_dir, "hello", "2.0.0")
     rt.dispatcher.apps.registry.invalidate()
     assert (await rt.client.get("/hello@2/")).text == "<h1>hello 2.0.0</h1>"
+
+
+def test_without_an_event_loop_the_registry_rescans_at_once(app_dir):
+    registry = AppRegistry((app_dir,), ttl=0)
+    assert registry.apps() == {}
+    add_app(app_dir, "hello", "1.0.0")
+    assert list(registry.apps()) == ["hello"]  # the clock's rescan, done in the look
+
+
+async def test_a_rescan_by_the_clock_runs_beside_the_requests(app_dir, monkeypatch):
+    import threading
+
+    from courtyard.apps import registry as registry_module
+
+    add_app(app_dir, "hello", "1.0.0")
+    registry = AppRegistry((app_dir,), ttl=0.05)
+    first = registry.apps()
+    scan, release = registry_module.scan_apps, threading.Event()
+
+    def slow_scan(app_dirs: tuple[Path, ...]) -> dict:
+        release.wait(10)
+        return scan(app_dirs)
+
+    monkeypatch.setattr(registry_module, "scan_apps", slow_scan)
+    add_app(app_dir, "other", "1.0.0")
+    await asyncio.sleep(0.06)
+    assert registry.apps() is first  # answered at once: the rescan runs in a thread
+    release.set()
+    for _ in range(100):
+        if "other" in registry.apps():
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(registry.apps()) == ["hello", "other"]
+
+
+async def test_an_install_is_not_undone_by_a_rescan_that_began_before_it(app_dir, monkeypatch):
+    import threading
+
+    from courtyard.apps import registry as registry_module
+
+    add_app(app_dir, "hello", "1.0.0")
+    registry = AppRegistry((app_dir,), ttl=0.05)
+    registry.apps()
+    scan, release, before = registry_module.scan_apps, threading.Event(), {}
+
+    def stale_scan(app_dirs: tuple[Path, ...]) -> dict:
+        before.update(scan(app_dirs))  # what the folder held when it began
+        release.wait(10)
+        return dict(before)
+
+    monkeypatch.setattr(registry_module, "scan_apps", stale_scan)
+    await asyncio.sleep(0.06)
+    registry.apps()  # starts the slow rescan
+    await asyncio.sleep(0.05)
+    monkeypatch.setattr(registry_module, "scan_apps", scan)
+    add_app(app_dir, "new", "1.0.0")
+    registry.invalidate()  # as an install does
+    assert "new" in registry.apps()  # scanned at once
+    release.set()
+    await asyncio.sleep(0.1)  # the slow rescan ends, without "new"
+    assert "new" in registry.apps()
 
 
 async def test_every_answer_of_a_static_app_carries_the_request_id(courtyard, app_dir):
