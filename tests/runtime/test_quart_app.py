@@ -150,6 +150,29 @@ async def test_a_handler_that_waits_for_the_body_is_fed_by_the_receiver() -> Non
     assert asked >= 2
 
 
+async def test_a_request_answered_without_waiting_starts_no_receiver() -> None:
+    app = GenerationApp("quick")
+
+    @app.get("/quick")
+    async def quick() -> dict[str, Any]:
+        return {"ok": True}
+
+    loop = asyncio.get_running_loop()
+    made: list[Any] = []
+
+    def counting_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        made.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting_factory)
+    try:
+        sent, asked = await serve_once(app, "GET", "/quick", [{"type": "http.request"}])
+    finally:
+        loop.set_task_factory(None)
+    assert json.loads(sent[-1]["body"]) == {"ok": True}
+    assert made == [] and asked == 0  # a task per request saved (docs/performance.md)
+
+
 async def test_a_client_that_leaves_cancels_the_handler() -> None:
     app = GenerationApp("slow")
     cancelled = asyncio.Event()

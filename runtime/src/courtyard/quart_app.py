@@ -33,9 +33,11 @@ class OneTaskConnection(ASGIHTTPConnection):
     goes away, as Quart's does; the response's timeout is a timer of the event loop. A
     body held in memory goes out in one message with the end of the response.
 
-    The receiver starts with the request, as Quart's, and only the frame of this call
-    holds it: started only once the handler waited, it saved a task per request, but
-    requests then hung now and then on granian (docs/performance.md, "Tried and dropped").
+    The receiver starts once the handler first waits: a request answered without waiting
+    (most are, their body already in the server's queue) needs none. Only this call's
+    frame holds it: a receiver kept on the connection object made a reference cycle that
+    kept the server's `receive` alive after the answer, and requests then hung now and
+    then on granian (docs/performance.md, "The receiver starts once the handler waits").
     """
 
     async def __call__(self, receive: Any, send: Any) -> None:
@@ -43,16 +45,25 @@ class OneTaskConnection(ASGIHTTPConnection):
         request = self._create_request_from_scope(send)
         task = asyncio.current_task()
         assert task is not None
-        receiver = task.get_loop().create_task(self._receive(request, receive, task))
+        loop = task.get_loop()
+        receiver: asyncio.Task[None] | None = None
+
+        def start_receiver() -> None:
+            nonlocal receiver
+            receiver = loop.create_task(self._receive(request, receive, task))
+
+        starting = loop.call_soon(start_receiver)  # runs only if the handler waits
         try:
             await self.handle_request(request, send)
         except asyncio.CancelledError:
-            if not receiver.done() or receiver.cancelled():
+            if receiver is None or not receiver.done() or receiver.cancelled():
                 raise  # cancelled by the server, not by the client leaving
             task.uncancel()
             receiver.result()  # the receiver's own error, if it failed
         finally:
-            receiver.cancel()
+            starting.cancel()
+            if receiver is not None:
+                receiver.cancel()
 
     async def _receive(self, request: Request, receive: Any, handler: asyncio.Task[Any]) -> None:
         # The client left (or receiving failed): end the handler, as Quart does. Not when
