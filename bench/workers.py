@@ -57,7 +57,8 @@ def every_process_ready(url: str, timeout: float = 60) -> None:
 
 def cpu_seconds(pid: int) -> float:
     """CPU time (user and system, every thread) of `pid` and of every process under it
-    (the server processes, and the app workers)."""
+    (the server processes, and the app workers), those that ended too: a process's time
+    includes that of the children it waited for (an app worker recycled during the load)."""
     tick = os.sysconf("SC_CLK_TCK")
     parents, used = {}, {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -67,7 +68,7 @@ def cpu_seconds(pid: int) -> float:
             continue  # it ended meanwhile
         process = int(stat.parent.name)
         parents[process] = int(fields[1])
-        used[process] = (int(fields[11]) + int(fields[12])) / tick
+        used[process] = sum(int(field) for field in fields[11:15]) / tick
 
     def under(process: int) -> bool:
         while process > 1:
