@@ -313,6 +313,15 @@ async def test_routing_is_kept_until_the_routes_or_the_apps_change(
     assert (await rt.client.get("/hello@2/")).text == "<h1>hello 2.0.0</h1>"
 
 
+async def rescan_ended(registry: AppRegistry) -> None:
+    """Wait until the registry's rescan in a thread has ended and been taken or dropped."""
+    for _ in range(1000):
+        if not registry._rescanning:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the rescan did not end within 10 s")
+
+
 def test_without_an_event_loop_the_registry_rescans_at_once(app_dir):
     registry = AppRegistry((app_dir,), ttl=0)
     assert registry.apps() == {}
@@ -339,10 +348,7 @@ async def test_a_rescan_by_the_clock_runs_beside_the_requests(app_dir, monkeypat
     await asyncio.sleep(0.06)
     assert registry.apps() is first  # answered at once: the rescan runs in a thread
     release.set()
-    for _ in range(100):
-        if "other" in registry.apps():
-            break
-        await asyncio.sleep(0.01)
+    await rescan_ended(registry)
     assert sorted(registry.apps()) == ["hello", "other"]
 
 
@@ -370,7 +376,7 @@ async def test_an_install_is_not_undone_by_a_rescan_that_began_before_it(app_dir
     registry.invalidate()  # as an install does
     assert "new" in registry.apps()  # scanned at once
     release.set()
-    await asyncio.sleep(0.1)  # the slow rescan ends, without "new"
+    await rescan_ended(registry)  # the slow rescan ended, without "new"
     assert "new" in registry.apps()
 
 
