@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from collections.abc import Mapping
@@ -22,9 +23,10 @@ from .database_urls import async_url
 from .proxies import networks
 
 
+@functools.cache  # asked on the app path under load (a busy app's worker limit)
 def usable_cores() -> int:
     """The cores this process may run on (what `workers = 0` and an app's `processes = 0`
-    count)."""
+    count), as it started."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
